@@ -1,0 +1,239 @@
+//! Output functions (`logits`, `loss`) and estimators (`exact`, `sketch`) of SPEC.md §3: which
+//! seed gradients are sent back from the ln_f output, and how their outer products are summed.
+//!
+//! With logits = ln_f(x)·wteᵀ, the gradient of Σ_j v_j z_{t,j} at the ln_f output is wteᵀ v_t.
+//! - `sketch`/`logits`: v_t ~ N(0, I_V) gives wteᵀ v_t ~ N(0, wteᵀwte); we draw it directly in the
+//!   hidden space as L z_t, z_t ~ N(0, I_C), L Lᵀ = wteᵀwte (SPEC.md allows this).
+//! - `exact`/`logits`: Σ_j over the vocabulary = Σ_i over the C columns l_i of L, one backward
+//!   per (position t, direction i): T·C passes per window.
+//! - `loss`: ∇ℓ_t at the ln_f output is wteᵀ(p_t − e_{y_t}) for t < T−1; `sketch` weights each
+//!   position by a Rademacher ε_t, `exact` sends each position back on its own.
+//!
+//! Probe randomness is a pure function of (seed, global window index, probe index).
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use super::gop::Gop;
+use crate::model::Gpt2;
+use crate::nfa::linalg;
+use crate::bail_bad;
+
+/// The output function f whose gradients are measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Output {
+    /// Every logit at every position (the published choice).
+    Logits,
+    /// Per-position next-token cross-entropy.
+    Loss,
+}
+
+/// How the sum over outputs is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Estimator {
+    /// Exactly, T·C (logits) or T−1 (loss) backward passes per window. For small models.
+    Exact,
+    /// k random probes per window, unbiased.
+    Sketch,
+}
+
+impl Output {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Output::Logits => "logits",
+            Output::Loss => "loss",
+        }
+    }
+}
+
+impl Estimator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Estimator::Exact => "exact",
+            Estimator::Sketch => "sketch",
+        }
+    }
+}
+
+/// One window of token ids with its global index.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub index: u64,
+    pub tokens: Vec<u32>,
+}
+
+/// Measurement settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub output: Output,
+    pub estimator: Estimator,
+    pub probes: u32,
+    pub seed: u64,
+}
+
+/// Runs forward and backward passes and adds their outer products to a [`Gop`].
+pub struct Measurer<'a> {
+    model: &'a Gpt2,
+    settings: Settings,
+    /// L (C × C), L Lᵀ = wteᵀwte; columns with zero eigenvalue are zero.
+    factor: Tensor,
+    /// Indices of the nonzero columns of L (the exact estimator's directions).
+    directions: Vec<usize>,
+}
+
+/// The probe RNG for (seed, window, probe): a ChaCha8 stream keyed by all three.
+pub fn probe_rng(seed: u64, window: u64, probe: u32) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&window.to_le_bytes());
+    key[16..20].copy_from_slice(&probe.to_le_bytes());
+    key[24..].copy_from_slice(b"agopprob");
+    ChaCha8Rng::from_seed(key)
+}
+
+/// Exact estimator: how many seeds are sent back together in one batched pass.
+const EXACT_CHUNK: usize = 64;
+
+impl<'a> Measurer<'a> {
+    pub fn new(model: &'a Gpt2, settings: Settings) -> Result<Self> {
+        if settings.estimator == Estimator::Sketch && settings.probes == 0 {
+            bail_bad!("--probes must be at least 1 for the sketch estimator");
+        }
+        let wte = model.wte.to_dtype(DType::F64)?;
+        let gram = linalg::from_tensor(&wte.t()?.matmul(&wte)?)?;
+        let (vals, vecs) = linalg::sym_eigen(&gram)?;
+        let c = model.cfg.n_embd;
+        let max = vals.iter().cloned().fold(0.0, f64::max);
+        let directions: Vec<usize> = (0..c).filter(|&i| vals[i] > max * 1e-12).collect();
+        let l: Vec<f32> = (0..c)
+            .flat_map(|r| {
+                let vecs = &vecs;
+                let vals = &vals;
+                (0..c).map(move |i| (vecs[(r, i)] * vals[i].max(0.0).sqrt()) as f32)
+            })
+            .collect();
+        let factor = Tensor::from_vec(l, (c, c), &Device::Cpu)?;
+        Ok(Self { model, settings, factor, directions })
+    }
+
+    /// 1 / probes for the sketch, 1 for exact: the weight of one backward pass's outer products.
+    pub fn scale(&self) -> f64 {
+        match self.settings.estimator {
+            Estimator::Exact => 1.0,
+            Estimator::Sketch => 1.0 / self.settings.probes as f64,
+        }
+    }
+
+    /// Measure a batch of windows (all of the same length) into `gop`.
+    pub fn measure_batch(&self, windows: &[Window], gop: &mut Gop) -> Result<()> {
+        match self.settings.estimator {
+            Estimator::Sketch => self.sketch(windows, gop),
+            Estimator::Exact => windows.iter().try_for_each(|w| self.exact(w, gop)),
+        }
+    }
+
+    fn ids(&self, windows: &[&[u32]]) -> Result<Tensor> {
+        let t = windows[0].len();
+        let flat: Vec<u32> = windows.iter().flat_map(|w| w.iter().copied()).collect();
+        Ok(Tensor::from_vec(flat, (windows.len(), t), &Device::Cpu)?)
+    }
+
+    fn sketch(&self, windows: &[Window], gop: &mut Gop) -> Result<()> {
+        let model = self.model;
+        let cfg = &model.cfg;
+        let (b, t, c) = (windows.len(), windows[0].tokens.len(), cfg.n_embd);
+        let toks: Vec<&[u32]> = windows.iter().map(|w| w.tokens.as_slice()).collect();
+        let fwd = model.forward(&self.ids(&toks)?)?;
+        let loss_dirs = match self.settings.output {
+            Output::Loss => Some(self.loss_directions(&fwd.hidden, &toks)?),
+            Output::Logits => None,
+        };
+        let scale = self.scale();
+        for p in 0..self.settings.probes {
+            let seed = match &loss_dirs {
+                None => {
+                    let mut z = Vec::with_capacity(b * t * c);
+                    for w in windows {
+                        let mut rng = probe_rng(self.settings.seed, w.index, p);
+                        z.extend((0..t * c).map(|_| rng.sample::<f32, _>(StandardNormal)));
+                    }
+                    let z = Tensor::from_vec(z, (b * t, c), &Device::Cpu)?;
+                    z.matmul(&self.factor.t()?)?.reshape((b, t, c))?
+                }
+                Some(dirs) => {
+                    let mut eps = Vec::with_capacity(b * t);
+                    for w in windows {
+                        let mut rng = probe_rng(self.settings.seed, w.index, p);
+                        eps.extend((0..t).map(|_| if rng.random::<bool>() { 1.0f32 } else { -1.0 }));
+                    }
+                    dirs.broadcast_mul(&Tensor::from_vec(eps, (b, t, 1), &Device::Cpu)?)?
+                }
+            };
+            model.backward(&fwd, &seed, |l, g| gop.add_block(cfg, l, g, scale))?;
+        }
+        Ok(())
+    }
+
+    fn exact(&self, w: &Window, gop: &mut Gop) -> Result<()> {
+        let model = self.model;
+        let cfg = &model.cfg;
+        let (t, c) = (w.tokens.len(), cfg.n_embd);
+        // (position, seed vector) pairs, each sent back on its own.
+        let mut seeds: Vec<(usize, Vec<f32>)> = Vec::new();
+        match self.settings.output {
+            Output::Logits => {
+                let l = self.factor.t()?.to_vec2::<f32>()?; // rows = columns of L
+                for pos in 0..t {
+                    for &i in &self.directions {
+                        seeds.push((pos, l[i].clone()));
+                    }
+                }
+            }
+            Output::Loss => {
+                let fwd = model.forward(&self.ids(&[&w.tokens])?)?;
+                let dirs = self.loss_directions(&fwd.hidden, &[&w.tokens])?.get(0)?.to_vec2::<f32>()?;
+                for (pos, d) in dirs.into_iter().enumerate().take(t.saturating_sub(1)) {
+                    seeds.push((pos, d));
+                }
+            }
+        }
+        for chunk in seeds.chunks(EXACT_CHUNK) {
+            let n = chunk.len();
+            let toks: Vec<&[u32]> = vec![w.tokens.as_slice(); n];
+            let fwd = model.forward(&self.ids(&toks)?)?;
+            let mut s = vec![0f32; n * t * c];
+            for (k, (pos, v)) in chunk.iter().enumerate() {
+                s[(k * t + pos) * c..(k * t + pos + 1) * c].copy_from_slice(v);
+            }
+            let seed = Tensor::from_vec(s, (n, t, c), &Device::Cpu)?;
+            model.backward(&fwd, &seed, |l, g| gop.add_block(cfg, l, g, 1.0))?;
+        }
+        Ok(())
+    }
+
+    /// ∇ℓ_t at the ln_f output, wteᵀ(softmax(z_t) − e_{y_t}), for t < T−1; zero at t = T−1. (B, T, C).
+    fn loss_directions(&self, hidden: &Tensor, toks: &[&[u32]]) -> Result<Tensor> {
+        let model = self.model;
+        let (b, t, c) = hidden.dims3()?;
+        let v = model.cfg.vocab_size;
+        let probs = candle_nn::ops::softmax_last_dim(&model.logits(hidden)?)?;
+        let mut p = probs.flatten_all()?.to_vec1::<f32>()?;
+        for (bi, w) in toks.iter().enumerate() {
+            for pos in 0..t {
+                let row = &mut p[(bi * t + pos) * v..(bi * t + pos + 1) * v];
+                if pos + 1 < t {
+                    row[w[pos + 1] as usize] -= 1.0;
+                } else {
+                    row.iter_mut().for_each(|x| *x = 0.0);
+                }
+            }
+        }
+        let g = Tensor::from_vec(p, (b * t, v), &Device::Cpu)?;
+        Ok(g.matmul(&model.wte)?.reshape((b, t, c))?)
+    }
+}

@@ -1,0 +1,252 @@
+//! Gradient-outer-product sums: f64 accumulators per module, the GOP safetensors file
+//! (SPEC.md §5) and exact merging of shards.
+//!
+//! Every tensor holds an estimate of the SPEC.md §3 *sum* Σ_windows Σ_outputs Σ_s g gᵀ
+//! (operand side) or δ δᵀ (output side); for the sketch estimator each probe's contribution is
+//! weighted 1/probes, so files from both estimators are on the same scale. AGOP = sum / n_tokens.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor};
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{BlockGrads, Gpt2Config};
+use crate::modules::{all_modules, Kind, Module};
+use crate::{bad, bail_bad};
+
+/// What a GOP file was measured from; stored as safetensors metadata (string values).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GopMeta {
+    pub agop_version: String,
+    pub model: String,
+    pub revision: String,
+    pub model_sha256: String,
+    pub weights: String,
+    pub output: String,
+    pub estimator: String,
+    pub probes: u32,
+    pub seed: u64,
+    pub seq_len: usize,
+    /// sha256 of the tokens.parquet the windows came from.
+    #[serde(default)]
+    pub tokens_sha256: String,
+    pub n_windows: u64,
+    pub n_tokens: u64,
+    /// Half-open ranges of global window indices that were measured, sorted, non-overlapping.
+    pub windows: Vec<(u64, u64)>,
+    /// The model config, so that a GOP file can be checked against the model it is used with.
+    pub config: Gpt2Config,
+}
+
+/// Per-module f64 sums.
+#[derive(Debug, Clone)]
+pub struct Gop {
+    pub meta: GopMeta,
+    /// Stored tensor name → (dim, row-major dim × dim values).
+    pub sums: BTreeMap<String, (usize, Vec<f64>)>,
+}
+
+impl Gop {
+    /// Zero sums for every module of `cfg`.
+    pub fn zeros(meta: GopMeta) -> Self {
+        let sums = all_modules(&meta.config)
+            .iter()
+            .map(|m| {
+                let d = m.stored_dim(&meta.config);
+                (m.gop_tensor(), (d, vec![0.0; d * d]))
+            })
+            .collect();
+        Self { meta, sums }
+    }
+
+    /// The stored sum for a module.
+    pub fn get(&self, m: &Module) -> Result<&(usize, Vec<f64>)> {
+        self.sums
+            .get(&m.gop_tensor())
+            .ok_or_else(|| bad!("GOP file has no tensor {}", m.gop_tensor()))
+    }
+
+    /// Add one backward pass's gradients for block `layer` with weight `scale`: for every window
+    /// b of the batch, in order, the f32 per-window Gram Gᵀ G (summed over the window's T
+    /// positions) is added in f64. Windows are added one at a time, in batch order, so the result
+    /// does not depend on how windows are grouped into batches.
+    pub fn add_block(&mut self, cfg: &Gpt2Config, layer: usize, g: &BlockGrads, scale: f64) -> Result<()> {
+        let (h, hs) = (cfg.n_head, cfg.head_size());
+        let whole = [
+            (Kind::CAttn, g.attn_in),
+            (Kind::AttnCProj, g.proj_in),
+            (Kind::CFc, g.fc_in),
+            (Kind::MlpCProj, g.mlp_out),
+        ];
+        for (kind, grad) in whole {
+            let gram = grad.t()?.matmul(grad)?; // (B, d, d)
+            let m = Module { layer, kind, head: None };
+            self.add_grams(&m.gop_tensor(), &gram, scale)?;
+        }
+        // Per-head blocks of δ at the c_attn output: (B, T, 3H, hs) → (B, 3H, T, hs) → (B, 3H, hs, hs).
+        let (b, t, _) = g.qkv_out.dims3()?;
+        let blocks = g.qkv_out.reshape((b, t, 3 * h, hs))?.transpose(1, 2)?.contiguous()?;
+        let grams = blocks.t()?.matmul(&blocks)?; // (B, 3H, hs, hs)
+        let flat = grams.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let hs2 = hs * hs;
+        for w in 0..b {
+            for (part, kind) in [Kind::Q, Kind::K, Kind::V].into_iter().enumerate() {
+                for head in 0..h {
+                    let m = Module { layer, kind, head: Some(head) };
+                    let (_, acc) = self.sums.get_mut(&m.gop_tensor()).expect("all modules allocated");
+                    let off = (w * 3 * h + part * h + head) * hs2;
+                    for (a, v) in acc.iter_mut().zip(&flat[off..off + hs2]) {
+                        *a += scale * v;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_grams(&mut self, name: &str, grams: &Tensor, scale: f64) -> Result<()> {
+        let (b, d, _) = grams.dims3()?;
+        let flat = grams.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let (_, acc) = self.sums.get_mut(name).expect("all modules allocated");
+        for w in 0..b {
+            for (a, v) in acc.iter_mut().zip(&flat[w * d * d..(w + 1) * d * d]) {
+                *a += scale * v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the file atomically (temporary name, then rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<(String, Vec<u8>, usize)> = self
+            .sums
+            .iter()
+            .map(|(n, (d, v))| (n.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), *d))
+            .collect();
+        let views: Vec<(String, TensorView)> = bytes
+            .iter()
+            .map(|(n, b, d)| Ok((n.clone(), TensorView::new(Dtype::F64, vec![*d, *d], b)?)))
+            .collect::<Result<_>>()?;
+        let mut meta = HashMap::new();
+        meta.insert("agop".to_string(), serde_json::to_string(&self.meta)?);
+        for (k, v) in serde_json::to_value(&self.meta)?.as_object().unwrap() {
+            if k != "config" {
+                meta.insert(k.clone(), v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+            }
+        }
+        let data = safetensors::serialize(views, Some(meta))?;
+        crate::outputs::write_atomic(path, &data)
+    }
+
+    /// Read a GOP file written by [`Gop::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let data = std::fs::read(path).with_context(|| format!("cannot read GOP file {}", path.display()))
+            .map_err(|e| bad!("{e:#}"))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&data)
+            .map_err(|e| bad!("{}: not a safetensors file: {e}", path.display()))?;
+        let meta_json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("agop"))
+            .ok_or_else(|| bad!("{}: not an agop GOP file (no `agop` metadata)", path.display()))?;
+        let meta: GopMeta =
+            serde_json::from_str(meta_json).map_err(|e| bad!("{}: bad agop metadata: {e}", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&data)
+            .map_err(|e| bad!("{}: not a safetensors file: {e}", path.display()))?;
+        let mut sums = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let shape = view.shape();
+            if view.dtype() != Dtype::F64 || shape.len() != 2 || shape[0] != shape[1] {
+                bail_bad!("{}: tensor {name} is not a square f64 matrix", path.display());
+            }
+            let v: Vec<f64> =
+                view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+            sums.insert(name, (shape[0], v));
+        }
+        let gop = Gop { meta, sums };
+        for m in all_modules(&gop.meta.config) {
+            let (d, _) = gop.get(&m).map_err(|e| e.context(format!("in {}", path.display())))?;
+            if *d != m.stored_dim(&gop.meta.config) {
+                bail_bad!("{}: tensor {} has dim {d}, expected {}", path.display(), m.gop_tensor(), m.stored_dim(&gop.meta.config));
+            }
+        }
+        Ok(gop)
+    }
+}
+
+/// Sorted, merged half-open ranges from a list of window indices.
+pub fn ranges_of(mut idx: Vec<u64>) -> Vec<(u64, u64)> {
+    idx.sort_unstable();
+    idx.dedup();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for i in idx {
+        match out.last_mut() {
+            Some((_, e)) if *e == i => *e += 1,
+            _ => out.push((i, i + 1)),
+        }
+    }
+    out
+}
+
+/// Merge ranges (already non-overlapping) into canonical form.
+pub fn normalize_ranges(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in r {
+        match out.last_mut() {
+            Some((_, pe)) if *pe == s => *pe = e,
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// Add GOP parts (shards). Refuses parts whose model, weights, output, estimator, probes, seed
+/// or seq_len differ, or whose window ranges overlap. The sum is exact f64 addition in the
+/// order given.
+pub fn merge(parts: &[(String, Gop)]) -> Result<Gop> {
+    let Some((first_name, first)) = parts.first() else { bail_bad!("merge: no input files") };
+    let mut out = first.clone();
+    let key = |m: &GopMeta| {
+        (m.model.clone(), m.revision.clone(), m.model_sha256.clone(), m.weights.clone(), m.output.clone(),
+         m.estimator.clone(), m.probes, m.seed, m.seq_len, m.tokens_sha256.clone(), m.config.clone())
+    };
+    let mut all: Vec<(u64, u64, String)> = first.meta.windows.iter().map(|&(s, e)| (s, e, first_name.clone())).collect();
+    for (name, g) in &parts[1..] {
+        if key(&g.meta) != key(&first.meta) {
+            let (a, b) = (&first.meta, &g.meta);
+            bail_bad!(
+                "merge: {name} conflicts with {first_name}: model {}@{} vs {}@{}, weights {} vs {}, output {} vs {}, \
+                 estimator {} vs {}, probes {} vs {}, seed {} vs {}, seq_len {} vs {}, tokens {} vs {}",
+                b.model, b.revision, a.model, a.revision, b.weights, a.weights, b.output, a.output,
+                b.estimator, a.estimator, b.probes, a.probes, b.seed, a.seed, b.seq_len, a.seq_len,
+                short(&b.tokens_sha256), short(&a.tokens_sha256)
+            );
+        }
+        all.extend(g.meta.windows.iter().map(|&(s, e)| (s, e, name.clone())));
+        for (t, (_, v)) in out.sums.iter_mut() {
+            let (_, w) = g.sums.get(t).ok_or_else(|| bad!("merge: {name} has no tensor {t}"))?;
+            for (a, b) in v.iter_mut().zip(w) {
+                *a += b;
+            }
+        }
+        out.meta.n_windows += g.meta.n_windows;
+        out.meta.n_tokens += g.meta.n_tokens;
+    }
+    all.sort();
+    for pair in all.windows(2) {
+        let ((s0, e0, f0), (s1, e1, f1)) = (&pair[0], &pair[1]);
+        if s1 < e0 {
+            bail_bad!("merge: window ranges overlap: {f0} has {s0}..{e0}, {f1} has {s1}..{e1}");
+        }
+    }
+    out.meta.windows = normalize_ranges(all.iter().map(|(s, e, _)| (*s, *e)).collect());
+    Ok(out)
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}

@@ -1,0 +1,149 @@
+//! Command-line interface of SPEC.md §6 (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use agop::agop::{Estimator, Output};
+use agop::model::WeightsKind;
+
+#[derive(Parser, Debug)]
+#[command(name = "agop", version, about = "Neural Feature Ansatz measurements on GPT-2-family models")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every stage of a pipeline file (no file: the built-in GPT-2 small / Shakespeare pipeline).
+    Run {
+        /// Pipeline file (pipelines/*.toml).
+        pipeline: Option<PathBuf>,
+        /// Output folder (default outputs/<pipeline name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Resolve or download a model's files and print the local folder.
+    Fetch {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        revision: Option<String>,
+    },
+    /// Tokenize corpus sources into fixed windows (tokens.parquet).
+    Tokenize(TokenizeArgs),
+    /// Measure per-module gradient outer products (GOP sums) over a tokens file.
+    Measure(MeasureArgs),
+    /// Add GOP shard files into one.
+    Merge {
+        /// GOP files to add.
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Correlate each module's weight Gram matrix (NFM) with AGOP^power.
+    Correlate(CorrelateArgs),
+    /// Print the table and write the plots of a finished run folder.
+    Report {
+        dir: PathBuf,
+    },
+    /// Write a random-init checkpoint in HF layout from a config.json.
+    InitModel {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct MeasureArgs {
+    /// Hub id or local directory with config.json and model.safetensors.
+    #[arg(long)]
+    pub model: String,
+    /// Branch, tag or commit (hub models).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// tokens.parquet (SPEC.md §5 schema).
+    #[arg(long)]
+    pub tokens: PathBuf,
+    /// Output GOP file (.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "pretrained")]
+    pub weights: WeightsKind,
+    #[arg(long, value_enum, default_value = "logits")]
+    pub output: Output,
+    #[arg(long, value_enum, default_value = "sketch")]
+    pub estimator: Estimator,
+    /// Probes per window (sketch).
+    #[arg(long, default_value_t = 1)]
+    pub probes: u32,
+    /// Seed of the probes and of the random-init weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Measure shard I of N (I/N, 0-based): a contiguous block of the windows.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CorrelateArgs {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// GOP file from measure or merge; repeat for several (e.g. pretrained and random-init).
+    #[arg(long, required = true)]
+    pub gop: Vec<PathBuf>,
+    /// correlations.parquet to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Powers α of AGOP^α, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,1")]
+    pub powers: Vec<f64>,
+    /// Also write the operand-space mean AGOP of every module (F32 safetensors).
+    #[arg(long)]
+    pub agop_out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    /// Model whose tokenizer to use (hub id or directory with tokenizer.json or vocab.json + merges.txt).
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// .txt, .jsonl, .parquet, folder, builtin:shakespeare or hf://datasets/... sources, in order.
+    #[arg(long, required = true, num_args = 1..)]
+    pub corpus: Vec<String>,
+    #[arg(long)]
+    pub seq_len: usize,
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// JSONL field / Parquet column holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Skip documents that are not valid UTF-8 instead of stopping.
+    #[arg(long)]
+    pub skip_invalid_utf8: bool,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("expected I/N, got {s:?}"))?;
+    let i: usize = i.trim().parse().map_err(|_| format!("bad shard index in {s:?}"))?;
+    let n: usize = n.trim().parse().map_err(|_| format!("bad shard count in {s:?}"))?;
+    if n == 0 || i >= n {
+        return Err(format!("shard {s:?}: need 0 ≤ I < N"));
+    }
+    Ok((i, n))
+}

@@ -1,0 +1,115 @@
+//! `config.json` of a GPT-2 checkpoint (HF layout), parsed and validated (SPEC.md §1).
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::bail_bad;
+use crate::error::BadInputExt;
+
+/// The fields of an HF GPT-2 config that the model needs. Unknown fields are ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Gpt2Config {
+    #[serde(default)]
+    pub model_type: Option<String>,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    pub n_positions: usize,
+    pub vocab_size: usize,
+    /// Width of the MLP; `null` means 4·n_embd.
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_act")]
+    pub activation_function: String,
+    #[serde(default = "default_true")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_act() -> String {
+    "gelu_new".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_init_range() -> f64 {
+    0.02
+}
+
+impl Gpt2Config {
+    /// Read and validate `config.json`; every problem names the file and the field.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).bad_input(|| format!("cannot read {}", path.display()))?;
+        let cfg: Gpt2Config =
+            serde_json::from_str(&text).bad_input(|| format!("{}: not a GPT-2 config.json", path.display()))?;
+        cfg.validate().map_err(|e| e.context(format!("in {}", path.display())))?;
+        Ok(cfg)
+    }
+
+    /// Check every field SPEC.md §1 relies on.
+    pub fn validate(&self) -> Result<()> {
+        match self.model_type.as_deref() {
+            Some("gpt2") => {}
+            Some(other) => bail_bad!("model_type is \"{other}\"; agop supports only \"gpt2\" checkpoints"),
+            None => bail_bad!("config field model_type is missing; agop supports only \"gpt2\" checkpoints"),
+        }
+        for (field, v) in [
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_embd", self.n_embd),
+            ("n_positions", self.n_positions),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if v == 0 {
+                bail_bad!("config field {field} must be positive, got 0");
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            bail_bad!(
+                "config field n_embd ({}) is not divisible by n_head ({})",
+                self.n_embd,
+                self.n_head
+            );
+        }
+        if self.n_inner == Some(0) {
+            bail_bad!("config field n_inner must be positive or null, got 0");
+        }
+        if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
+            bail_bad!("config field layer_norm_epsilon must be positive, got {}", self.layer_norm_epsilon);
+        }
+        if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu_pytorch_tanh" | "gelu") {
+            bail_bad!(
+                "config field activation_function is \"{}\"; supported: gelu_new, gelu_pytorch_tanh, gelu",
+                self.activation_function
+            );
+        }
+        Ok(())
+    }
+
+    /// MLP width F.
+    pub fn n_inner(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// Head size hs = C / H.
+    pub fn head_size(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// The end-of-text token (50256 for GPT-2).
+    pub fn eos(&self) -> u32 {
+        self.eos_token_id.unwrap_or(self.vocab_size as u32 - 1)
+    }
+}

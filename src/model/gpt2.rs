@@ -1,0 +1,317 @@
+//! GPT-2 in candle with a hand-written backward pass (in the spirit of llm.c): the forward
+//! keeps what the backward needs, and the backward carries a seed gradient at the ln_f output
+//! down the network, handing every block's module-output gradients (δ) and module-operand
+//! gradients to a visitor. No weight gradients are computed: AGOP needs none.
+//!
+//! HF tensor names and the Conv1D [in, out] layout are kept (y = x·W + b).
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+use super::config::Gpt2Config;
+
+/// LayerNorm parameters (γ, β).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+/// One transformer block; weights in stored Conv1D layout [in, out].
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub ln_1: LayerNorm,
+    pub c_attn_w: Tensor,
+    pub c_attn_b: Tensor,
+    pub c_proj_w: Tensor,
+    pub c_proj_b: Tensor,
+    pub ln_2: LayerNorm,
+    pub fc_w: Tensor,
+    pub fc_b: Tensor,
+    pub mp_w: Tensor,
+    pub mp_b: Tensor,
+}
+
+/// A GPT-2 language model; the LM head is tied to `wte`.
+#[derive(Debug, Clone)]
+pub struct Gpt2 {
+    pub cfg: Gpt2Config,
+    pub wte: Tensor,
+    pub wpe: Tensor,
+    pub blocks: Vec<Block>,
+    pub ln_f: LayerNorm,
+}
+
+/// Saved LayerNorm statistics: normalized input and 1/σ.
+struct LnCache {
+    xhat: Tensor,
+    rstd: Tensor,
+}
+
+/// What the backward pass needs from one block's forward.
+struct BlockCache {
+    ln_1: LnCache,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    att: Tensor,
+    ln_2: LnCache,
+    fc_pre: Tensor,
+}
+
+/// The forward pass over a batch of windows (B, T), kept for one or more backward passes.
+pub struct Forward {
+    blocks: Vec<BlockCache>,
+    ln_f: LnCache,
+    /// ln_f output (B, T, C); logits are `hidden · wteᵀ`.
+    pub hidden: Tensor,
+}
+
+/// Places in a block where [`Gpt2::forward_hooked`] offers the tensor to a hook; each matches
+/// one field of [`BlockGrads`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// ln_1 output, the operand of attn.c_attn.
+    AttnIn,
+    /// attn.c_attn output (q | k | v).
+    QkvOut,
+    /// merged heads, the operand of attn.c_proj.
+    ProjIn,
+    /// ln_2 output, the operand of mlp.c_fc.
+    FcIn,
+    /// mlp.c_proj output, before the residual add.
+    MlpOut,
+}
+
+/// Gradients of one block, all (B, T, ·), for one seed. δ = gradient at a module's output
+/// (pre-activation); "operand gradient" = gradient at a module's input through that module only.
+pub struct BlockGrads<'a> {
+    /// δ at attn.c_attn output (B, T, 3C) = [dQ | dK | dV]; head h of Q is columns h·hs..(h+1)·hs.
+    pub qkv_out: &'a Tensor,
+    /// Operand gradient of attn.c_attn: qkv_out · W_attnᵀ (B, T, C).
+    pub attn_in: &'a Tensor,
+    /// Operand gradient of attn.c_proj: δ_ap · W_apᵀ (B, T, C).
+    pub proj_in: &'a Tensor,
+    /// Operand gradient of mlp.c_fc: δ_fc · W_fcᵀ (B, T, C).
+    pub fc_in: &'a Tensor,
+    /// δ at mlp.c_proj output (B, T, C), i.e. the residual gradient after the block.
+    pub mlp_out: &'a Tensor,
+}
+
+impl Gpt2 {
+    pub fn new(cfg: Gpt2Config, wte: Tensor, wpe: Tensor, blocks: Vec<Block>, ln_f: LayerNorm) -> Result<Self> {
+        Ok(Self { cfg, wte, wpe, blocks, ln_f })
+    }
+
+    /// Embeddings and all blocks for token ids (B, T); returns the cache for backward.
+    pub fn forward(&self, ids: &Tensor) -> Result<Forward> {
+        self.forward_hooked(ids, &mut |_, _, t| Ok(t))
+    }
+
+    /// [`Gpt2::forward`] with a hook that may replace the tensor at each [`Site`] of each block
+    /// (used by finite-difference tests to perturb one module's operand or output).
+    pub fn forward_hooked(
+        &self,
+        ids: &Tensor,
+        hook: &mut dyn FnMut(usize, Site, Tensor) -> Result<Tensor>,
+    ) -> Result<Forward> {
+        let cfg = &self.cfg;
+        let (b, t) = ids.dims2()?;
+        if t > cfg.n_positions {
+            bail!("sequence length {t} exceeds n_positions {}", cfg.n_positions);
+        }
+        let (c, h) = (cfg.n_embd, cfg.n_head);
+        let hs = c / h;
+        let eps = cfg.layer_norm_epsilon;
+        let tok = self.wte.embedding(&ids.flatten_all()?)?.reshape((b, t, c))?;
+        let mut x = tok.broadcast_add(&self.wpe.narrow(0, 0, t)?)?;
+        let mask = causal_mask(t)?.to_dtype(self.wte.dtype())?;
+        let mut caches = Vec::with_capacity(self.blocks.len());
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let (a, ln_1) = layer_norm(&x, &blk.ln_1, eps)?;
+            let a = hook(l, Site::AttnIn, a)?;
+            let qkv = hook(l, Site::QkvOut, linear(&a, &blk.c_attn_w, &blk.c_attn_b)?)?;
+            let heads = |i: usize| -> Result<Tensor> {
+                Ok(qkv.narrow(2, i * c, c)?.reshape((b, t, h, hs))?.transpose(1, 2)?.contiguous()?)
+            };
+            let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+            let scale = self.attn_scale(l);
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax_last_dim(&scores)?;
+            let y = hook(l, Site::ProjIn, att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?)?;
+            x = (x + linear(&y, &blk.c_proj_w, &blk.c_proj_b)?)?;
+            let (m, ln_2) = layer_norm(&x, &blk.ln_2, eps)?;
+            let m = hook(l, Site::FcIn, m)?;
+            let fc_pre = linear(&m, &blk.fc_w, &blk.fc_b)?;
+            let u = self.gelu(&fc_pre)?;
+            x = (x + hook(l, Site::MlpOut, linear(&u, &blk.mp_w, &blk.mp_b)?)?)?;
+            caches.push(BlockCache { ln_1, q, k, v, att, ln_2, fc_pre });
+        }
+        let (hidden, ln_f) = layer_norm(&x, &self.ln_f, eps)?;
+        Ok(Forward { blocks: caches, ln_f, hidden })
+    }
+
+    /// The same model computing in `dtype` (F64 for finite-difference checks).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let ln = |l: &LayerNorm| -> Result<LayerNorm> {
+            Ok(LayerNorm { weight: l.weight.to_dtype(dtype)?, bias: l.bias.to_dtype(dtype)? })
+        };
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    ln_1: ln(&b.ln_1)?,
+                    c_attn_w: b.c_attn_w.to_dtype(dtype)?,
+                    c_attn_b: b.c_attn_b.to_dtype(dtype)?,
+                    c_proj_w: b.c_proj_w.to_dtype(dtype)?,
+                    c_proj_b: b.c_proj_b.to_dtype(dtype)?,
+                    ln_2: ln(&b.ln_2)?,
+                    fc_w: b.fc_w.to_dtype(dtype)?,
+                    fc_b: b.fc_b.to_dtype(dtype)?,
+                    mp_w: b.mp_w.to_dtype(dtype)?,
+                    mp_b: b.mp_b.to_dtype(dtype)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            wte: self.wte.to_dtype(dtype)?,
+            wpe: self.wpe.to_dtype(dtype)?,
+            blocks,
+            ln_f: ln(&self.ln_f)?,
+        })
+    }
+
+    /// Logits (B, T, V) from the ln_f output.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = hidden.dims3()?;
+        Ok(hidden.reshape((b * t, c))?.matmul(&self.wte.t()?)?.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// Backward from `seed` = ∂f/∂(ln_f output), shape (B, T, C). Calls `visit(layer, grads)` for
+    /// every block, last block first.
+    pub fn backward(
+        &self,
+        fwd: &Forward,
+        seed: &Tensor,
+        mut visit: impl FnMut(usize, &BlockGrads) -> Result<()>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (b, t, c) = seed.dims3()?;
+        let h = cfg.n_head;
+        let hs = c / h;
+        let mut dx = layer_norm_backward(seed, &fwd.ln_f, &self.ln_f)?;
+        for l in (0..self.blocks.len()).rev() {
+            let blk = &self.blocks[l];
+            let cache = &fwd.blocks[l];
+            // MLP: x_out = x_mid + gelu(ln_2(x_mid)·W_fc + b)·W_mp + b
+            let mlp_out = dx.clone();
+            let du = matmul_t(&mlp_out, &blk.mp_w)?;
+            let d_fc = (du * self.gelu_grad(&cache.fc_pre)?)?;
+            let fc_in = matmul_t(&d_fc, &blk.fc_w)?;
+            dx = (dx + layer_norm_backward(&fc_in, &cache.ln_2, &blk.ln_2)?)?;
+            // Attention: x_mid = x_in + attn(ln_1(x_in))·W_ap + b
+            let proj_in = matmul_t(&dx, &blk.c_proj_w)?;
+            let d_o = proj_in.reshape((b, t, h, hs))?.transpose(1, 2)?.contiguous()?;
+            let d_att = d_o.matmul(&cache.v.t()?)?;
+            let d_v = cache.att.t()?.matmul(&d_o)?;
+            let dot = (&d_att * &cache.att)?.sum_keepdim(D::Minus1)?;
+            let d_scores = ((cache.att.clone() * d_att.broadcast_sub(&dot)?)? * self.attn_scale(l))?;
+            let d_q = d_scores.matmul(&cache.k)?;
+            let d_k = d_scores.t()?.matmul(&cache.q)?;
+            let merge = |g: Tensor| -> Result<Tensor> { Ok(g.transpose(1, 2)?.reshape((b, t, c))?) };
+            let qkv_out = Tensor::cat(&[merge(d_q)?, merge(d_k)?, merge(d_v)?], 2)?;
+            let attn_in = matmul_t(&qkv_out, &blk.c_attn_w)?;
+            visit(l, &BlockGrads { qkv_out: &qkv_out, attn_in: &attn_in, proj_in: &proj_in, fc_in: &fc_in, mlp_out: &mlp_out })?;
+            if l > 0 {
+                dx = (dx + layer_norm_backward(&attn_in, &cache.ln_1, &blk.ln_1)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attn_scale(&self, layer: usize) -> f64 {
+        let mut s = 1.0;
+        if self.cfg.scale_attn_weights {
+            s /= ((self.cfg.n_embd / self.cfg.n_head) as f64).sqrt();
+        }
+        if self.cfg.scale_attn_by_inverse_layer_idx {
+            s /= (layer + 1) as f64;
+        }
+        s
+    }
+
+    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(if self.cfg.activation_function == "gelu" { x.gelu_erf()? } else { x.gelu()? })
+    }
+
+    /// d gelu / dx, elementwise.
+    fn gelu_grad(&self, x: &Tensor) -> Result<Tensor> {
+        if self.cfg.activation_function == "gelu" {
+            // Φ(x) + x·φ(x)
+            let cdf = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;
+            let pdf = ((x.sqr()? * -0.5)?.exp()? * (1.0 / (2.0 * std::f64::consts::PI).sqrt()))?;
+            return Ok((cdf? + (x * pdf)?)?);
+        }
+        // gelu_new: 0.5·x·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³)
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        let x2 = x.sqr()?;
+        let u = ((x * ((&x2 * 0.044715)? + 1.0)?)? * c)?;
+        let th = u.tanh()?;
+        let du = (((&x2 * (3.0 * 0.044715))? + 1.0)? * c)?;
+        let sech2 = (th.sqr()?.neg()? + 1.0)?;
+        let left = ((&th + 1.0)? * 0.5)?;
+        let right = ((x * sech2)? * du)?.affine(0.5, 0.0)?;
+        Ok((left + right)?)
+    }
+}
+
+/// x (…, in) · W (in, out) + b.
+fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (k, n) = w.dims2()?;
+    let rows = x.elem_count() / k;
+    let y = x.reshape((rows, k))?.matmul(w)?.broadcast_add(b)?;
+    let mut out = dims;
+    *out.last_mut().unwrap() = n;
+    Ok(y.reshape(out)?)
+}
+
+/// g (…, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
+fn matmul_t(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = g.dims().to_vec();
+    let (k, n) = w.dims2()?;
+    let rows = g.elem_count() / n;
+    let y = g.reshape((rows, n))?.matmul(&w.t()?)?;
+    let mut out = dims;
+    *out.last_mut().unwrap() = k;
+    Ok(y.reshape(out)?)
+}
+
+/// LayerNorm over the last dimension, returning the output and the statistics for backward.
+fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let rstd = (var + eps)?.sqrt()?.recip()?;
+    let xhat = xc.broadcast_mul(&rstd)?;
+    let y = xhat.broadcast_mul(&ln.weight)?.broadcast_add(&ln.bias)?;
+    Ok((y, LnCache { xhat, rstd }))
+}
+
+/// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ.
+fn layer_norm_backward(dy: &Tensor, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
+    let dxhat = dy.broadcast_mul(&ln.weight)?;
+    let m1 = dxhat.mean_keepdim(D::Minus1)?;
+    let m2 = (&dxhat * &cache.xhat)?.mean_keepdim(D::Minus1)?;
+    let dx = dxhat.broadcast_sub(&m1)?.sub(&cache.xhat.broadcast_mul(&m2)?)?;
+    Ok(dx.broadcast_mul(&cache.rstd)?)
+}
+
+/// (T, T) additive mask: 0 on and below the diagonal, −∞ above.
+fn causal_mask(t: usize) -> Result<Tensor> {
+    let data: Vec<f32> =
+        (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
+    Ok(Tensor::from_vec(data, (t, t), &Device::Cpu)?)
+}

@@ -1,0 +1,138 @@
+//! The weight matrices ("modules") of SPEC.md §2: their names, operand and output dimensions,
+//! which side of the gradient outer product a GOP file stores, and their weight blocks.
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use crate::model::{Gpt2, Gpt2Config};
+
+/// The kind of a module; `Q`, `K`, `V` are per attention head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    CAttn,
+    Q,
+    K,
+    V,
+    AttnCProj,
+    CFc,
+    MlpCProj,
+}
+
+impl Kind {
+    /// The `module` column of correlations.parquet.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::CAttn => "attn.c_attn",
+            Kind::Q => "attn.q",
+            Kind::K => "attn.k",
+            Kind::V => "attn.v",
+            Kind::AttnCProj => "attn.c_proj",
+            Kind::CFc => "mlp.c_fc",
+            Kind::MlpCProj => "mlp.c_proj",
+        }
+    }
+}
+
+/// Which side a GOP file stores for a module: the operand-space sum Σ g gᵀ (tensor `{name}`) or
+/// the output-side sum K = Σ δ δᵀ (tensor `{name}.out`); AGOP = W K Wᵀ in stored layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Operand,
+    Output,
+}
+
+/// One module of one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Module {
+    pub layer: usize,
+    pub kind: Kind,
+    pub head: Option<usize>,
+}
+
+impl Module {
+    /// SPEC.md §2 name, e.g. `h.3.attn.q.7`, `h.0.mlp.c_proj`.
+    pub fn name(&self) -> String {
+        match self.head {
+            Some(h) => format!("h.{}.{}.{}", self.layer, self.kind.as_str(), h),
+            None => format!("h.{}.{}", self.layer, self.kind.as_str()),
+        }
+    }
+
+    /// Operand dimension d_in.
+    pub fn d_in(&self, cfg: &Gpt2Config) -> usize {
+        match self.kind {
+            Kind::MlpCProj => cfg.n_inner(),
+            _ => cfg.n_embd,
+        }
+    }
+
+    /// Output dimension d_out.
+    pub fn d_out(&self, cfg: &Gpt2Config) -> usize {
+        match self.kind {
+            Kind::CAttn => 3 * cfg.n_embd,
+            Kind::Q | Kind::K | Kind::V => cfg.head_size(),
+            Kind::AttnCProj | Kind::MlpCProj => cfg.n_embd,
+            Kind::CFc => cfg.n_inner(),
+        }
+    }
+
+    /// The side stored in GOP files: the smaller one for GPT-2 shapes (heads and mlp.c_proj
+    /// store K; c_attn, attn.c_proj and mlp.c_fc store the operand-space sum).
+    pub fn side(&self) -> Side {
+        match self.kind {
+            Kind::Q | Kind::K | Kind::V | Kind::MlpCProj => Side::Output,
+            _ => Side::Operand,
+        }
+    }
+
+    /// Name of the tensor in a GOP file.
+    pub fn gop_tensor(&self) -> String {
+        match self.side() {
+            Side::Operand => self.name(),
+            Side::Output => format!("{}.out", self.name()),
+        }
+    }
+
+    /// Dimension of the stored square matrix.
+    pub fn stored_dim(&self, cfg: &Gpt2Config) -> usize {
+        match self.side() {
+            Side::Operand => self.d_in(cfg),
+            Side::Output => self.d_out(cfg),
+        }
+    }
+
+    /// The module's weight in stored Conv1D layout (d_in × d_out); for a head, its column block.
+    pub fn weight(&self, model: &Gpt2) -> Result<Tensor> {
+        let blk = &model.blocks[self.layer];
+        let c = model.cfg.n_embd;
+        let hs = model.cfg.head_size();
+        let head_cols = |part: usize| blk.c_attn_w.narrow(1, part * c + self.head.unwrap_or(0) * hs, hs);
+        Ok(match self.kind {
+            Kind::CAttn => blk.c_attn_w.clone(),
+            Kind::Q => head_cols(0)?,
+            Kind::K => head_cols(1)?,
+            Kind::V => head_cols(2)?,
+            Kind::AttnCProj => blk.c_proj_w.clone(),
+            Kind::CFc => blk.fc_w.clone(),
+            Kind::MlpCProj => blk.mp_w.clone(),
+        })
+    }
+}
+
+/// Every module of the model, block by block in SPEC.md order: c_attn, q.0.., k.0.., v.0..,
+/// attn.c_proj, mlp.c_fc, mlp.c_proj.
+pub fn all_modules(cfg: &Gpt2Config) -> Vec<Module> {
+    let mut out = Vec::new();
+    for layer in 0..cfg.n_layer {
+        out.push(Module { layer, kind: Kind::CAttn, head: None });
+        for kind in [Kind::Q, Kind::K, Kind::V] {
+            for h in 0..cfg.n_head {
+                out.push(Module { layer, kind, head: Some(h) });
+            }
+        }
+        for kind in [Kind::AttnCProj, Kind::CFc, Kind::MlpCProj] {
+            out.push(Module { layer, kind, head: None });
+        }
+    }
+    out
+}

@@ -1,0 +1,66 @@
+//! Dense f64 linear algebra on faer matrices: conversion from candle, symmetric eigen, and
+//! symmetric matrix powers (full, and low-rank W K Wᵀ without forming the big matrix first).
+
+use anyhow::{anyhow, Result};
+use candle_core::{DType, Tensor};
+use faer::{Mat, Side};
+
+/// A 2-D candle tensor as an f64 faer matrix.
+pub fn from_tensor(t: &Tensor) -> Result<Mat<f64>> {
+    let (r, c) = t.dims2()?;
+    let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
+}
+
+/// A row-major d × d slice as a faer matrix, times `scale`.
+pub fn from_square(d: usize, v: &[f64], scale: f64) -> Mat<f64> {
+    Mat::from_fn(d, d, |i, j| v[i * d + j] * scale)
+}
+
+/// Row-major values of a matrix.
+pub fn to_row_major(m: &Mat<f64>) -> Vec<f64> {
+    let mut out = Vec::with_capacity(m.nrows() * m.ncols());
+    for i in 0..m.nrows() {
+        for j in 0..m.ncols() {
+            out.push(m[(i, j)]);
+        }
+    }
+    out
+}
+
+/// Eigenvalues (ascending) and eigenvectors (columns) of the symmetrized matrix (A + Aᵀ)/2.
+pub fn sym_eigen(a: &Mat<f64>) -> Result<(Vec<f64>, Mat<f64>)> {
+    let s = Mat::from_fn(a.nrows(), a.ncols(), |i, j| 0.5 * (a[(i, j)] + a[(j, i)]));
+    let evd = s.self_adjoint_eigen(Side::Lower).map_err(|e| anyhow!("eigendecomposition failed: {e:?}"))?;
+    let vals: Vec<f64> = evd.S().column_vector().iter().copied().collect();
+    Ok((vals, evd.U().to_owned()))
+}
+
+/// A^α for symmetric positive semi-definite A, eigenvalues clamped at 0.
+pub fn sym_power(a: &Mat<f64>, alpha: f64) -> Result<Mat<f64>> {
+    let (vals, u) = sym_eigen(a)?;
+    let n = a.nrows();
+    let scaled = Mat::from_fn(n, n, |i, k| u[(i, k)] * clamp_pow(vals[k], alpha));
+    Ok(&scaled * u.transpose())
+}
+
+/// (W K Wᵀ)^α for W (d_in × r) and symmetric PSD K (r × r), through r × r eigenproblems only:
+/// with B = W K^{1/2} and BᵀB = U Λ Uᵀ, (B Bᵀ)^α = B U Λ^{α−1} Uᵀ Bᵀ over the nonzero λ.
+pub fn lowrank_power(w: &Mat<f64>, k: &Mat<f64>, alpha: f64) -> Result<Mat<f64>> {
+    let b = w * sym_power(k, 0.5)?;
+    let (vals, u) = sym_eigen(&(b.transpose() * &b))?;
+    let max = vals.iter().cloned().fold(0.0, f64::max);
+    let keep: Vec<usize> = (0..vals.len()).filter(|&i| vals[i] > max * 1e-13 && vals[i] > 0.0).collect();
+    let bu = &b * &u; // columns: B u_i, norm² = λ_i
+    let d = w.nrows();
+    let left = Mat::from_fn(d, keep.len(), |i, c| bu[(i, keep[c])] * vals[keep[c]].powf(0.5 * alpha - 0.5));
+    Ok(&left * left.transpose())
+}
+
+fn clamp_pow(x: f64, alpha: f64) -> f64 {
+    if x <= 0.0 {
+        0.0
+    } else {
+        x.powf(alpha)
+    }
+}

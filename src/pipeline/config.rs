@@ -1,0 +1,209 @@
+//! Pipeline files (`pipelines/*.toml`): which model, which corpus, which settings.
+//! Relative paths (model directories, corpus sources, init configs) are relative to the file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::agop::{Estimator, Output};
+use crate::model::WeightsKind;
+use crate::{bad, bail_bad};
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Names the output folder `outputs/<name>/`.
+    pub name: String,
+    pub model: ModelSpec,
+    pub corpus: CorpusSpec,
+    #[serde(default)]
+    pub measure: MeasureSpec,
+    #[serde(default)]
+    pub correlate: CorrelateSpec,
+    /// Folder holding the pipeline file; relative paths resolve against it (not serialized).
+    #[serde(skip)]
+    pub base: PathBuf,
+    /// The file's text, recorded in correlations.parquet metadata.
+    #[serde(skip)]
+    pub text: String,
+}
+
+/// `[model]`: a hub id or local directory, or a random checkpoint made by `init-model`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Hub id (`openai-community/gpt2`) or a local directory. Not needed with `init_config`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Branch, tag or commit on the hub; pin a commit for reproducible runs.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Instead of `id`: a config.json from which `init-model` writes a checkpoint into the
+    /// output folder (`model/`), with `init_seed`.
+    #[serde(default)]
+    pub init_config: Option<String>,
+    #[serde(default)]
+    pub init_seed: u64,
+}
+
+/// `[corpus]`: sources and windowing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusSpec {
+    /// Files, folders or `hf://datasets/...` paths (SPEC.md §6), in order.
+    pub sources: Vec<String>,
+    /// Tokens per window.
+    pub seq_len: usize,
+    /// Keep the first ⌊max_tokens/seq_len⌋ windows.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// JSONL field / Parquet column with the text.
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    /// Skip non-UTF-8 documents (counted) instead of stopping.
+    #[serde(default)]
+    pub skip_invalid_utf8: bool,
+}
+
+fn default_text_column() -> String {
+    "text".into()
+}
+
+/// `[measure]`: output function, estimator and controls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureSpec {
+    #[serde(default = "default_output")]
+    pub output: Output,
+    #[serde(default = "default_estimator")]
+    pub estimator: Estimator,
+    #[serde(default = "default_probes")]
+    pub probes: u32,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Which weights to measure; `random-init` is the control.
+    #[serde(default = "default_weights")]
+    pub weights: Vec<WeightsKind>,
+}
+
+fn default_output() -> Output {
+    Output::Logits
+}
+fn default_estimator() -> Estimator {
+    Estimator::Sketch
+}
+fn default_probes() -> u32 {
+    1
+}
+fn default_batch() -> usize {
+    4
+}
+fn default_weights() -> Vec<WeightsKind> {
+    vec![WeightsKind::Pretrained, WeightsKind::RandomInit]
+}
+
+impl Default for MeasureSpec {
+    fn default() -> Self {
+        Self {
+            output: default_output(),
+            estimator: default_estimator(),
+            probes: default_probes(),
+            seed: 0,
+            batch: default_batch(),
+            weights: default_weights(),
+        }
+    }
+}
+
+/// `[correlate]`: powers of the AGOP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrelateSpec {
+    #[serde(default = "default_powers")]
+    pub powers: Vec<f64>,
+}
+
+fn default_powers() -> Vec<f64> {
+    vec![0.5, 1.0]
+}
+
+impl Default for CorrelateSpec {
+    fn default() -> Self {
+        Self { powers: default_powers() }
+    }
+}
+
+impl Pipeline {
+    /// Parse a pipeline file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| bad!("cannot read pipeline file {}: {e}", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_str(&text, base, &path.display().to_string())
+    }
+
+    /// Parse pipeline text; `base` is where relative paths start, `origin` names it in errors.
+    pub fn from_str(text: &str, base: PathBuf, origin: &str) -> Result<Self> {
+        let mut p: Pipeline = toml::from_str(text).map_err(|e| bad!("{origin}: {e}"))?;
+        p.base = base;
+        p.text = text.to_string();
+        p.validate().map_err(|e| e.context(format!("in pipeline file {origin}")))?;
+        Ok(p)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
+            bail_bad!("name {:?} must be a plain folder name", self.name);
+        }
+        match (&self.model.id, &self.model.init_config) {
+            (None, None) => bail_bad!("[model] needs `id` (hub id or directory) or `init_config`"),
+            (Some(_), Some(_)) => bail_bad!("[model] has both `id` and `init_config`; choose one"),
+            _ => {}
+        }
+        if self.corpus.sources.is_empty() {
+            bail_bad!("[corpus] sources is empty");
+        }
+        if self.corpus.seq_len == 0 {
+            bail_bad!("[corpus] seq_len must be positive");
+        }
+        if self.measure.estimator == Estimator::Sketch && self.measure.probes == 0 {
+            bail_bad!("[measure] probes must be at least 1 for the sketch estimator");
+        }
+        if self.measure.weights.is_empty() {
+            bail_bad!("[measure] weights is empty");
+        }
+        if self.correlate.powers.iter().any(|p| !p.is_finite() || *p <= 0.0) {
+            bail_bad!("[correlate] powers must be positive");
+        }
+        Ok(())
+    }
+
+    /// A path from the file, made relative to the file's folder when it is relative.
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() || p.starts_with("hf://") {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    /// A model id: a directory relative to the file if one exists there, else a hub id.
+    pub fn model_spec(&self) -> Option<String> {
+        let id = self.model.id.as_ref()?;
+        let local = self.resolve_path(id);
+        Some(if local.is_dir() { local.display().to_string() } else { id.clone() })
+    }
+
+    /// Corpus sources with relative paths resolved.
+    pub fn sources(&self) -> Vec<String> {
+        self.corpus
+            .sources
+            .iter()
+            .map(|s| if s.starts_with("hf://") || s.starts_with("builtin:") { s.clone() } else { self.resolve_path(s).display().to_string() })
+            .collect()
+    }
+}

@@ -1,0 +1,6 @@
+//! Pipelines: the file format and the stage runner.
+
+pub mod config;
+pub mod run;
+
+pub use config::Pipeline;

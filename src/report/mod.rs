@@ -1,0 +1,99 @@
+//! `agop report DIR`: a terminal table and PNG plots from a finished run's correlations.parquet.
+
+pub mod plots;
+pub mod table;
+
+use std::path::Path;
+
+use anyhow::Result;
+use polars::prelude::*;
+
+use crate::bail_bad;
+
+/// One row of correlations.parquet, as the report needs it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub weights: String,
+    pub layer: u32,
+    pub module: String,
+    pub head: Option<u32>,
+    pub power: f64,
+    pub metric: String,
+    pub value: f64,
+}
+
+/// Read the rows of `dir/correlations.parquet`.
+pub fn read_rows(dir: &Path) -> Result<(Vec<Row>, DataFrame)> {
+    let path = dir.join("correlations.parquet");
+    if !path.is_file() {
+        bail_bad!("{}: no correlations.parquet here (run `agop run` or `agop correlate` first)", dir.display());
+    }
+    let df = crate::outputs::read_parquet(&path)?;
+    let s = |n: &str| -> Result<Vec<String>> {
+        Ok(df.column(n)?.str()?.into_iter().map(|x| x.unwrap_or("").to_string()).collect())
+    };
+    let (weights, module, metric) = (s("weights")?, s("module")?, s("metric")?);
+    let layer: Vec<u32> = df.column("layer")?.u32()?.into_iter().map(|x| x.unwrap_or(0)).collect();
+    let head: Vec<Option<u32>> = df.column("head")?.u32()?.into_iter().collect();
+    let power: Vec<f64> = df.column("power")?.f64()?.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect();
+    let value: Vec<f64> = df.column("value")?.f64()?.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect();
+    let rows = (0..df.height())
+        .map(|i| Row {
+            weights: weights[i].clone(),
+            layer: layer[i],
+            module: module[i].clone(),
+            head: head[i],
+            power: power[i],
+            metric: metric[i].clone(),
+            value: value[i],
+        })
+        .collect();
+    Ok((rows, df))
+}
+
+/// Write the plots into `dir/plots/` and return the table text.
+pub fn report(dir: &Path) -> Result<String> {
+    let (rows, df) = read_rows(dir)?;
+    let mut text = table::render(&rows, &df)?;
+    let written = plots::write_all(&rows, &dir.join("plots"))?;
+    text.push_str(&format!("\nplots: {} files in {}\n", written.len(), dir.join("plots").display()));
+    Ok(text)
+}
+
+/// Median of values (NaN-free input).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Modules in display order.
+pub const MODULES: [&str; 7] = ["attn.c_attn", "attn.q", "attn.k", "attn.v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+/// The value for (weights, layer, module, power, metric): the whole-matrix value, or the median over heads.
+pub fn cell(rows: &[Row], weights: &str, layer: u32, module: &str, power: f64, metric: &str) -> Option<f64> {
+    let v: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.weights == weights && r.layer == layer && r.module == module && r.power == power && r.metric == metric)
+        .map(|r| r.value)
+        .collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
+/// Distinct values in first-seen order.
+pub fn distinct<T: PartialEq + Clone>(it: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for x in it {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}

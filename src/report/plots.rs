@@ -1,0 +1,132 @@
+//! PNG plots (plotters, bitmap backend, a font shipped in the repo): correlation by layer for
+//! each module, pretrained against random-init; and layer × head heatmaps for q, k and v.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use super::{cell, distinct, Row, MODULES};
+
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn palette(i: usize) -> RGBColor {
+    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)][i % 4]
+}
+
+/// Write every plot into `dir`; returns the files written.
+pub fn write_all(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
+    register_font();
+    std::fs::create_dir_all(dir)?;
+    let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
+    let weights = distinct(rows.iter().map(|r| r.weights.clone()));
+    let mut written = Vec::new();
+    for &p in &powers {
+        let path = dir.join(format!("by-layer-power{p}.png"));
+        by_layer(rows, &weights, p, &path)?;
+        written.push(path);
+        for m in ["attn.q", "attn.k", "attn.v"] {
+            for w in &weights {
+                let path = dir.join(format!("heads-{}-{w}-power{p}.png", m.trim_start_matches("attn.")));
+                if heatmap(rows, w, m, p, &path)? {
+                    written.push(path);
+                }
+            }
+        }
+    }
+    Ok(written)
+}
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("drawing plot: {e}")
+}
+
+/// One panel per module: Pearson correlation against layer, a line per weights setting.
+fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result<()> {
+    let layers = distinct(rows.iter().map(|r| r.layer));
+    let max_layer = layers.iter().copied().max().unwrap_or(0);
+    let root = BitMapBackend::new(path, (1400, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(&format!("NFM vs AGOP^{power}: Pearson correlation by layer"), ("sans-serif", 24))
+        .map_err(err)?;
+    let panels = root.split_evenly((2, 4));
+    for (i, m) in MODULES.iter().enumerate() {
+        let mut chart = ChartBuilder::on(&panels[i])
+            .caption(*m, ("sans-serif", 18))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(-0.5f64..(max_layer as f64 + 0.5), -0.2f64..1.0f64)
+            .map_err(err)?;
+        chart.configure_mesh().x_desc("layer").light_line_style(WHITE).draw().map_err(err)?;
+        for (k, w) in weights.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = layers
+                .iter()
+                .filter_map(|&l| cell(rows, w, l, m, power, "pearson").map(|v| (l as f64, v)))
+                .collect();
+            let color = palette(k);
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(w.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Layer × head heatmap of the Pearson correlation for one of q, k, v. False if no head rows.
+fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, path: &Path) -> Result<bool> {
+    let cells: Vec<(u32, u32, f64)> = rows
+        .iter()
+        .filter(|r| r.weights == weights && r.module == module && r.power == power && r.metric == "pearson")
+        .filter_map(|r| r.head.map(|h| (r.layer, h, r.value)))
+        .collect();
+    if cells.is_empty() {
+        return Ok(false);
+    }
+    let n_layer = cells.iter().map(|c| c.0).max().unwrap_or(0) + 1;
+    let n_head = cells.iter().map(|c| c.1).max().unwrap_or(0) + 1;
+    let root = BitMapBackend::new(path, (900, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{module} ({weights}): Pearson(NFM, AGOP^{power}) by layer and head"), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0u32..n_head, 0u32..n_layer)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("head").y_desc("layer").disable_mesh().draw().map_err(err)?;
+    chart
+        .draw_series(cells.iter().map(|&(l, h, v)| {
+            let t = v.clamp(0.0, 1.0);
+            let color = HSLColor(0.66 - 0.66 * t, 0.8, 0.5);
+            Rectangle::new([(h, l), (h + 1, l + 1)], color.filled())
+        }))
+        .map_err(err)?;
+    chart
+        .draw_series(cells.iter().map(|&(l, h, v)| {
+            Text::new(format!("{v:.2}"), (h, l + 1), ("sans-serif", 12).into_font().color(&BLACK))
+        }))
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(true)
+}

@@ -1,0 +1,61 @@
+//! Helpers shared by the integration tests: fixture paths and golden values.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use agop::agop::Window;
+
+pub fn fixture_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2/model")
+}
+
+pub fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2/golden")
+}
+
+/// golden.json parsed.
+pub fn golden_json() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(golden_dir().join("golden.json")).unwrap()).unwrap()
+}
+
+/// The golden windows (2 × 8 token ids).
+pub fn golden_windows() -> Vec<Window> {
+    golden_json()["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Window {
+            index: i as u64,
+            tokens: w.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(),
+        })
+        .collect()
+}
+
+/// Every tensor of golden.safetensors: name → (shape, f64 values).
+pub fn golden_tensors() -> HashMap<String, (Vec<usize>, Vec<f64>)> {
+    let data = std::fs::read(golden_dir().join("golden.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&data).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            assert_eq!(v.dtype(), safetensors::Dtype::F64);
+            let vals = v.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+            (n, (v.shape().to_vec(), vals))
+        })
+        .collect()
+}
+
+/// ‖a − b‖ / ‖b‖.
+pub fn rel_frob(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+/// Path to the built `agop` binary.
+pub fn agop_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_agop"))
+}

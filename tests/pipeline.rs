@@ -1,0 +1,140 @@
+//! `agop run pipelines/tiny.toml` end to end: schema, row count, value ranges, agreement with the
+//! engine, skipping finished stages, and atomic outputs.
+
+mod common;
+
+use std::process::Command;
+
+use agop::agop::Gop;
+use agop::model::{self, WeightsKind};
+use agop::outputs::read_parquet;
+use common::*;
+use polars::prelude::*;
+
+fn tiny_pipeline() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tiny.toml")
+}
+
+#[test]
+fn tiny_pipeline_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny");
+    let run = || {
+        let o = Command::new(agop_bin()).arg("run").arg(tiny_pipeline()).arg("--out").arg(&out).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "agop run failed: {stderr}");
+        (String::from_utf8_lossy(&o.stdout).to_string(), stderr)
+    };
+    let (stdout, _) = run();
+    assert!(stdout.contains("attn.c_attn") && stdout.contains("random-init"), "{stdout}");
+
+    let df = read_parquet(&out.join("correlations.parquet")).unwrap();
+    let schema: Vec<(&str, DataType)> = vec![
+        ("pipeline", DataType::String),
+        ("model", DataType::String),
+        ("revision", DataType::String),
+        ("weights", DataType::String),
+        ("corpus", DataType::String),
+        ("n_tokens", DataType::UInt64),
+        ("output", DataType::String),
+        ("estimator", DataType::String),
+        ("probes", DataType::UInt32),
+        ("layer", DataType::UInt32),
+        ("module", DataType::String),
+        ("head", DataType::UInt32),
+        ("dim", DataType::UInt32),
+        ("power", DataType::Float64),
+        ("metric", DataType::String),
+        ("value", DataType::Float64),
+    ];
+    let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+    assert_eq!(names, schema.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>());
+    for (n, t) in &schema {
+        assert_eq!(df.column(n).unwrap().dtype(), t, "column {n}");
+    }
+    // weights × layers × (4 + 3·heads) × powers × metrics = 2 × 2 × (4 + 12) × 2 × 2.
+    assert_eq!(df.height(), 2 * 2 * (4 + 3 * 4) * 2 * 2);
+    let values: Vec<f64> = df.column("value").unwrap().f64().unwrap().into_no_null_iter().collect();
+    assert!(values.iter().all(|v| v.is_finite() && (-1.0..=1.0).contains(v)));
+    let heads = df.column("head").unwrap().u32().unwrap();
+    let modules = df.column("module").unwrap().str().unwrap();
+    for (h, m) in heads.into_iter().zip(modules.into_iter()) {
+        let m = m.unwrap();
+        assert_eq!(h.is_some(), matches!(m, "attn.q" | "attn.k" | "attn.v"), "{m} {h:?}");
+    }
+    let n_tokens: Vec<u64> = df.column("n_tokens").unwrap().u64().unwrap().into_no_null_iter().collect();
+    assert!(n_tokens.iter().all(|&n| n == 8192));
+    assert!(df.column("pipeline").unwrap().str().unwrap().into_no_null_iter().all(|p| p == "tiny"));
+
+    // The table agrees with the engine's own numbers computed from the GOP files.
+    let model_dir = out.join("model");
+    for weights in [WeightsKind::Pretrained, WeightsKind::RandomInit] {
+        let gop = Gop::load(&out.join(format!("gop-{}.safetensors", weights.as_str()))).unwrap();
+        assert_eq!(gop.meta.n_windows, 128);
+        let m = model::load_dir(&model_dir, weights, gop.meta.seed).unwrap();
+        let rows = agop::nfa::correlate(&m, &gop, &[0.5, 1.0]).unwrap();
+        let sub = df
+            .clone()
+            .lazy()
+            .filter(col("weights").eq(lit(weights.as_str())))
+            .collect()
+            .unwrap();
+        let got: Vec<f64> = sub.column("value").unwrap().f64().unwrap().into_no_null_iter().collect();
+        assert_eq!(got.len(), rows.len());
+        for (g, r) in got.iter().zip(&rows) {
+            assert!((g - r.value).abs() < 1e-12, "{r:?} vs {g}");
+        }
+    }
+    // Plots exist and are PNGs.
+    let png = std::fs::read(out.join("plots/by-layer-power1.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(out.join("plots/heads-q-pretrained-power0.5.png").is_file());
+
+    // A second run skips every stage and leaves the results as they were.
+    let before = std::fs::read(out.join("correlations.parquet")).unwrap();
+    let (_, stderr) = run();
+    assert!(stderr.contains("[tokenize]") && stderr.matches("is up to date").count() >= 5, "{stderr}");
+    assert_eq!(before, std::fs::read(out.join("correlations.parquet")).unwrap());
+}
+
+#[test]
+fn interrupted_write_leaves_nothing_that_looks_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("correlations.parquet");
+    let r = agop::outputs::write_atomic_with(&path, |f| {
+        use std::io::Write;
+        f.write_all(b"PAR1 half a file")?;
+        anyhow::bail!("interrupted")
+    });
+    assert!(r.is_err());
+    assert!(!path.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "temporary file left behind");
+}
+
+#[test]
+fn killed_measure_leaves_no_gop_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let cfg = tmp.path().join("config.json");
+    std::fs::write(&cfg, r#"{"model_type":"gpt2","n_layer":4,"n_head":4,"n_embd":128,"n_positions":256,"vocab_size":1000}"#).unwrap();
+    agop::stages::init_model(&cfg, 0, &model).unwrap();
+    let windows: Vec<agop::agop::Window> = (0..400)
+        .map(|i| agop::agop::Window { index: i, tokens: (0..256).map(|j| ((i * 7 + j) % 1000) as u32).collect() })
+        .collect();
+    let tokens = tmp.path().join("tokens.parquet");
+    agop::outputs::write_tokens(&tokens, &windows, &Default::default()).unwrap();
+    let gop = tmp.path().join("gop.safetensors");
+    let mut child = Command::new(agop_bin())
+        .args(["measure", "--model"])
+        .arg(&model)
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--out")
+        .arg(&gop)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!gop.exists(), "a killed measure left {}", gop.display());
+}
