@@ -112,9 +112,11 @@ pub fn read_tokens(path: &Path) -> Result<(Vec<Window>, TokensMeta)> {
         .map_err(|_| bad!("{}: column `tokens` must be List(UInt32), found {}", path.display(), tokens.dtype()))?;
     let tokens = tokens.list()?;
     let mut out = Vec::with_capacity(df.height());
-    for (i, (w, t)) in window.into_iter().zip(tokens.into_iter()).enumerate() {
-        let (Some(w), Some(t)) = (w, t) else { bail_bad!("{}: row {i} has a null window or tokens", path.display()) };
-        let t: Vec<u32> = t.u32()?.into_iter().map(|x| x.ok_or_else(|| bad!("{}: row {i} has a null token", path.display()))).collect::<Result<_>>()?;
+    for (i, w) in window.iter().enumerate() {
+        let (Some(w), Some(t)) = (w, tokens.get_as_series(i)) else {
+            bail_bad!("{}: row {i} has a null window or tokens", path.display())
+        };
+        let t: Vec<u32> = t.u32()?.iter().map(|x| x.ok_or_else(|| bad!("{}: row {i} has a null token", path.display()))).collect::<Result<_>>()?;
         out.push(Window { index: w, tokens: t });
     }
     if let Some(first) = out.first() {

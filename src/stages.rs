@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::agop::{gop, Gop, GopMeta, Measurer, Settings, Window};
 use crate::model::{self, Gpt2, Gpt2Config, WeightsKind};
 use crate::outputs::{self, RunInfo};
-use crate::{bad, bail_bad};
+use crate::bail_bad;
 
 /// A model resolved to a local directory, with its identity for output metadata.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ mod common;
 
 use agop::agop::{Estimator, Gop, GopMeta, Output, Settings, Window};
 use agop::model::{self, Gpt2, Site, WeightsKind};
-use agop::modules::{all_modules, Kind};
+use agop::modules::all_modules;
 use agop::nfa::{self, gram, linalg};
 use agop::stages::{self, MeasureOptions};
 use candle_core::{DType, Device, Tensor};
@@ -28,6 +28,7 @@ fn meta(m: &Gpt2, output: Output, estimator: Estimator, probes: u32, seed: u64) 
         probes,
         seed,
         seq_len: 8,
+        tokens_sha256: String::new(),
         n_windows: 0,
         n_tokens: 0,
         windows: vec![],
@@ -216,7 +217,9 @@ fn sketch_is_independent_of_batch_size() {
         let base = run(&m, &windows, output, Estimator::Sketch, 1, 11, 1);
         for batch in [2, 3, 7, 16] {
             let other = run(&m, &windows, output, Estimator::Sketch, 1, 11, batch);
-            assert_eq!(base.sums, other.sums, "batch {batch} differs ({})", output.as_str());
+            for (k, (_, v)) in &base.sums {
+                assert!(&other.sums[k].1 == v, "batch {batch}: {k} differs ({}), rel {:.3e}", output.as_str(), rel_frob(&other.sums[k].1, v));
+            }
         }
         // Several probes: equal up to f64 summation order.
         let base = run(&m, &windows, output, Estimator::Sketch, 4, 11, 1);
@@ -240,5 +243,4 @@ fn probes_depend_on_window_index_not_position() {
         let sum: Vec<f64> = a.sums[k].1.iter().zip(&b.sums[k].1).map(|(x, y)| x + y).collect();
         assert!(rel_frob(&sum, v) < 1e-12, "{k}");
     }
-    let _ = Kind::CAttn;
 }

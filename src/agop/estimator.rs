@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use super::gop::Gop;
+use crate::model::gpt2::per_window;
 use crate::model::Gpt2;
 use crate::nfa::linalg;
 use crate::bail_bad;
@@ -162,8 +163,9 @@ impl<'a> Measurer<'a> {
                         let mut rng = probe_rng(self.settings.seed, w.index, p);
                         z.extend((0..t * c).map(|_| rng.sample::<f32, _>(StandardNormal)));
                     }
-                    let z = Tensor::from_vec(z, (b * t, c), &Device::Cpu)?;
-                    z.matmul(&self.factor.t()?)?.reshape((b, t, c))?
+                    let z = Tensor::from_vec(z, (b, t, c), &Device::Cpu)?;
+                    let lt = self.factor.t()?;
+                    per_window(&z, |zw| Ok(zw.reshape((t, c))?.matmul(&lt)?.reshape((1, t, c))?))?
                 }
                 Some(dirs) => {
                     let mut eps = Vec::with_capacity(b * t);
@@ -233,7 +235,7 @@ impl<'a> Measurer<'a> {
                 }
             }
         }
-        let g = Tensor::from_vec(p, (b * t, v), &Device::Cpu)?;
-        Ok(g.matmul(&model.wte)?.reshape((b, t, c))?)
+        let g = Tensor::from_vec(p, (b, t, v), &Device::Cpu)?;
+        per_window(&g, |gw| Ok(gw.reshape((t, v))?.matmul(&model.wte)?.reshape((1, t, c))?))
     }
 }

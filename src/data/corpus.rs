@@ -137,7 +137,7 @@ fn read_file(path: &Path, opts: &CorpusOptions, docs: &mut Vec<Document>) -> Res
                 bad!("{name}: no column `{}` (columns: {}; choose one with --text-column)", opts.text_column, names.join(", "))
             })?;
             let s = col.str().map_err(|_| bad!("{name}: column `{}` is not text (it is {})", opts.text_column, col.dtype()))?;
-            for (i, t) in s.into_iter().enumerate() {
+            for (i, t) in s.iter().enumerate() {
                 if let Some(t) = t {
                     docs.push(Document { origin: format!("{name}:row {i}"), text: t.to_string() });
                 }

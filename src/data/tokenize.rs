@@ -53,7 +53,7 @@ impl Gpt2Tokenizer {
 
     /// Byte-level BPE from vocab.json and merges.txt texts, GPT-2 settings (no prefix space).
     pub fn from_vocab_merges(vocab: &str, merges: &str, source: String) -> Result<Self> {
-        let vocab: std::collections::HashMap<String, u32> =
+        let vocab: tokenizers::models::bpe::Vocab =
             serde_json::from_str(vocab).map_err(|e| bad!("{source}: vocab.json is not valid: {e}"))?;
         let merges: Vec<(String, String)> = merges
             .lines()
@@ -67,7 +67,7 @@ impl Gpt2Tokenizer {
             })
             .collect::<Result<_>>()?;
         let bpe = BPE::builder()
-            .vocab_and_merges(vocab.into_iter().collect(), merges)
+            .vocab_and_merges(vocab, merges)
             .build()
             .map_err(|e| anyhow!("{source}: building BPE: {e}"))?;
         let mut tokenizer = Tokenizer::new(bpe);
@@ -77,7 +77,7 @@ impl Gpt2Tokenizer {
     }
 
     fn finish(mut tokenizer: Tokenizer, source: String) -> Result<Self> {
-        tokenizer.add_special_tokens(&[AddedToken::from(EOS_TEXT, true)]);
+        tokenizer.add_special_tokens([AddedToken::from(EOS_TEXT, true)]).map_err(|e| anyhow!("{source}: adding {EOS_TEXT}: {e}"))?;
         let eos = tokenizer
             .token_to_id(EOS_TEXT)
             .ok_or_else(|| bad!("{source}: the vocabulary has no {EOS_TEXT} token"))?;

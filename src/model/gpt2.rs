@@ -185,8 +185,9 @@ impl Gpt2 {
 
     /// Logits (B, T, V) from the ln_f output.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let (b, t, c) = hidden.dims3()?;
-        Ok(hidden.reshape((b * t, c))?.matmul(&self.wte.t()?)?.reshape((b, t, self.cfg.vocab_size))?)
+        let (_, t, c) = hidden.dims3()?;
+        let wt = self.wte.t()?;
+        per_window(hidden, |h| Ok(h.reshape((t, c))?.matmul(&wt)?.reshape((1, t, self.cfg.vocab_size))?))
     }
 
     /// Backward from `seed` = ∂f/∂(ln_f output), shape (B, T, C). Calls `visit(layer, grads)` for
@@ -267,26 +268,31 @@ impl Gpt2 {
     }
 }
 
-/// x (…, in) · W (in, out) + b.
-fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let (k, n) = w.dims2()?;
-    let rows = x.elem_count() / k;
-    let y = x.reshape((rows, k))?.matmul(w)?.broadcast_add(b)?;
-    let mut out = dims;
-    *out.last_mut().unwrap() = n;
-    Ok(y.reshape(out)?)
+/// Apply `f` to each window (index along dim 0) separately and stack the results. Matrix
+/// products are computed per window so that a window's numbers never depend on which other
+/// windows share its batch (GEMM blocking depends on the row count).
+pub fn per_window(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    if b == 1 {
+        return f(x);
+    }
+    let parts = (0..b).map(|i| f(&x.narrow(0, i, 1)?)).collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// g (…, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
+/// x (B, T, in) · W (in, out) + b, window by window.
+fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (_, t, k) = x.dims3()?;
+    let n = w.dim(1)?;
+    per_window(x, |xw| Ok(xw.reshape((t, k))?.matmul(w)?.broadcast_add(b)?.reshape((1, t, n))?))
+}
+
+/// g (B, T, out) · Wᵀ (out, in), window by window: the gradient at a Conv1D module's input.
 fn matmul_t(g: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = g.dims().to_vec();
-    let (k, n) = w.dims2()?;
-    let rows = g.elem_count() / n;
-    let y = g.reshape((rows, n))?.matmul(&w.t()?)?;
-    let mut out = dims;
-    *out.last_mut().unwrap() = k;
-    Ok(y.reshape(out)?)
+    let (_, t, n) = g.dims3()?;
+    let k = w.dim(0)?;
+    let wt = w.t()?;
+    per_window(g, |gw| Ok(gw.reshape((t, n))?.matmul(&wt)?.reshape((1, t, k))?))
 }
 
 /// LayerNorm over the last dimension, returning the output and the statistics for backward.

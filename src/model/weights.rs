@@ -95,14 +95,14 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config) -> Result<Gpt2> {
 /// Assemble a [`Gpt2`] from a tensor source keyed by HF name (no prefix).
 fn build(cfg: &Gpt2Config, take: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<Gpt2> {
     let (c, f, v, p) = (cfg.n_embd, cfg.n_inner(), cfg.vocab_size, cfg.n_positions);
-    let mut ln = |pre: &str| -> Result<LayerNorm> {
+    let ln = |take: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, pre: &str| -> Result<LayerNorm> {
         Ok(LayerNorm { weight: take(&format!("{pre}.weight"), &[c])?, bias: take(&format!("{pre}.bias"), &[c])? })
     };
-    let ln_f = ln("ln_f")?;
+    let ln_f = ln(take, "ln_f")?;
     let mut blocks = Vec::with_capacity(cfg.n_layer);
     for l in 0..cfg.n_layer {
-        let ln_1 = ln(&format!("h.{l}.ln_1"))?;
-        let ln_2 = ln(&format!("h.{l}.ln_2"))?;
+        let ln_1 = ln(take, &format!("h.{l}.ln_1"))?;
+        let ln_2 = ln(take, &format!("h.{l}.ln_2"))?;
         let h = |s: &str| format!("h.{l}.{s}");
         blocks.push(Block {
             ln_1,

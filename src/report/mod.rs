@@ -30,13 +30,13 @@ pub fn read_rows(dir: &Path) -> Result<(Vec<Row>, DataFrame)> {
     }
     let df = crate::outputs::read_parquet(&path)?;
     let s = |n: &str| -> Result<Vec<String>> {
-        Ok(df.column(n)?.str()?.into_iter().map(|x| x.unwrap_or("").to_string()).collect())
+        Ok(df.column(n)?.str()?.iter().map(|x| x.unwrap_or("").to_string()).collect())
     };
     let (weights, module, metric) = (s("weights")?, s("module")?, s("metric")?);
-    let layer: Vec<u32> = df.column("layer")?.u32()?.into_iter().map(|x| x.unwrap_or(0)).collect();
-    let head: Vec<Option<u32>> = df.column("head")?.u32()?.into_iter().collect();
-    let power: Vec<f64> = df.column("power")?.f64()?.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect();
-    let value: Vec<f64> = df.column("value")?.f64()?.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect();
+    let layer: Vec<u32> = df.column("layer")?.u32()?.iter().map(|x| x.unwrap_or(0)).collect();
+    let head: Vec<Option<u32>> = df.column("head")?.u32()?.iter().collect();
+    let power: Vec<f64> = df.column("power")?.f64()?.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
+    let value: Vec<f64> = df.column("value")?.f64()?.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
     let rows = (0..df.height())
         .map(|i| Row {
             weights: weights[i].clone(),

@@ -10,10 +10,17 @@ use super::{cell, distinct, Row, MODULES};
 
 pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
     let first = |c: &str| -> String {
-        df.column(c)
-            .ok()
-            .and_then(|s| s.get(0).ok().map(|v| v.to_string().trim_matches('"').to_string()))
-            .unwrap_or_default()
+        let Ok(col) = df.column(c) else { return String::new() };
+        if let Ok(s) = col.str() {
+            return s.get(0).unwrap_or("").to_string();
+        }
+        if let Ok(s) = col.u64() {
+            return s.get(0).map(|v| v.to_string()).unwrap_or_default();
+        }
+        if let Ok(s) = col.u32() {
+            return s.get(0).map(|v| v.to_string()).unwrap_or_default();
+        }
+        String::new()
     };
     let weights = distinct(rows.iter().map(|r| r.weights.clone()));
     let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
