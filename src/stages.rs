@@ -94,11 +94,12 @@ pub fn check_windows(windows: &[Window], cfg: &Gpt2Config, source: &str) -> Resu
 pub fn measure_model(model: &Gpt2, windows: &[Window], meta: GopMeta, opts: &MeasureOptions) -> Result<Gop> {
     let measurer = Measurer::new(model, opts.settings)?;
     let mut gop = Gop::zeros(meta);
-    let bar = progress_bar(windows.len() as u64, opts.progress, "measure");
+    let total: u64 = windows.iter().map(|w| w.tokens.len() as u64).sum();
+    let bar = progress_bar(total, opts.progress, "measure", "tokens");
     let batch = opts.batch.max(1);
     for chunk in windows.chunks(batch) {
         measurer.measure_batch(chunk, &mut gop)?;
-        bar.inc(chunk.len() as u64);
+        bar.inc(chunk.iter().map(|w| w.tokens.len() as u64).sum());
     }
     bar.finish_and_clear();
     gop.meta.n_windows = windows.len() as u64;
@@ -182,7 +183,7 @@ pub fn tokenize(model_spec: &str, revision: Option<&str>, opts: &TokenizeOptions
     if bytes == 0 {
         bail_bad!("corpus {what} is empty");
     }
-    let bar = progress_bar(bytes, opts.progress, "tokenize");
+    let bar = progress_bar(bytes, opts.progress, "tokenize", "bytes");
     let stream = tk::token_stream(&tok, &docs, &bar)?;
     bar.finish_and_clear();
     if let Some(t) = stream.iter().find(|&&t| t as usize >= cfg.vocab_size) {
@@ -329,8 +330,9 @@ pub fn init_model(config: &Path, seed: u64, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A progress bar drawn on stderr when it is a terminal and `show` is set; hidden otherwise.
-pub fn progress_bar(len: u64, show: bool, what: &str) -> ProgressBar {
+/// A progress bar (rate in `unit`/s, ETA) drawn on stderr when it is a terminal and `show` is
+/// set; hidden otherwise, so logs of batch jobs stay clean.
+pub fn progress_bar(len: u64, show: bool, what: &str, unit: &str) -> ProgressBar {
     use std::io::IsTerminal;
     let target = if show && std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
@@ -338,11 +340,11 @@ pub fn progress_bar(len: u64, show: bool, what: &str) -> ProgressBar {
         ProgressDrawTarget::hidden()
     };
     let bar = ProgressBar::with_draw_target(Some(len), target);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} windows  {per_sec}  ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
     bar.set_message(what.to_string());
+    if let Ok(style) = ProgressStyle::with_template(&format!(
+        "{{msg:>10}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit}  {{per_sec}}  ETA {{eta}}"
+    )) {
+        bar.set_style(style.progress_chars("=> "));
+    }
     bar
 }

@@ -67,7 +67,14 @@ fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result
             .y_label_area_size(40)
             .build_cartesian_2d(-0.5f64..(max_layer as f64 + 0.5), -0.2f64..1.0f64)
             .map_err(err)?;
-        chart.configure_mesh().x_desc("layer").light_line_style(WHITE).draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("layer")
+            .x_labels(max_layer as usize + 2)
+            .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() })
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(err)?;
         for (k, w) in weights.iter().enumerate() {
             let pts: Vec<(f64, f64)> = layers
                 .iter()
@@ -112,21 +119,39 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, path: &Path) -
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0u32..n_head, 0u32..n_layer)
+        .build_cartesian_2d(-0.5f64..(n_head as f64 - 0.5), -0.5f64..(n_layer as f64 - 0.5))
         .map_err(err)?;
-    chart.configure_mesh().x_desc("head").y_desc("layer").disable_mesh().draw().map_err(err)?;
+    let int_label = |x: &f64| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() };
+    chart
+        .configure_mesh()
+        .x_desc("head")
+        .y_desc("layer")
+        .x_labels(n_head as usize + 1)
+        .y_labels(n_layer as usize + 1)
+        .x_label_formatter(&int_label)
+        .y_label_formatter(&int_label)
+        .disable_mesh()
+        .draw()
+        .map_err(err)?;
     chart
         .draw_series(cells.iter().map(|&(l, h, v)| {
             let t = v.clamp(0.0, 1.0);
-            let color = HSLColor(0.66 - 0.66 * t, 0.8, 0.5);
-            Rectangle::new([(h, l), (h + 1, l + 1)], color.filled())
+            let color = HSLColor(0.66 - 0.66 * t, 0.8, 0.55);
+            let (x, y) = (h as f64, l as f64);
+            Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], color.filled())
         }))
         .map_err(err)?;
-    chart
-        .draw_series(cells.iter().map(|&(l, h, v)| {
-            Text::new(format!("{v:.2}"), (h, l + 1), ("sans-serif", 12).into_font().color(&BLACK))
-        }))
-        .map_err(err)?;
+    if n_head <= 32 {
+        chart
+            .draw_series(cells.iter().map(|&(l, h, v)| {
+                let style = ("sans-serif", 12).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Center,
+                ));
+                Text::new(format!("{v:.2}"), (h as f64, l as f64), style)
+            }))
+            .map_err(err)?;
+    }
     root.present().map_err(err)?;
     Ok(true)
 }
