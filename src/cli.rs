@@ -92,6 +92,13 @@ pub struct MeasureArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Checkpoint partial sums to <out>.partial after this many windows (0: by time only).
+    /// Re-running the same command resumes from the checkpoint.
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_windows: usize,
+    /// Checkpoint when this many seconds have passed since the last checkpoint.
+    #[arg(long, default_value_t = 60.0)]
+    pub checkpoint_secs: f64,
 }
 
 #[derive(Args, Debug)]

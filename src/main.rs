@@ -72,6 +72,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 batch: a.batch,
                 shard: a.shard,
                 progress: true,
+                checkpoint_windows: a.checkpoint_windows,
+                checkpoint_secs: a.checkpoint_secs,
             };
             let gop = stages::measure(&a.model, a.revision.as_deref(), &a.tokens, &a.out, &opts)?;
             eprintln!("measured {} windows ({} tokens) → {}", gop.meta.n_windows, gop.meta.n_tokens, a.out.display());

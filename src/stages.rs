@@ -75,6 +75,16 @@ pub struct MeasureOptions {
     pub batch: usize,
     pub shard: Option<(usize, usize)>,
     pub progress: bool,
+    /// Write a checkpoint after this many windows (0: only by time).
+    pub checkpoint_windows: usize,
+    /// Write a checkpoint when this many seconds have passed since the last one.
+    pub checkpoint_secs: f64,
+}
+
+impl MeasureOptions {
+    pub fn new(weights: WeightsKind, settings: Settings, batch: usize) -> Self {
+        Self { weights, settings, batch, shard: None, progress: false, checkpoint_windows: 0, checkpoint_secs: 60.0 }
+    }
 }
 
 /// Check windows against the model: length within n_positions, ids within the vocabulary.
@@ -90,25 +100,62 @@ pub fn check_windows(windows: &[Window], cfg: &Gpt2Config, source: &str) -> Resu
     Ok(())
 }
 
-/// Measure GOP sums for `windows` with a loaded model.
-pub fn measure_model(model: &Gpt2, windows: &[Window], meta: GopMeta, opts: &MeasureOptions) -> Result<Gop> {
+/// Measure GOP sums for `windows` with a loaded model, starting from `start` (a checkpoint:
+/// the windows it covers are skipped). With `checkpoint`, partial sums are written there
+/// atomically after whole batches, so a killed run can resume with identical results.
+pub fn measure_model(
+    model: &Gpt2,
+    windows: &[Window],
+    start: Gop,
+    opts: &MeasureOptions,
+    checkpoint: Option<&Path>,
+) -> Result<Gop> {
     let measurer = Measurer::new(model, opts.settings)?;
-    let mut gop = Gop::zeros(meta);
+    let mut gop = start;
+    let done: Vec<(u64, u64)> = gop.meta.windows.clone();
+    let is_done = |i: u64| done.iter().any(|&(s, e)| s <= i && i < e);
+    let mut done_idx: Vec<u64> = windows.iter().map(|w| w.index).filter(|&i| is_done(i)).collect();
+    let todo: Vec<&Window> = windows.iter().filter(|w| !is_done(w.index)).collect();
     let total: u64 = windows.iter().map(|w| w.tokens.len() as u64).sum();
     let bar = progress_bar(total, opts.progress, "measure", "tokens");
+    bar.set_position(gop.meta.n_tokens);
     let batch = opts.batch.max(1);
-    for chunk in windows.chunks(batch) {
-        measurer.measure_batch(chunk, &mut gop)?;
-        bar.inc(chunk.iter().map(|w| w.tokens.len() as u64).sum());
+    let mut last = std::time::Instant::now();
+    let mut since = 0usize;
+    for chunk in todo.chunks(batch) {
+        let chunk: Vec<Window> = chunk.iter().map(|w| (*w).clone()).collect();
+        measurer.measure_batch(&chunk, &mut gop)?;
+        let tokens: u64 = chunk.iter().map(|w| w.tokens.len() as u64).sum();
+        gop.meta.n_windows += chunk.len() as u64;
+        gop.meta.n_tokens += tokens;
+        done_idx.extend(chunk.iter().map(|w| w.index));
+        bar.inc(tokens);
+        since += chunk.len();
+        if let Some(path) = checkpoint {
+            let by_count = opts.checkpoint_windows > 0 && since >= opts.checkpoint_windows;
+            let by_time = last.elapsed().as_secs_f64() >= opts.checkpoint_secs;
+            if by_count || by_time {
+                gop.meta.windows = gop::ranges_of(done_idx.clone());
+                gop.save(path)?;
+                last = std::time::Instant::now();
+                since = 0;
+            }
+        }
     }
     bar.finish_and_clear();
-    gop.meta.n_windows = windows.len() as u64;
-    gop.meta.n_tokens = windows.iter().map(|w| w.tokens.len() as u64).sum();
-    gop.meta.windows = gop::ranges_of(windows.iter().map(|w| w.index).collect());
+    gop.meta.windows = gop::ranges_of(done_idx);
     Ok(gop)
 }
 
-/// `agop measure`: read tokens, load the model, measure, write the GOP file.
+/// The checkpoint file of a measure output: `<out>.partial`.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// `agop measure`: read tokens, load the model, measure (resuming from `<out>.partial` when one
+/// from the same command exists), write the GOP file, remove the checkpoint.
 pub fn measure(model_spec: &str, revision: Option<&str>, tokens: &Path, out: &Path, opts: &MeasureOptions) -> Result<Gop> {
     let resolved = resolve_model(model_spec, revision)?;
     let cfg = resolved.config()?;
@@ -117,6 +164,7 @@ pub fn measure(model_spec: &str, revision: Option<&str>, tokens: &Path, out: &Pa
         bail_bad!("{}: no windows to measure", tokens.display());
     }
     check_windows(&windows, &cfg, &tokens.display().to_string())?;
+    let total_windows = windows.len() as u64;
     let windows = shard_windows(windows, opts.shard)?;
     let model = model::load_model(&resolved.dir, &cfg, opts.weights, opts.settings.seed)?;
     let meta = GopMeta {
@@ -134,13 +182,39 @@ pub fn measure(model_spec: &str, revision: Option<&str>, tokens: &Path, out: &Pa
         seed: opts.settings.seed,
         seq_len: tmeta.seq_len,
         tokens_sha256: sha256_file(tokens)?,
+        total_windows,
+        shard: opts.shard.map(|(i, n)| format!("{i}/{n}")).unwrap_or_default(),
         n_windows: 0,
         n_tokens: 0,
         windows: vec![],
         config: cfg,
     };
-    let gop = measure_model(&model, &windows, meta, opts)?;
+    let ckpt = checkpoint_path(out);
+    let start = if ckpt.is_file() {
+        let part = Gop::load(&ckpt)?;
+        let mut expect = meta.clone();
+        expect.windows = part.meta.windows.clone();
+        expect.n_windows = part.meta.n_windows;
+        expect.n_tokens = part.meta.n_tokens;
+        if part.meta != expect {
+            bail_bad!(
+                "{}: this checkpoint was written by a different measure command (model, tokens, settings or \
+                 shard differ: it has model {} weights {} output {} estimator {} probes {} seed {} shard {:?}); \
+                 delete it to start over",
+                ckpt.display(), part.meta.model, part.meta.weights, part.meta.output, part.meta.estimator,
+                part.meta.probes, part.meta.seed, part.meta.shard
+            );
+        }
+        if opts.progress {
+            eprintln!("resuming from {} ({} windows done)", ckpt.display(), part.meta.n_windows);
+        }
+        part
+    } else {
+        Gop::zeros(meta)
+    };
+    let gop = measure_model(&model, &windows, start, opts, Some(&ckpt))?;
     gop.save(out)?;
+    let _ = std::fs::remove_file(&ckpt);
     Ok(gop)
 }
 
@@ -214,6 +288,15 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Gop> {
         .map(|p| Ok((p.display().to_string(), Gop::load(p)?)))
         .collect::<Result<Vec<_>>>()?;
     let merged = gop::merge(&loaded)?;
+    let missing = gop::missing_ranges(&merged.meta.windows, merged.meta.total_windows);
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: the merged files cover {} of {} windows; missing windows {}",
+            merged.meta.n_windows,
+            merged.meta.total_windows,
+            gop::format_ranges(&missing)
+        );
+    }
     merged.save(out)?;
     Ok(merged)
 }

@@ -29,6 +29,8 @@ fn meta(m: &Gpt2, output: Output, estimator: Estimator, probes: u32, seed: u64) 
         seed,
         seq_len: 8,
         tokens_sha256: String::new(),
+        total_windows: 0,
+        shard: String::new(),
         n_windows: 0,
         n_tokens: 0,
         windows: vec![],
@@ -38,8 +40,8 @@ fn meta(m: &Gpt2, output: Output, estimator: Estimator, probes: u32, seed: u64) 
 
 fn run(m: &Gpt2, windows: &[Window], output: Output, estimator: Estimator, probes: u32, seed: u64, batch: usize) -> Gop {
     let settings = Settings { output, estimator, probes, seed };
-    let opts = MeasureOptions { weights: WeightsKind::Pretrained, settings, batch, shard: None, progress: false };
-    stages::measure_model(m, windows, meta(m, output, estimator, probes, seed), &opts).unwrap()
+    let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, batch);
+    stages::measure_model(m, windows, Gop::zeros(meta(m, output, estimator, probes, seed)), &opts, None).unwrap()
 }
 
 /// Operand-space sum (row-major) of every module, reconstructed from the stored side.

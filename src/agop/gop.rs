@@ -33,6 +33,12 @@ pub struct GopMeta {
     /// sha256 of the tokens.parquet the windows came from.
     #[serde(default)]
     pub tokens_sha256: String,
+    /// Windows in the whole tokens file (all shards together).
+    #[serde(default)]
+    pub total_windows: u64,
+    /// `I/N` for a shard, empty otherwise.
+    #[serde(default)]
+    pub shard: String,
     pub n_windows: u64,
     pub n_tokens: u64,
     /// Half-open ranges of global window indices that were measured, sorted, non-overlapping.
@@ -212,7 +218,7 @@ pub fn merge(parts: &[(String, Gop)]) -> Result<Gop> {
     let mut out = first.clone();
     let key = |m: &GopMeta| {
         (m.model.clone(), m.revision.clone(), m.model_sha256.clone(), m.weights.clone(), m.output.clone(),
-         m.estimator.clone(), m.probes, m.seed, m.seq_len, m.tokens_sha256.clone(), m.config.clone())
+         m.estimator.clone(), m.probes, m.seed, m.seq_len, m.tokens_sha256.clone(), m.total_windows, m.config.clone())
     };
     let mut all: Vec<(u64, u64, String)> = first.meta.windows.iter().map(|&(s, e)| (s, e, first_name.clone())).collect();
     for (name, g) in &parts[1..] {
@@ -244,9 +250,31 @@ pub fn merge(parts: &[(String, Gop)]) -> Result<Gop> {
         }
     }
     out.meta.windows = normalize_ranges(all.iter().map(|(s, e, _)| (*s, *e)).collect());
+    out.meta.shard = String::new();
     Ok(out)
 }
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
+}
+
+/// Ranges of [0, total) not covered by `have` (sorted, non-overlapping).
+pub fn missing_ranges(have: &[(u64, u64)], total: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    for &(s, e) in have {
+        if s > next {
+            out.push((next, s.min(total)));
+        }
+        next = next.max(e);
+    }
+    if next < total {
+        out.push((next, total));
+    }
+    out
+}
+
+/// `0..10, 20..25` style text for ranges.
+pub fn format_ranges(r: &[(u64, u64)]) -> String {
+    r.iter().map(|(s, e)| format!("{s}..{e}")).collect::<Vec<_>>().join(", ")
 }

@@ -117,7 +117,7 @@ pub fn run(p: &Pipeline, out: Option<&Path>, quiet: bool) -> Result<PathBuf> {
             say(quiet, format!("[measure {}] {} is up to date", weights.as_str(), path.display()));
         } else {
             say(quiet, format!("[measure {}] {} {} ({} probes) → {}", weights.as_str(), m.estimator.as_str(), m.output.as_str(), probes, path.display()));
-            let opts = MeasureOptions { weights, settings, batch: m.batch, shard: None, progress: !quiet };
+            let opts = MeasureOptions { progress: !quiet, ..MeasureOptions::new(weights, settings, m.batch) };
             stages::measure(&model_spec, revision.as_deref(), &tokens, &path, &opts)?;
         }
         gops.push(path);
