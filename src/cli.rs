@@ -23,6 +23,40 @@ pub enum Command {
         /// Output folder (default outputs/<pipeline name>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Run one stage only (as cluster jobs do): prepare, measure or reduce.
+        #[arg(long, value_enum)]
+        stage: Option<Stage>,
+        /// With --stage measure: which weights.
+        #[arg(long, value_enum)]
+        weights: Option<WeightsKind>,
+        /// With --stage measure: the shard I/N.
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<(usize, usize)>,
+        /// With --stage reduce: merge this many shard files per weights setting first.
+        #[arg(long)]
+        shards: Option<usize>,
+    },
+    /// Write sbatch scripts for a pipeline (prepare, measure arrays, reduce); --submit submits them.
+    Slurm {
+        pipeline: PathBuf,
+        #[arg(long)]
+        shards: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Submit the scripts with sbatch and print the job ids.
+        #[arg(long)]
+        submit: bool,
+        #[arg(long)]
+        partition: Option<String>,
+        #[arg(long)]
+        time: Option<String>,
+        /// CPUs per task (also sets RAYON_NUM_THREADS in the jobs).
+        #[arg(long)]
+        cpus: Option<u32>,
+        #[arg(long)]
+        mem: Option<String>,
+        #[arg(long)]
+        gpus: Option<u32>,
     },
     /// Resolve or download a model's files and print the local folder.
     Fetch {
@@ -58,6 +92,17 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// A single stage of `agop run`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Model (fetch or init-model) and tokens.
+    Prepare,
+    /// One weights setting, whole or one shard.
+    Measure,
+    /// Merge shards, correlate, report.
+    Reduce,
 }
 
 #[derive(Args, Debug)]

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agop::data::corpus::CorpusOptions;
-use agop::pipeline::Pipeline;
+use agop::pipeline::{run, slurm, Pipeline};
 
 use agop::agop::Settings;
 use agop::stages;
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::{Cli, Command, Stage};
 
 /// The pipeline `agop run` runs without a file.
 const DEFAULT_PIPELINE: &str = include_str!("../pipelines/gpt2-shakespeare.toml");
@@ -37,13 +37,47 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { pipeline, out } => {
+        Command::Run { pipeline, out, stage, weights, shard, shards } => {
             let p = match pipeline {
                 Some(path) => Pipeline::from_file(&path)?,
                 None => Pipeline::from_str(DEFAULT_PIPELINE, PathBuf::from("pipelines"), "the built-in default pipeline")?,
             };
-            let dir = agop::pipeline::run::run(&p, out.as_deref(), false)?;
+            let dir = run::out_dir(&p, out.as_deref());
+            match stage {
+                None => {
+                    run::run(&p, Some(&dir), false)?;
+                }
+                Some(Stage::Prepare) => {
+                    run::prepare(&p, &dir, false)?;
+                }
+                Some(Stage::Measure) => {
+                    let prep = run::prepare(&p, &dir, true)?;
+                    let ws = match weights {
+                        Some(w) => vec![w],
+                        None => p.measure.weights.clone(),
+                    };
+                    for w in ws {
+                        run::measure(&p, &prep, w, shard, false)?;
+                    }
+                }
+                Some(Stage::Reduce) => {
+                    let prep = run::prepare(&p, &dir, true)?;
+                    run::reduce(&p, &prep, shards, false)?;
+                }
+            }
             eprintln!("done: {}", dir.display());
+        }
+        Command::Slurm { pipeline, shards, out, submit, partition, time, cpus, mem, gpus } => {
+            let p = Pipeline::from_file(&pipeline)?;
+            let dir = run::out_dir(&p, out.as_deref());
+            let o = slurm::SlurmOptions { shards, partition, time, cpus, mem, gpus };
+            let scripts = slurm::write_scripts(&pipeline, &p, &dir, &o)?;
+            eprintln!("sbatch scripts in {}", scripts.prepare.parent().unwrap().display());
+            if submit {
+                for (name, id) in slurm::submit(&scripts)? {
+                    println!("{name} {id}");
+                }
+            }
         }
         Command::Fetch { model, revision } => {
             let m = stages::resolve_model(&model, revision.as_deref())?;

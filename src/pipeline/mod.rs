@@ -2,5 +2,6 @@
 
 pub mod config;
 pub mod run;
+pub mod slurm;
 
 pub use config::Pipeline;

@@ -1,0 +1,155 @@
+//! `agop slurm`: sbatch scripts for a pipeline as Slurm jobs — prepare (model and tokens, once),
+//! one job array per weights setting measuring the shards, and a reduce job (merge, correlate,
+//! report) that waits for the arrays with `--dependency=afterok`. With `submit`, the scripts are
+//! submitted in order and the job ids printed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::config::Pipeline;
+use crate::bail_bad;
+
+/// Resources and scheduling options passed through to every job.
+#[derive(Debug, Clone, Default)]
+pub struct SlurmOptions {
+    pub shards: usize,
+    pub partition: Option<String>,
+    pub time: Option<String>,
+    pub cpus: Option<u32>,
+    pub mem: Option<String>,
+    pub gpus: Option<u32>,
+}
+
+/// The scripts written for one pipeline.
+#[derive(Debug, Clone)]
+pub struct Scripts {
+    pub prepare: PathBuf,
+    /// (weights, script) per measure array.
+    pub measure: Vec<(String, PathBuf)>,
+    pub reduce: PathBuf,
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn header(name: &str, logs: &Path, o: &SlurmOptions, array: Option<usize>) -> String {
+    let mut h = String::from("#!/bin/bash\n");
+    h.push_str(&format!("#SBATCH --job-name={name}\n"));
+    match array {
+        Some(n) => {
+            h.push_str(&format!("#SBATCH --array=0-{}\n", n - 1));
+            h.push_str(&format!("#SBATCH --output={}/{name}-%A_%a.out\n", logs.display()));
+        }
+        None => h.push_str(&format!("#SBATCH --output={}/{name}-%j.out\n", logs.display())),
+    }
+    if let Some(p) = &o.partition {
+        h.push_str(&format!("#SBATCH --partition={p}\n"));
+    }
+    if let Some(t) = &o.time {
+        h.push_str(&format!("#SBATCH --time={t}\n"));
+    }
+    if let Some(c) = o.cpus {
+        h.push_str(&format!("#SBATCH --cpus-per-task={c}\n"));
+    }
+    if let Some(m) = &o.mem {
+        h.push_str(&format!("#SBATCH --mem={m}\n"));
+    }
+    if let Some(g) = o.gpus {
+        h.push_str(&format!("#SBATCH --gpus={g}\n"));
+    }
+    h.push_str("set -euo pipefail\n");
+    if let Some(c) = o.cpus {
+        h.push_str(&format!("export RAYON_NUM_THREADS={c}\n"));
+    }
+    h
+}
+
+/// Write the sbatch scripts into `out/slurm/`.
+pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOptions) -> Result<Scripts> {
+    if o.shards == 0 {
+        bail_bad!("--shards must be at least 1");
+    }
+    let exe = std::env::current_exe().context("locating the agop binary")?;
+    let abs = |x: &Path| -> Result<PathBuf> {
+        Ok(if x.is_absolute() { x.to_path_buf() } else { std::env::current_dir()?.join(x) })
+    };
+    let (pipeline_file, out) = (abs(pipeline_file)?, abs(out)?);
+    let dir = out.join("slurm");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let base = format!(
+        "{} run {} --out {}",
+        quote(&exe.display().to_string()),
+        quote(&pipeline_file.display().to_string()),
+        quote(&out.display().to_string())
+    );
+    let write = |name: &str, text: String| -> Result<PathBuf> {
+        let path = dir.join(format!("{name}.sbatch"));
+        crate::outputs::write_atomic(&path, text.as_bytes())?;
+        Ok(path)
+    };
+    // Prepare fetches the model once; every later job reads the shared cache offline.
+    let prepare = write(
+        "prepare",
+        format!("{}{base} --stage prepare\n", header(&format!("agop-{}-prepare", p.name), &logs, o, None)),
+    )?;
+    let mut measure = Vec::new();
+    for w in &p.measure.weights {
+        let name = format!("agop-{}-measure-{}", p.name, w.as_str());
+        let body = format!(
+            "{}export HF_HUB_OFFLINE=1\n{base} --stage measure --weights {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"\n",
+            header(&name, &logs, o, Some(o.shards)),
+            w.as_str(),
+            o.shards
+        );
+        measure.push((w.as_str().to_string(), write(&format!("measure-{}", w.as_str()), body)?));
+    }
+    let reduce = write(
+        "reduce",
+        format!(
+            "{}export HF_HUB_OFFLINE=1\n{base} --stage reduce --shards {}\n",
+            header(&format!("agop-{}-reduce", p.name), &logs, o, None),
+            o.shards
+        ),
+    )?;
+    Ok(Scripts { prepare, measure, reduce })
+}
+
+/// Submit with `sbatch --parsable`; returns the job id.
+fn sbatch(script: &Path, dependency: Option<&str>) -> Result<String> {
+    let mut c = Command::new("timeout");
+    c.args(["60", "sbatch", "--parsable"]);
+    if let Some(d) = dependency {
+        c.arg(format!("--dependency=afterok:{d}"));
+    }
+    c.arg(script);
+    let o = c.output().context("running sbatch (is Slurm installed and on PATH?)")?;
+    if !o.status.success() {
+        bail!("sbatch {} failed: {}", script.display(), String::from_utf8_lossy(&o.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    let id = text.trim().split(';').next().unwrap_or("").to_string();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+        bail!("sbatch {} printed no job id: {text:?}", script.display());
+    }
+    Ok(id)
+}
+
+/// Submit the scripts in dependency order; returns (job name, id) pairs.
+pub fn submit(s: &Scripts) -> Result<Vec<(String, String)>> {
+    let mut ids = Vec::new();
+    let prep = sbatch(&s.prepare, None)?;
+    ids.push(("prepare".to_string(), prep.clone()));
+    let mut arrays = Vec::new();
+    for (w, script) in &s.measure {
+        let id = sbatch(script, Some(&prep))?;
+        ids.push((format!("measure-{w}"), id.clone()));
+        arrays.push(id);
+    }
+    let red = sbatch(&s.reduce, Some(&arrays.join(":")))?;
+    ids.push(("reduce".to_string(), red));
+    Ok(ids)
+}
