@@ -109,8 +109,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 checkpoint_windows: a.checkpoint_windows,
                 checkpoint_secs: a.checkpoint_secs,
             };
-            let gop = stages::measure(&a.model, a.revision.as_deref(), &a.tokens, &a.out, &opts)?;
-            eprintln!("measured {} windows ({} tokens) → {}", gop.meta.n_windows, gop.meta.n_tokens, a.out.display());
+            let (gop, secs) = stages::measure_timed(&a.model, a.revision.as_deref(), &a.tokens, &a.out, &opts)?;
+            let done = gop.meta.n_tokens as f64;
+            eprintln!(
+                "measured {} windows ({} tokens) → {}; {secs:.1} s in passes, {:.1} tokens/s",
+                gop.meta.n_windows,
+                gop.meta.n_tokens,
+                a.out.display(),
+                done / secs.max(1e-9)
+            );
         }
         Command::Merge { parts, out } => {
             let gop = stages::merge(&parts, &out)?;

@@ -157,6 +157,17 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
 /// `agop measure`: read tokens, load the model, measure (resuming from `<out>.partial` when one
 /// from the same command exists), write the GOP file, remove the checkpoint.
 pub fn measure(model_spec: &str, revision: Option<&str>, tokens: &Path, out: &Path, opts: &MeasureOptions) -> Result<Gop> {
+    measure_timed(model_spec, revision, tokens, out, opts).map(|(g, _)| g)
+}
+
+/// [`measure`], also returning the seconds spent in forward/backward passes (not loading).
+pub fn measure_timed(
+    model_spec: &str,
+    revision: Option<&str>,
+    tokens: &Path,
+    out: &Path,
+    opts: &MeasureOptions,
+) -> Result<(Gop, f64)> {
     let resolved = resolve_model(model_spec, revision)?;
     let cfg = resolved.config()?;
     let (windows, tmeta) = outputs::read_tokens(tokens)?;
@@ -212,10 +223,12 @@ pub fn measure(model_spec: &str, revision: Option<&str>, tokens: &Path, out: &Pa
     } else {
         Gop::zeros(meta)
     };
+    let t0 = std::time::Instant::now();
     let gop = measure_model(&model, &windows, start, opts, Some(&ckpt))?;
+    let secs = t0.elapsed().as_secs_f64();
     gop.save(out)?;
     let _ = std::fs::remove_file(&ckpt);
-    Ok(gop)
+    Ok((gop, secs))
 }
 
 /// sha256 of a file, hex.

@@ -2,6 +2,9 @@
 //! files in sorted path order), a .jsonl file (one document per line, a text field), a .parquet
 //! file (one document per row, a text column), `hf://datasets/...` resolved through the hub, or
 //! `builtin:shakespeare`, the corpus compiled into the binary.
+//!
+//! Empty records (a JSONL `""`, an empty or null Parquet cell, common in WikiText's blank
+//! lines) are not documents: they get no EOS.
 
 use std::path::{Path, PathBuf};
 
@@ -122,6 +125,7 @@ fn read_file(path: &Path, opts: &CorpusOptions, docs: &mut Vec<Document>) -> Res
                 let v: serde_json::Value =
                     serde_json::from_str(&line).map_err(|e| bad!("{origin}: not valid JSON: {e}"))?;
                 match v.get(&opts.text_column) {
+                    Some(serde_json::Value::String(s)) if s.is_empty() => {}
                     Some(serde_json::Value::String(s)) => docs.push(Document { origin, text: s.clone() }),
                     Some(serde_json::Value::Null) => {}
                     Some(_) => bail_bad!("{origin}: field `{}` is not a string", opts.text_column),
@@ -138,7 +142,7 @@ fn read_file(path: &Path, opts: &CorpusOptions, docs: &mut Vec<Document>) -> Res
             })?;
             let s = col.str().map_err(|_| bad!("{name}: column `{}` is not text (it is {})", opts.text_column, col.dtype()))?;
             for (i, t) in s.iter().enumerate() {
-                if let Some(t) = t {
+                if let Some(t) = t.filter(|t| !t.is_empty()) {
                     docs.push(Document { origin: format!("{name}:row {i}"), text: t.to_string() });
                 }
             }

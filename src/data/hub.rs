@@ -1,16 +1,300 @@
-//! Models and datasets on the Hugging Face hub.
+//! Models and datasets on the Hugging Face hub, through hf-hub's blocking client and the
+//! standard cache (`HF_HUB_CACHE`, `HF_HOME`), so files Python tools downloaded are reused.
+//! `HF_ENDPOINT` and `HF_TOKEN` are read by hf-hub; `HF_HUB_OFFLINE=1` is honoured here: no
+//! request is made, files come from the cache or the command fails saying so.
+//!
+//! Integrity: a cached LFS file is stored as `blobs/<sha256>` (the hub's ETag); after every
+//! download or cache hit the file's sha256 is checked against that name. A mismatch (a corrupted
+//! cache, a truncated transfer) is re-fetched once, or reported when offline.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::Result;
+use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
+use hf_hub::{HFClientSync, HFError, HFRepositorySync, RepoType};
+use sha2::{Digest, Sha256};
 
-use crate::bail_bad;
+use crate::model::Gpt2Config;
 use crate::stages::ResolvedModel;
+use crate::{bad, bail_bad};
 
-/// Resolve a hub model id to a local snapshot directory.
-pub fn resolve_model(id: &str, _revision: Option<&str>) -> Result<ResolvedModel> {
-    bail_bad!("{id}: no such local directory, and hub downloads are not available in this build")
+/// Is `HF_HUB_OFFLINE` set to a true value?
+pub fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
 }
 
-/// Resolve an `hf://datasets/...` source to local files.
-pub fn resolve_dataset_files(src: &str) -> Result<Vec<std::path::PathBuf>> {
-    bail_bad!("{src}: hub datasets are not available in this build")
+/// The hub endpoint in use.
+pub fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into())
+}
+
+/// The cache folder in use.
+pub fn cache_dir() -> PathBuf {
+    hf_hub::resolve_cache_dir()
+}
+
+fn client() -> Result<HFClientSync> {
+    HFClientSync::new().map_err(|e| bad!("cannot set up the Hugging Face hub client: {e}"))
+}
+
+/// Translate an hf-hub error into a message that says what was wrong and what to do.
+fn explain(e: HFError, what: &str) -> anyhow::Error {
+    let ep = endpoint();
+    match e {
+        HFError::RepoNotFound { .. } => bad!("{what}: repository not found on {ep} (404); check the id, or set HF_TOKEN if it is private"),
+        HFError::EntryNotFound { path, .. } => bad!("{what}: file {path} not found (404)"),
+        HFError::RevisionNotFound { revision, .. } => bad!("{what}: revision {revision} not found (404)"),
+        HFError::AuthRequired { .. } => bad!("{what}: authentication required (401); set HF_TOKEN to a token with access to this repository"),
+        HFError::Forbidden { .. } => bad!("{what}: access forbidden (403); the token in HF_TOKEN has no access (gated repository: accept its terms on the hub)"),
+        HFError::LocalEntryNotFound { path } => bad!(
+            "{what}: {path} is not in the cache {} and HF_HUB_OFFLINE is set; run once with network (or unset HF_HUB_OFFLINE)",
+            cache_dir().display()
+        ),
+        other @ (HFError::Request { .. } | HFError::Io(_) | HFError::Http { .. } | HFError::RateLimited { .. }) => bad!(
+            "{what}: cannot reach the Hugging Face hub at {ep}: {other}. Without network: use a local model directory \
+             (--model DIR, or id = \"DIR\" under [model] in a pipeline file; DIR holds config.json and \
+             model.safetensors), point HF_ENDPOINT at a reachable mirror, or set HF_HUB_OFFLINE=1 to use files \
+             already in the cache ({})",
+            cache_dir().display()
+        ),
+        other => bad!("{what}: {other}"),
+    }
+}
+
+/// Download progress as an indicatif bar (hidden when stderr is not a terminal).
+struct Bar(Mutex<Option<indicatif::ProgressBar>>, String);
+
+impl ProgressHandler for Bar {
+    fn on_progress(&self, event: &ProgressEvent) {
+        let ProgressEvent::Download(ev) = event else { return };
+        let mut slot = self.0.lock().unwrap();
+        match ev {
+            DownloadEvent::Start { total_bytes, .. } => {
+                *slot = Some(crate::stages::progress_bar(*total_bytes, true, &self.1, "bytes"));
+            }
+            DownloadEvent::Progress { files } => {
+                if let Some(b) = slot.as_ref() {
+                    if let Some(f) = files.last() {
+                        b.set_position(f.bytes_completed);
+                    }
+                }
+            }
+            DownloadEvent::AggregateProgress { bytes_completed, .. } => {
+                if let Some(b) = slot.as_ref() {
+                    b.set_position(*bytes_completed);
+                }
+            }
+            DownloadEvent::Complete => {
+                if let Some(b) = slot.take() {
+                    b.finish_and_clear();
+                }
+            }
+        }
+    }
+}
+
+fn sha256_hex(path: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(path)?;
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The blob (content) name of a cached snapshot file: the ETag for LFS files.
+fn blob_name(snapshot_file: &Path) -> Option<String> {
+    let target = std::fs::read_link(snapshot_file).ok()?;
+    target.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+/// Does the cached file match its sha256 ETag? (Files whose ETag is not a sha256 pass.)
+fn verify(snapshot_file: &Path) -> Result<std::result::Result<(), String>> {
+    let Some(etag) = blob_name(snapshot_file) else { return Ok(Ok(())) };
+    if etag.len() != 64 || !etag.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(Ok(()));
+    }
+    let got = sha256_hex(snapshot_file)?;
+    Ok(if got == etag.to_ascii_lowercase() { Ok(()) } else { Err(format!("sha256 {got} but the hub's ETag is {etag}")) })
+}
+
+/// Download one file of a repository into the cache (or find it there), checked.
+fn fetch<T: RepoType>(repo: &HFRepositorySync<T>, what: &str, file: &str, revision: &str) -> Result<PathBuf> {
+    let get = |force: bool| -> Result<PathBuf> {
+        repo.download_file()
+            .filename(file)
+            .revision(revision.to_string())
+            .local_files_only(offline())
+            .force_download(force)
+            .progress(hf_hub::progress::Progress::new(Bar(Mutex::new(None), file.to_string())))
+            .send()
+            .map_err(|e| explain(e, what))
+    };
+    let path = get(false)?;
+    if let Err(why) = verify(&path)? {
+        if offline() {
+            bail_bad!("{what}: the cached {file} is corrupted ({why}); HF_HUB_OFFLINE is set, so it cannot be re-fetched");
+        }
+        eprintln!("warning: cached {file} of {what} is corrupted ({why}); downloading it again");
+        let blob = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let _ = std::fs::remove_file(&blob);
+        let _ = std::fs::remove_file(&path);
+        let path = get(true)?;
+        if let Err(why) = verify(&path)? {
+            let _ = std::fs::remove_file(std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
+            let _ = std::fs::remove_file(&path);
+            bail_bad!("{what}: downloaded {file} does not match the hub ({why}); the transfer was truncated or corrupted");
+        }
+        return Ok(path);
+    }
+    Ok(path)
+}
+
+/// Is this a 404 for a missing file (as opposed to a missing repo or another failure)?
+fn is_missing_file(e: &anyhow::Error) -> bool {
+    let s = format!("{e:#}");
+    s.contains("not found (404)") && s.contains("file ")
+}
+
+/// Resolve a hub model id to a local snapshot directory: config.json (checked to be GPT-2
+/// before the weights are fetched), model.safetensors or its sharded index and shards, and the
+/// tokenizer (tokenizer.json, or vocab.json + merges.txt) when the repository has one.
+pub fn resolve_model(id: &str, revision: Option<&str>) -> Result<ResolvedModel> {
+    if id.is_empty() || id.starts_with('/') || id.starts_with('.') || id.split('/').count() > 2 {
+        bail_bad!("--model {id}: no such local directory, and not a hub id (owner/name or name)");
+    }
+    let rev = revision.unwrap_or("main");
+    let what = format!("model {id}@{rev}");
+    let client = client()?;
+    let (owner, name) = hf_hub::split_id(id);
+    let repo = client.model(owner, name);
+    let config = fetch(&repo, &what, "config.json", rev)?;
+    Gpt2Config::from_file(&config)?;
+    let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+    let commit = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| rev.to_string());
+    // Pin every later request to the resolved commit.
+    let what = format!("model {id}@{commit}");
+    match fetch(&repo, &what, "model.safetensors", &commit) {
+        Ok(_) => {}
+        Err(e) if is_missing_file(&e) => {
+            let index = fetch(&repo, &what, "model.safetensors.index.json", &commit)
+                .map_err(|_| bad!("{what}: has neither model.safetensors nor model.safetensors.index.json"))?;
+            for shard in crate::model::weights::safetensors_files(index.parent().unwrap())? {
+                let f = shard.file_name().unwrap().to_string_lossy().into_owned();
+                fetch(&repo, &what, &f, &commit)?;
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    // The tokenizer: tokenizer.json, else vocab.json + merges.txt. What the snapshot already
+    // holds is used first, so a cached model needs no request for a file the repo lacks.
+    let has = |f: &str| dir.join(f).is_file();
+    let try_pair = || fetch(&repo, &what, "vocab.json", &commit).is_ok() && fetch(&repo, &what, "merges.txt", &commit).is_ok();
+    let tokenizer_ok = if has("tokenizer.json") || !(has("vocab.json") && has("merges.txt")) {
+        match fetch(&repo, &what, "tokenizer.json", &commit) {
+            Ok(_) => true,
+            Err(e) if is_missing_file(&e) => try_pair(),
+            Err(e) => return Err(e),
+        }
+    } else {
+        try_pair()
+    };
+    if !tokenizer_ok {
+        eprintln!("note: {what} has no tokenizer files; `tokenize` will need another model directory");
+    }
+    Ok(ResolvedModel { id: id.to_string(), revision: commit, dir })
+}
+
+/// A parsed `hf://datasets/{owner}/{name}[@revision]/{path or glob}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetPath {
+    pub repo: String,
+    pub revision: String,
+    pub path: String,
+}
+
+impl DatasetPath {
+    pub fn parse(src: &str) -> Result<Self> {
+        let rest = src
+            .strip_prefix("hf://datasets/")
+            .ok_or_else(|| bad!("{src}: expected hf://datasets/{{owner}}/{{name}}[@revision]/{{path or glob}}"))?;
+        let mut parts = rest.splitn(3, '/');
+        let (owner, name, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if owner.is_empty() || name.is_empty() || path.is_empty() {
+            bail_bad!("{src}: expected hf://datasets/{{owner}}/{{name}}[@revision]/{{path or glob}}");
+        }
+        let (name, revision) = match name.split_once('@') {
+            Some((n, r)) => (n, r.to_string()),
+            None => (name, "main".to_string()),
+        };
+        Ok(Self { repo: format!("{owner}/{name}"), revision, path: path.to_string() })
+    }
+
+    fn is_glob(&self) -> bool {
+        self.path.contains(['*', '?', '['])
+    }
+}
+
+/// Resolve an `hf://datasets/...` source to local files (sorted by path in the repository):
+/// globs through the hub's tree listing, or, offline, through the cached snapshot.
+pub fn resolve_dataset_files(src: &str) -> Result<Vec<PathBuf>> {
+    let ds = DatasetPath::parse(src)?;
+    let what = format!("dataset {}@{}", ds.repo, ds.revision);
+    let client = client()?;
+    let (owner, name) = hf_hub::split_id(&ds.repo);
+    let repo = client.dataset(owner, name);
+    let files: Vec<String> = if !ds.is_glob() {
+        vec![ds.path.clone()]
+    } else {
+        let pattern = glob::Pattern::new(&ds.path).map_err(|e| bad!("{src}: bad glob: {e}"))?;
+        let mut names: Vec<String> = if offline() {
+            cached_dataset_files(&ds)?
+        } else {
+            repo.list_tree()
+                .revision(ds.revision.clone())
+                .recursive(true)
+                .send()
+                .map_err(|e| explain(e, &what))?
+                .into_iter()
+                .filter_map(|e| match e {
+                    hf_hub::repository::RepoTreeEntry::File { path, .. } => Some(path),
+                    _ => None,
+                })
+                .collect()
+        };
+        names.retain(|p| pattern.matches(p));
+        names.sort();
+        if names.is_empty() {
+            bail_bad!("{src}: no file of {what} matches {}", ds.path);
+        }
+        names
+    };
+    files.iter().map(|f| fetch(&repo, &what, f, &ds.revision)).collect()
+}
+
+/// Files of a cached dataset snapshot (offline glob resolution).
+fn cached_dataset_files(ds: &DatasetPath) -> Result<Vec<String>> {
+    let folder = cache_dir().join(format!("datasets--{}", ds.repo.replace('/', "--")));
+    let commit = if ds.revision.len() == 40 && ds.revision.chars().all(|c| c.is_ascii_hexdigit()) {
+        ds.revision.clone()
+    } else {
+        std::fs::read_to_string(folder.join("refs").join(&ds.revision))
+            .map(|s| s.trim().to_string())
+            .map_err(|_| bad!("dataset {}@{}: not in the cache {} and HF_HUB_OFFLINE is set", ds.repo, ds.revision, cache_dir().display()))?
+    };
+    let snap = folder.join("snapshots").join(commit);
+    let mut out = Vec::new();
+    let mut stack = vec![snap.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(&snap) {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    Ok(out)
 }

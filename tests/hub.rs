@@ -1,0 +1,378 @@
+//! Hub access against a loopback server that serves the hub's URL layout over fixture files:
+//! first download, cache reuse with the server stopped, HF_HUB_OFFLINE, redirects, pinned
+//! revisions recorded in outputs, 404, 401/HF_TOKEN, truncated transfers, corrupted caches,
+//! non-GPT-2 checkpoints, hub datasets by glob, and no network at all.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use agop::agop::Gop;
+use agop::outputs::read_parquet;
+use common::*;
+use sha2::{Digest, Sha256};
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A fake hub: repo ("models/owner/name" or "datasets/owner/name") → file → bytes.
+struct FakeHub {
+    server: Arc<tiny_http::Server>,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+type Repos = HashMap<String, BTreeMap<String, Vec<u8>>>;
+
+#[derive(Clone, Default)]
+struct Rules {
+    /// Serve this file with only half of its bytes (and a matching Content-Length).
+    truncate: Option<String>,
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn header(k: &str, v: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap()
+}
+
+impl FakeHub {
+    fn start(repos: Repos, rules: Rules) -> FakeHub {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let port = server.server_addr().to_ip().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (s, l) = (server.clone(), log.clone());
+        let thread = std::thread::spawn(move || {
+            for req in s.incoming_requests() {
+                l.lock().unwrap().push(format!("{} {}", req.method(), req.url()));
+                let resp = route(&repos, &rules, &req);
+                let _ = req.respond(resp);
+            }
+        });
+        FakeHub { server, port, log, thread: Some(thread) }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    fn stop(mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn route(repos: &Repos, rules: &Rules, req: &tiny_http::Request) -> tiny_http::ResponseBox {
+    let url = req.url().split('?').next().unwrap_or("").to_string();
+    let authorized = req.headers().iter().any(|h| h.field.equiv("Authorization") && h.value.as_str() == "Bearer secret");
+    let not_found = |code: &str| {
+        tiny_http::Response::from_string("not found").with_status_code(404).with_header(header("X-Error-Code", code)).boxed()
+    };
+    let parts: Vec<&str> = url.trim_start_matches('/').split('/').collect();
+    // The short id `tiny` moved to `testorg/tiny`: a relative redirect, as the hub does for gpt2.
+    if parts.len() >= 3 && parts[0] == "tiny" && parts[1] == "resolve" {
+        let loc = format!("/testorg/{}", parts.join("/"));
+        return tiny_http::Response::empty(307).with_header(header("Location", &loc)).boxed();
+    }
+    // /api/datasets/{o}/{n}/tree/{rev}[/path]
+    if parts.len() >= 6 && parts[0] == "api" && parts[4] == "tree" {
+        let key = format!("{}/{}/{}", parts[1], parts[2], parts[3]);
+        let Some(files) = repos.get(&key) else { return not_found("RepoNotFound") };
+        let entries: Vec<serde_json::Value> = files
+            .iter()
+            .map(|(p, b)| serde_json::json!({"type": "file", "oid": sha256(b)[..40], "size": b.len(), "path": p}))
+            .collect();
+        return tiny_http::Response::from_string(serde_json::to_string(&entries).unwrap())
+            .with_header(header("Content-Type", "application/json"))
+            .boxed();
+    }
+    // /{o}/{n}/resolve/{rev}/{file...} or /datasets/{o}/{n}/resolve/{rev}/{file...}
+    let (key, rest) = if parts.first() == Some(&"datasets") && parts.len() >= 6 {
+        (format!("datasets/{}/{}", parts[1], parts[2]), &parts[3..])
+    } else if parts.len() >= 5 {
+        (format!("models/{}/{}", parts[0], parts[1]), &parts[2..])
+    } else {
+        return not_found("RepoNotFound");
+    };
+    if rest[0] != "resolve" {
+        return not_found("RepoNotFound");
+    }
+    let (rev, file) = (rest[1], rest[2..].join("/"));
+    if key.contains("/private/") && !authorized {
+        return tiny_http::Response::from_string("unauthorized").with_status_code(401).boxed();
+    }
+    let Some(files) = repos.get(&key) else { return not_found("RepoNotFound") };
+    if rev != "main" && rev != COMMIT {
+        return not_found("RevisionNotFound");
+    }
+    let Some(body) = files.get(&file) else {
+        return not_found("EntryNotFound").with_header(header("X-Repo-Commit", COMMIT)).boxed();
+    };
+    let lfs = file.ends_with(".safetensors") || file.ends_with(".parquet");
+    let etag = if lfs { sha256(body) } else { sha256(body)[..40].to_string() };
+    let mut served = body.clone();
+    if rules.truncate.as_deref() == Some(file.as_str()) {
+        served.truncate(body.len() / 2);
+    }
+    let len = served.len();
+    let data = if req.method() == &tiny_http::Method::Head { Vec::new() } else { served };
+    tiny_http::Response::new(
+        tiny_http::StatusCode(200),
+        vec![
+            header("ETag", &format!("\"{etag}\"")),
+            header("X-Repo-Commit", COMMIT),
+            header("Content-Type", "application/octet-stream"),
+        ],
+        std::io::Cursor::new(data),
+        Some(len),
+        None,
+    )
+    .boxed()
+}
+
+/// A small GPT-2-vocabulary checkpoint (with tokenizer files) as hub files.
+fn model_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#).unwrap();
+    let model = dir.join("model");
+    agop::stages::init_model(&cfg, 4, &model).unwrap();
+    ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(model.join(f)).unwrap()))
+        .collect()
+}
+
+fn corpus_parquet(dir: &Path) -> Vec<u8> {
+    use polars::prelude::*;
+    let p = dir.join("c.parquet");
+    let text = Series::new("text".into(), ["To be, or not to be, that is the question:"; 40].to_vec());
+    let mut df = DataFrame::new_infer_height(vec![text.into()]).unwrap();
+    ParquetWriter::new(std::fs::File::create(&p).unwrap()).finish(&mut df).unwrap();
+    std::fs::read(&p).unwrap()
+}
+
+fn repos(dir: &Path) -> Repos {
+    let files = model_files(dir);
+    let mut llama = files.clone();
+    llama.insert("config.json".into(), br#"{"model_type":"llama","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#.to_vec());
+    let pq = corpus_parquet(dir);
+    let mut data = BTreeMap::new();
+    data.insert("data/test-00000.parquet".to_string(), pq.clone());
+    data.insert("data/test-00001.parquet".to_string(), pq);
+    data.insert("data/train-00000.parquet".to_string(), b"not used".to_vec());
+    let mut r = Repos::new();
+    r.insert("models/testorg/tiny".into(), files.clone());
+    r.insert("models/private/tiny".into(), files);
+    r.insert("models/testorg/llama".into(), llama);
+    r.insert("datasets/testorg/corpus".into(), data);
+    r
+}
+
+struct Env {
+    tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env { tmp: tempfile::tempdir().unwrap() }
+    }
+    fn cache(&self) -> PathBuf {
+        self.tmp.path().join("hf-cache")
+    }
+    fn agop(&self, endpoint: &str, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(agop_bin());
+        c.args(args)
+            .env("HF_ENDPOINT", endpoint)
+            .env("HF_HUB_CACHE", self.cache())
+            .env("HF_HOME", self.tmp.path().join("hf-home"))
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn download_cache_offline_and_redirect() {
+    let env = Env::new();
+    let hub = FakeHub::start(repos(env.tmp.path()), Rules::default());
+    let ep = hub.endpoint();
+    let o = env.agop(&ep, &["fetch", "--model", "testorg/tiny"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    assert!(dir.starts_with(env.cache()), "{dir:?}");
+    assert!(dir.ends_with(format!("snapshots/{COMMIT}")), "{dir:?}");
+    for f in ["config.json", "model.safetensors", "vocab.json", "merges.txt"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    assert!(text(&o).contains(COMMIT));
+
+    // The short id is redirected (relative Location) to testorg/tiny.
+    let o = env.agop(&ep, &["fetch", "--model", "tiny"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // A pinned commit works too.
+    let o = env.agop(&ep, &["fetch", "--model", "testorg/tiny", "--revision", COMMIT], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // HF_HUB_OFFLINE=1: served from the cache without a single request.
+    let before = hub.requests();
+    let o = env.agop(&ep, &["fetch", "--model", "testorg/tiny"], &[("HF_HUB_OFFLINE", "1")]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(hub.requests(), before, "offline mode made requests");
+
+    // Offline and not cached: a clear error.
+    let o = env.agop(&ep, &["fetch", "--model", "testorg/other"], &[("HF_HUB_OFFLINE", "1")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("HF_HUB_OFFLINE"), "{}", text(&o));
+
+    // Server gone: the cache still answers.
+    hub.stop();
+    let o = env.agop(&ep, &["fetch", "--model", "testorg/tiny"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn run_against_the_hub_records_the_resolved_commit() {
+    let env = Env::new();
+    let hub = FakeHub::start(repos(env.tmp.path()), Rules::default());
+    let pipeline = env.tmp.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        r#"name = "hubrun"
+[model]
+id = "testorg/tiny"
+revision = "main"
+[corpus]
+sources = ["hf://datasets/testorg/corpus@main/data/test-*.parquet"]
+seq_len = 16
+[measure]
+probes = 1
+weights = ["pretrained"]
+"#,
+    )
+    .unwrap();
+    let out = env.tmp.path().join("out");
+    let o = env.agop(&hub.endpoint(), &["run", pipeline.to_str().unwrap(), "--out", out.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let gop = Gop::load(&out.join("gop-pretrained.safetensors")).unwrap();
+    assert_eq!(gop.meta.revision, COMMIT);
+    assert_eq!(gop.meta.model, "testorg/tiny");
+    // 2 files × 40 rows × (13 tokens + EOS) = 1120 tokens → 70 windows of 16.
+    assert_eq!(gop.meta.n_windows, 70);
+    let df = read_parquet(&out.join("correlations.parquet")).unwrap();
+    assert!(df.column("revision").unwrap().str().unwrap().iter().all(|r| r == Some(COMMIT)));
+    hub.stop();
+}
+
+#[test]
+fn http_errors_are_clear_with_exit_2() {
+    let env = Env::new();
+    let hub = FakeHub::start(repos(env.tmp.path()), Rules::default());
+    let ep = hub.endpoint();
+
+    let o = env.agop(&ep, &["fetch", "--model", "testorg/nope"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("testorg/nope") && text(&o).contains("404"), "{}", text(&o));
+
+    let o = env.agop(&ep, &["fetch", "--model", "testorg/tiny", "--revision", "v9"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("404"), "{}", text(&o));
+
+    let o = env.agop(&ep, &["fetch", "--model", "private/tiny"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("401") && text(&o).contains("HF_TOKEN"), "{}", text(&o));
+    let o = env.agop(&ep, &["fetch", "--model", "private/tiny"], &[("HF_TOKEN", "secret")]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = env.agop(&ep, &["fetch", "--model", "testorg/llama"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("model_type is \"llama\""), "{}", text(&o));
+    hub.stop();
+}
+
+#[test]
+fn truncated_download_is_refused_and_nothing_is_left_in_the_cache() {
+    let env = Env::new();
+    let hub = FakeHub::start(repos(env.tmp.path()), Rules { truncate: Some("model.safetensors".into()) });
+    let o = env.agop(&hub.endpoint(), &["fetch", "--model", "testorg/tiny"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("model.safetensors") && text(&o).contains("truncated"), "{}", text(&o));
+    hub.stop();
+    // Nothing that looks like a complete model.safetensors stays behind.
+    let snap = env.cache().join(format!("models--testorg--tiny/snapshots/{COMMIT}/model.safetensors"));
+    assert!(!snap.exists());
+}
+
+#[test]
+fn corrupted_cache_is_refetched_or_reported_offline() {
+    let env = Env::new();
+    let hub = FakeHub::start(repos(env.tmp.path()), Rules::default());
+    let ep = hub.endpoint();
+    assert!(env.agop(&ep, &["fetch", "--model", "testorg/tiny"], &[]).status.success());
+    let snap = env.cache().join(format!("models--testorg--tiny/snapshots/{COMMIT}/model.safetensors"));
+    let blob = std::fs::canonicalize(&snap).unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    let o = env.agop(&ep, &["fetch", "--model", "testorg/tiny"], &[("HF_HUB_OFFLINE", "1")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("corrupted"), "{}", text(&o));
+
+    let o = env.agop(&ep, &["fetch", "--model", "testorg/tiny"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("downloading it again"), "{}", text(&o));
+    let fixed = std::fs::read(&snap).unwrap();
+    assert_eq!(sha256(&fixed), blob.file_name().unwrap().to_string_lossy());
+    hub.stop();
+}
+
+#[test]
+fn no_network_says_so() {
+    let env = Env::new();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = env.agop(&format!("http://127.0.0.1:{port}"), &["fetch", "--model", "testorg/tiny"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("cannot reach the Hugging Face hub") && t.contains("HF_ENDPOINT") && t.contains("local model directory"), "{t}");
+}
+
+#[test]
+fn default_pipeline_without_network_stops_at_once() {
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut c = Command::new(agop_bin());
+    c.arg("run")
+        .current_dir(env.tmp.path())
+        .env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("HF_HUB_CACHE", env.cache())
+        .env_remove("HF_HUB_OFFLINE");
+    let start = std::time::Instant::now();
+    let o = c.output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("openai-community/gpt2") && t.contains("cannot reach the Hugging Face hub"), "{t}");
+    assert!(t.contains("local model directory") && t.contains("HF_ENDPOINT"), "{t}");
+    assert!(start.elapsed().as_secs() < 60);
+    assert!(!env.tmp.path().join("outputs/gpt2-shakespeare/tokens.parquet").exists());
+}
