@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::Gpt2Config;
+use super::kernels;
 
 /// LayerNorm parameters (γ, β).
 #[derive(Debug, Clone)]
@@ -209,7 +210,8 @@ impl Gpt2 {
             // MLP: x_out = x_mid + gelu(ln_2(x_mid)·W_fc + b)·W_mp + b
             let mlp_out = dx.clone();
             let du = matmul_t(&mlp_out, &blk.mp_w)?;
-            let d_fc = (du * self.gelu_grad(&cache.fc_pre)?)?;
+            let erf = self.cfg.activation_function == "gelu";
+            let d_fc = du.apply_op2_no_bwd(&cache.fc_pre, &kernels::GeluBackward { erf })?;
             let fc_in = matmul_t(&d_fc, &blk.fc_w)?;
             dx = (dx + layer_norm_backward(&fc_in, &cache.ln_2, &blk.ln_2)?)?;
             // Attention: x_mid = x_in + attn(ln_1(x_in))·W_ap + b
@@ -217,8 +219,7 @@ impl Gpt2 {
             let d_o = proj_in.reshape((b, t, h, hs))?.transpose(1, 2)?.contiguous()?;
             let d_att = d_o.matmul(&cache.v.t()?)?;
             let d_v = cache.att.t()?.matmul(&d_o)?;
-            let dot = (&d_att * &cache.att)?.sum_keepdim(D::Minus1)?;
-            let d_scores = ((cache.att.clone() * d_att.broadcast_sub(&dot)?)? * self.attn_scale(l))?;
+            let d_scores = d_att.apply_op2_no_bwd(&cache.att, &kernels::SoftmaxBackward { scale: self.attn_scale(l) })?;
             let d_q = d_scores.matmul(&cache.k)?;
             let d_k = d_scores.t()?.matmul(&cache.q)?;
             let merge = |g: Tensor| -> Result<Tensor> { Ok(g.transpose(1, 2)?.reshape((b, t, c))?) };
@@ -245,26 +246,6 @@ impl Gpt2 {
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
         Ok(if self.cfg.activation_function == "gelu" { x.gelu_erf()? } else { x.gelu()? })
-    }
-
-    /// d gelu / dx, elementwise.
-    fn gelu_grad(&self, x: &Tensor) -> Result<Tensor> {
-        if self.cfg.activation_function == "gelu" {
-            // Φ(x) + x·φ(x)
-            let cdf = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;
-            let pdf = ((x.sqr()? * -0.5)?.exp()? * (1.0 / (2.0 * std::f64::consts::PI).sqrt()))?;
-            return Ok((cdf? + (x * pdf)?)?);
-        }
-        // gelu_new: 0.5·x·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³)
-        let c = (2.0 / std::f64::consts::PI).sqrt();
-        let x2 = x.sqr()?;
-        let u = ((x * ((&x2 * 0.044715)? + 1.0)?)? * c)?;
-        let th = u.tanh()?;
-        let du = (((&x2 * (3.0 * 0.044715))? + 1.0)? * c)?;
-        let sech2 = (th.sqr()?.neg()? + 1.0)?;
-        let left = ((&th + 1.0)? * 0.5)?;
-        let right = ((x * sech2)? * du)?.affine(0.5, 0.0)?;
-        Ok((left + right)?)
     }
 }
 
@@ -297,22 +278,18 @@ fn matmul_t(g: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// LayerNorm over the last dimension, returning the output and the statistics for backward.
 fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let rstd = (var + eps)?.sqrt()?.recip()?;
-    let xhat = xc.broadcast_mul(&rstd)?;
+    let c = x.dim(D::Minus1)?;
+    let packed = x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })?;
+    let xhat = packed.narrow(D::Minus1, 0, c)?.contiguous()?;
+    let rstd = packed.narrow(D::Minus1, c, 1)?.contiguous()?;
     let y = xhat.broadcast_mul(&ln.weight)?.broadcast_add(&ln.bias)?;
     Ok((y, LnCache { xhat, rstd }))
 }
 
-/// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ.
+/// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ (one fused pass).
 fn layer_norm_backward(dy: &Tensor, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
-    let dxhat = dy.broadcast_mul(&ln.weight)?;
-    let m1 = dxhat.mean_keepdim(D::Minus1)?;
-    let m2 = (&dxhat * &cache.xhat)?.mean_keepdim(D::Minus1)?;
-    let dx = dxhat.broadcast_sub(&m1)?.sub(&cache.xhat.broadcast_mul(&m2)?)?;
-    Ok(dx.broadcast_mul(&cache.rstd)?)
+    let op = kernels::LayerNormBackward { gamma: kernels::gamma_values(&ln.weight)? };
+    Ok(dy.contiguous()?.apply_op3_no_bwd(&cache.xhat, &cache.rstd, &op)?)
 }
 
 /// (T, T) additive mask: 0 on and below the diagonal, −∞ above.

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod gpt2;
+pub mod kernels;
 pub mod weights;
 
 use std::path::Path;
