@@ -18,6 +18,7 @@ use cli::{Cli, Command, Stage};
 const DEFAULT_PIPELINE: &str = include_str!("../pipelines/gpt2-shakespeare.toml");
 
 fn main() -> ExitCode {
+    agop::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
@@ -96,18 +96,14 @@ impl Gop {
         let (b, t, _) = g.qkv_out.dims3()?;
         let blocks = g.qkv_out.reshape((b, t, 3 * h, hs))?.transpose(1, 2)?.contiguous()?;
         let grams = blocks.t()?.matmul(&blocks)?; // (B, 3H, hs, hs)
-        let flat = grams.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let flat = grams.flatten_all()?.to_vec1::<f32>()?;
         let hs2 = hs * hs;
-        for w in 0..b {
-            for (part, kind) in [Kind::Q, Kind::K, Kind::V].into_iter().enumerate() {
-                for head in 0..h {
-                    let m = Module { layer, kind, head: Some(head) };
-                    let (_, acc) = self.sums.get_mut(&m.gop_tensor()).expect("all modules allocated");
-                    let off = (w * 3 * h + part * h + head) * hs2;
-                    for (a, v) in acc.iter_mut().zip(&flat[off..off + hs2]) {
-                        *a += scale * v;
-                    }
-                }
+        for (part, kind) in [Kind::Q, Kind::K, Kind::V].into_iter().enumerate() {
+            for head in 0..h {
+                let m = Module { layer, kind, head: Some(head) };
+                let (_, acc) = self.sums.get_mut(&m.gop_tensor()).expect("all modules allocated");
+                // Window w's block sits at ((w·3H + part·H + head)·hs²).
+                add_windows(acc, &flat, b, 3 * h * hs2, (part * h + head) * hs2, scale);
             }
         }
         Ok(())
@@ -115,13 +111,9 @@ impl Gop {
 
     fn add_grams(&mut self, name: &str, grams: &Tensor, scale: f64) -> Result<()> {
         let (b, d, _) = grams.dims3()?;
-        let flat = grams.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let flat = grams.flatten_all()?.to_vec1::<f32>()?;
         let (_, acc) = self.sums.get_mut(name).expect("all modules allocated");
-        for w in 0..b {
-            for (a, v) in acc.iter_mut().zip(&flat[w * d * d..(w + 1) * d * d]) {
-                *a += scale * v;
-            }
-        }
+        add_windows(acc, &flat, b, d * d, 0, scale);
         Ok(())
     }
 
@@ -181,6 +173,23 @@ impl Gop {
         }
         Ok(gop)
     }
+}
+
+/// acc[i] += scale · grams[w·stride + offset + i] for every window w in order, in f64. Parallel over
+/// the entries of `acc`; each entry adds its windows in the same order, so the result does not
+/// depend on the thread count.
+fn add_windows(acc: &mut [f64], grams: &[f32], windows: usize, stride: usize, offset: usize, scale: f64) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    acc.par_chunks_mut(CHUNK).enumerate().for_each(|(c, a)| {
+        let start = offset + c * CHUNK;
+        for w in 0..windows {
+            let g = &grams[w * stride + start..w * stride + start + a.len()];
+            for (x, y) in a.iter_mut().zip(g) {
+                *x += scale * *y as f64;
+            }
+        }
+    });
 }
 
 /// Sorted, merged half-open ranges from a list of window indices.

@@ -245,7 +245,8 @@ impl Gpt2 {
     }
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(if self.cfg.activation_function == "gelu" { x.gelu_erf()? } else { x.gelu()? })
+        let erf = self.cfg.activation_function == "gelu";
+        Ok(x.contiguous()?.apply_op1_no_bwd(&kernels::Gelu { erf })?)
     }
 }
 

@@ -16,45 +16,115 @@ fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
     }
 }
 
-/// Numbers the kernels work on.
+/// Numbers the kernels work on. Reductions run in f64; GELU runs in the type's own precision
+/// (f32 through [`fast_tanh`], f64 through libm, which the finite-difference tests use).
 trait Real: Copy + Send + Sync + 'static {
     fn to(self) -> f64;
     fn from(x: f64) -> Self;
+    /// gelu(x) (or its derivative when `grad`), tanh approximation or exact erf form.
+    fn gelu(self, erf: bool, grad: bool) -> Self;
 }
-impl Real for f32 {
-    fn to(self) -> f64 {
-        self as f64
-    }
-    fn from(x: f64) -> Self {
-        x as f32
+
+/// e^x for f32 (Cephes' expf: range reduction and a degree-6 polynomial, ~1 ulp), written so
+/// the compiler can vectorize loops over it, unlike a libm call.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// tanh for f32 through [`fast_exp`]: sign(u)·(1 − e)/(1 + e), e = e^{−2|u|}.
+#[inline(always)]
+pub fn fast_tanh(u: f32) -> f32 {
+    let e = fast_exp(-2.0 * u.abs());
+    ((1.0 - e) / (1.0 + e)).copysign(u)
+}
+
+trait Tanh {
+    fn tanh_(self) -> Self;
+}
+impl Tanh for f32 {
+    #[inline(always)]
+    fn tanh_(self) -> Self {
+        fast_tanh(self)
     }
 }
-impl Real for f64 {
-    fn to(self) -> f64 {
-        self
-    }
-    fn from(x: f64) -> Self {
-        x
+impl Tanh for f64 {
+    #[inline(always)]
+    fn tanh_(self) -> Self {
+        self.tanh()
     }
 }
 
-/// d gelu/dx at x: tanh approximation (gelu_new) or exact erf form.
-fn gelu_grad(x: f64, erf: bool) -> f64 {
-    if erf {
-        let cdf = 0.5 * (1.0 + libm_erf(x / std::f64::consts::SQRT_2));
-        let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
-        cdf + x * pdf
-    } else {
-        let c = (2.0 / std::f64::consts::PI).sqrt();
-        let u = c * (x + 0.044715 * x * x * x);
-        let th = u.tanh();
-        0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * c * (1.0 + 3.0 * 0.044715 * x * x)
+macro_rules! real {
+    ($t:ty, $erf:path) => {
+        impl Real for $t {
+            fn to(self) -> f64 {
+                self as f64
+            }
+            fn from(x: f64) -> Self {
+                x as $t
+            }
+            fn gelu(self, erf: bool, grad: bool) -> Self {
+                let x = self;
+                if erf {
+                    let cdf = 0.5 * (1.0 + $erf(x / std::f64::consts::SQRT_2 as $t));
+                    if !grad {
+                        return x * cdf;
+                    }
+                    let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt() as $t;
+                    cdf + x * pdf
+                } else {
+                    let c = (2.0 / std::f64::consts::PI).sqrt() as $t;
+                    let th = (c * (x + 0.044715 * x * x * x)).tanh_();
+                    if !grad {
+                        return 0.5 * x * (1.0 + th);
+                    }
+                    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * c * (1.0 + 3.0 * 0.044715 * x * x)
+                }
+            }
+        }
+    };
+}
+real!(f32, candle_core::cpu::erf::erf_f32);
+real!(f64, candle_core::cpu::erf::erf_f64);
+
+/// gelu(x) elementwise, in parallel.
+pub struct Gelu {
+    pub erf: bool,
+}
+
+impl Gelu {
+    fn run<T: Real>(&self, x: &[T]) -> Vec<T> {
+        let mut out = vec![T::from(0.0); x.len()];
+        out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, x)| {
+            for (o, x) in o.iter_mut().zip(x) {
+                *o = x.gelu(self.erf, false);
+            }
+        });
+        out
     }
 }
 
-/// erf through candle's own implementation (shared with its gelu_erf).
-fn libm_erf(x: f64) -> f64 {
-    candle_core::cpu::erf::erf_f64(x)
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let shape = l.shape().clone();
+        Ok(match s {
+            CpuStorage::F32(a) => (CpuStorage::F32(self.run(contiguous(a, l, "x")?)), shape),
+            CpuStorage::F64(a) => (CpuStorage::F64(self.run(contiguous(a, l, "x")?)), shape),
+            _ => candle_core::bail!("gelu: F32 or F64 input"),
+        })
+    }
 }
 
 /// du ⊙ gelu'(pre).
@@ -67,8 +137,7 @@ impl GeluBackward {
         let mut out = vec![T::from(0.0); du.len()];
         out.par_chunks_mut(4096).zip(du.par_chunks(4096).zip(pre.par_chunks(4096))).for_each(|(o, (d, p))| {
             for ((o, d), p) in o.iter_mut().zip(d).zip(p) {
-                // The tanh form is evaluated in T's precision for f32 speed, f64 otherwise.
-                *o = T::from(d.to() * gelu_grad(p.to(), self.erf));
+                *o = T::from(d.to() * p.gelu(self.erf, true).to());
             }
         });
         out
@@ -237,4 +306,25 @@ impl CustomOp3 for LayerNormBackward {
 /// γ as f64 values (for the backward kernel).
 pub fn gamma_values(gamma: &Tensor) -> Result<Vec<f64>> {
     gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_tanh_and_exp_match_libm() {
+        let mut worst_exp = 0.0f64;
+        let mut worst_tanh = 0.0f64;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 1e-4 * 4.0; // −80 … 80 for exp, −80 … 80 for tanh
+            let e = fast_exp(x.clamp(-80.0, 80.0)) as f64;
+            let want = (x.clamp(-80.0, 80.0) as f64).exp();
+            worst_exp = worst_exp.max(((e - want) / want).abs());
+            let t = fast_tanh(x) as f64;
+            worst_tanh = worst_tanh.max((t - (x as f64).tanh()).abs());
+        }
+        assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        assert!(worst_tanh < 5e-7, "tanh absolute error {worst_tanh}");
+    }
 }

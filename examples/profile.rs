@@ -1,0 +1,66 @@
+//! Where the time of one sketch step goes on GPT-2-small dimensions: forward, backward, and the
+//! outer-product accumulation, per batch. `cargo run --release --example profile [BATCH] [T]`.
+
+use agop::agop::{Gop, GopMeta};
+use agop::model::{random_init, Gpt2Config};
+use candle_core::{Device, Tensor};
+use std::time::Instant;
+
+
+fn main() -> anyhow::Result<()> {
+    agop::tune_allocator();
+    let batch: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(4);
+    let t: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(256);
+    let cfg: Gpt2Config = serde_json::from_str(
+        r#"{"model_type":"gpt2","n_layer":12,"n_head":12,"n_embd":768,"n_positions":1024,"vocab_size":50257}"#,
+    )?;
+    let model = random_init(&cfg, 0)?;
+    let ids = Tensor::from_vec((0..(batch * t) as u32).map(|i| (i * 7919) % 50257).collect::<Vec<_>>(), (batch, t), &Device::Cpu)?;
+    let seed = Tensor::randn(0f32, 1.0, (batch, t, cfg.n_embd), &Device::Cpu)?;
+    let meta = GopMeta {
+        agop_version: String::new(),
+        model: String::new(),
+        revision: String::new(),
+        model_sha256: String::new(),
+        weights: String::new(),
+        output: String::new(),
+        estimator: String::new(),
+        probes: 1,
+        seed: 0,
+        seq_len: t,
+        tokens_sha256: String::new(),
+        total_windows: 0,
+        shard: String::new(),
+        n_windows: 0,
+        n_tokens: 0,
+        windows: vec![],
+        config: cfg.clone(),
+    };
+    let mut gop = Gop::zeros(meta);
+    for rep in 0..3 {
+        let t0 = Instant::now();
+        let fwd = model.forward(&ids)?;
+        let t1 = Instant::now();
+        let mut grads = Vec::new();
+        model.backward(&fwd, &seed, |_, g| {
+            grads.push((g.qkv_out.clone(), g.attn_in.clone(), g.proj_in.clone(), g.fc_in.clone(), g.mlp_out.clone()));
+            Ok(())
+        })?;
+        let t2 = Instant::now();
+        for (l, (a, b, c, d, e)) in grads.iter().rev().enumerate() {
+            let g = agop::model::BlockGrads { qkv_out: a, attn_in: b, proj_in: c, fc_in: d, mlp_out: e };
+            gop.add_block(&cfg, l, &g, 1.0)?;
+        }
+        let t3 = Instant::now();
+        let tokens = (batch * t) as f64;
+        let total = (t3 - t0).as_secs_f64();
+        println!(
+            "rep {rep}: forward {:.3} s, backward {:.3} s, accumulate {:.3} s; {:.1} tokens/s",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+            tokens / total
+        );
+    }
+    Ok(())
+}
