@@ -20,7 +20,9 @@ PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 work=${BENCH_DIR:-bench-out}
 mkdir -p "$work"
 cargo build --release -q --bin agop --example gemm_peak
-agop=target/release/agop
+agop=${CARGO_TARGET_DIR:-target}/release/agop
+gemm_peak=${CARGO_TARGET_DIR:-target}/release/examples/gemm_peak
+
 
 cat > "$work/config.json" <<JSON
 {"model_type":"gpt2","n_layer":12,"n_head":12,"n_embd":768,"n_positions":1024,"vocab_size":50257}
@@ -32,7 +34,7 @@ JSON
 rss() { awk '/Maximum resident set size/ {print $6}' "$1"; }
 
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
-peak=$(target/release/examples/gemm_peak 1024 | awk '{print $2}')
+peak=$($gemm_peak 1024 | awk '{print $2}')
 
 /usr/bin/time -v $agop measure --model "$work/model" --tokens "$work/tokens.parquet" --out "$work/gop.safetensors" \
   --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 2> "$work/agop.time" | tee "$work/agop.out"

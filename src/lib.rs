@@ -21,8 +21,8 @@ pub mod stages;
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
-        // M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1 (malloc.h).
-        libc::mallopt(-3, 1 << 30);
+        // M_MMAP_THRESHOLD = -3 (at most 32 MiB on 64-bit), M_TRIM_THRESHOLD = -1 (malloc.h).
+        libc::mallopt(-3, 32 << 20);
         libc::mallopt(-1, i32::MAX);
     }
 }

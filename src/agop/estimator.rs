@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use super::gop::Gop;
-use crate::model::gpt2::per_window;
+use crate::model::kernels::bmm;
 use crate::model::Gpt2;
 use crate::nfa::linalg;
 use crate::bail_bad;
@@ -164,8 +164,7 @@ impl<'a> Measurer<'a> {
                         z.extend((0..t * c).map(|_| rng.sample::<f32, _>(StandardNormal)));
                     }
                     let z = Tensor::from_vec(z, (b, t, c), &Device::Cpu)?;
-                    let lt = self.factor.t()?;
-                    per_window(&z, |zw| Ok(zw.reshape((t, c))?.matmul(&lt)?.reshape((1, t, c))?))?
+                    bmm(&z, &self.factor, false, true)?
                 }
                 Some(dirs) => {
                     let mut eps = Vec::with_capacity(b * t);
@@ -221,7 +220,7 @@ impl<'a> Measurer<'a> {
     /// ∇ℓ_t at the ln_f output, wteᵀ(softmax(z_t) − e_{y_t}), for t < T−1; zero at t = T−1. (B, T, C).
     fn loss_directions(&self, hidden: &Tensor, toks: &[&[u32]]) -> Result<Tensor> {
         let model = self.model;
-        let (b, t, c) = hidden.dims3()?;
+        let (b, t, _) = hidden.dims3()?;
         let v = model.cfg.vocab_size;
         let probs = candle_nn::ops::softmax_last_dim(&model.logits(hidden)?)?;
         let mut p = probs.flatten_all()?.to_vec1::<f32>()?;
@@ -236,6 +235,6 @@ impl<'a> Measurer<'a> {
             }
         }
         let g = Tensor::from_vec(p, (b, t, v), &Device::Cpu)?;
-        per_window(&g, |gw| Ok(gw.reshape((t, v))?.matmul(&model.wte)?.reshape((1, t, c))?))
+        Ok(bmm(&g, &model.wte, false, false)?)
     }
 }

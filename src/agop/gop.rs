@@ -13,6 +13,7 @@ use candle_core::Tensor;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
+use crate::model::kernels::bmm;
 use crate::model::{BlockGrads, Gpt2Config};
 use crate::modules::{all_modules, Kind, Module};
 use crate::{bad, bail_bad};
@@ -88,14 +89,14 @@ impl Gop {
             (Kind::MlpCProj, g.mlp_out),
         ];
         for (kind, grad) in whole {
-            let gram = grad.t()?.matmul(grad)?; // (B, d, d)
+            let gram = bmm(grad, grad, true, false)?; // (B, d, d), window by window
             let m = Module { layer, kind, head: None };
             self.add_grams(&m.gop_tensor(), &gram, scale)?;
         }
         // Per-head blocks of δ at the c_attn output: (B, T, 3H, hs) → (B, 3H, T, hs) → (B, 3H, hs, hs).
         let (b, t, _) = g.qkv_out.dims3()?;
-        let blocks = g.qkv_out.reshape((b, t, 3 * h, hs))?.transpose(1, 2)?.contiguous()?;
-        let grams = blocks.t()?.matmul(&blocks)?; // (B, 3H, hs, hs)
+        let blocks = g.qkv_out.reshape((b, t, 3 * h, hs))?.transpose(1, 2)?.contiguous()?.reshape((b * 3 * h, t, hs))?;
+        let grams = bmm(&blocks, &blocks, true, false)?; // (B·3H, hs, hs)
         let flat = grams.flatten_all()?.to_vec1::<f32>()?;
         let hs2 = hs * hs;
         for (part, kind) in [Kind::Q, Kind::K, Kind::V].into_iter().enumerate() {

@@ -132,14 +132,16 @@ impl Gpt2 {
             let (a, ln_1) = layer_norm(&x, &blk.ln_1, eps)?;
             let a = hook(l, Site::AttnIn, a)?;
             let qkv = hook(l, Site::QkvOut, linear(&a, &blk.c_attn_w, &blk.c_attn_b)?)?;
+            // Heads as (B·H, T, hs) batches.
             let heads = |i: usize| -> Result<Tensor> {
-                Ok(qkv.narrow(2, i * c, c)?.reshape((b, t, h, hs))?.transpose(1, 2)?.contiguous()?)
+                Ok(qkv.narrow(2, i * c, c)?.reshape((b, t, h, hs))?.transpose(1, 2)?.contiguous()?.reshape((b * h, t, hs))?)
             };
             let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
             let scale = self.attn_scale(l);
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let scores = (kernels::bmm(&q, &k, false, true)? * scale)?.broadcast_add(&mask)?;
             let att = candle_nn::ops::softmax_last_dim(&scores)?;
-            let y = hook(l, Site::ProjIn, att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?)?;
+            let o = kernels::bmm(&att, &v, false, false)?.reshape((b, h, t, hs))?;
+            let y = hook(l, Site::ProjIn, o.transpose(1, 2)?.reshape((b, t, c))?)?;
             x = (x + linear(&y, &blk.c_proj_w, &blk.c_proj_b)?)?;
             let (m, ln_2) = layer_norm(&x, &blk.ln_2, eps)?;
             let m = hook(l, Site::FcIn, m)?;
@@ -186,9 +188,7 @@ impl Gpt2 {
 
     /// Logits (B, T, V) from the ln_f output.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let (_, t, c) = hidden.dims3()?;
-        let wt = self.wte.t()?;
-        per_window(hidden, |h| Ok(h.reshape((t, c))?.matmul(&wt)?.reshape((1, t, self.cfg.vocab_size))?))
+        Ok(kernels::bmm(hidden, &self.wte, false, true)?)
     }
 
     /// Backward from `seed` = ∂f/∂(ln_f output), shape (B, T, C). Calls `visit(layer, grads)` for
@@ -216,13 +216,13 @@ impl Gpt2 {
             dx = (dx + layer_norm_backward(&fc_in, &cache.ln_2, &blk.ln_2)?)?;
             // Attention: x_mid = x_in + attn(ln_1(x_in))·W_ap + b
             let proj_in = matmul_t(&dx, &blk.c_proj_w)?;
-            let d_o = proj_in.reshape((b, t, h, hs))?.transpose(1, 2)?.contiguous()?;
-            let d_att = d_o.matmul(&cache.v.t()?)?;
-            let d_v = cache.att.t()?.matmul(&d_o)?;
+            let d_o = proj_in.reshape((b, t, h, hs))?.transpose(1, 2)?.contiguous()?.reshape((b * h, t, hs))?;
+            let d_att = kernels::bmm(&d_o, &cache.v, false, true)?;
+            let d_v = kernels::bmm(&cache.att, &d_o, true, false)?;
             let d_scores = d_att.apply_op2_no_bwd(&cache.att, &kernels::SoftmaxBackward { scale: self.attn_scale(l) })?;
-            let d_q = d_scores.matmul(&cache.k)?;
-            let d_k = d_scores.t()?.matmul(&cache.q)?;
-            let merge = |g: Tensor| -> Result<Tensor> { Ok(g.transpose(1, 2)?.reshape((b, t, c))?) };
+            let d_q = kernels::bmm(&d_scores, &cache.k, false, false)?;
+            let d_k = kernels::bmm(&d_scores, &cache.q, true, false)?;
+            let merge = |g: Tensor| -> Result<Tensor> { Ok(g.reshape((b, h, t, hs))?.transpose(1, 2)?.reshape((b, t, c))?) };
             let qkv_out = Tensor::cat(&[merge(d_q)?, merge(d_k)?, merge(d_v)?], 2)?;
             let attn_in = matmul_t(&qkv_out, &blk.c_attn_w)?;
             visit(l, &BlockGrads { qkv_out: &qkv_out, attn_in: &attn_in, proj_in: &proj_in, fc_in: &fc_in, mlp_out: &mlp_out })?;
@@ -250,31 +250,15 @@ impl Gpt2 {
     }
 }
 
-/// Apply `f` to each window (index along dim 0) separately and stack the results. Matrix
-/// products are computed per window so that a window's numbers never depend on which other
-/// windows share its batch (GEMM blocking depends on the row count).
-pub fn per_window(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-    let b = x.dim(0)?;
-    if b == 1 {
-        return f(x);
-    }
-    let parts = (0..b).map(|i| f(&x.narrow(0, i, 1)?)).collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&parts, 0)?)
-}
-
-/// x (B, T, in) · W (in, out) + b, window by window.
+/// x (B, T, in) · W (in, out) + b. Products go through [`kernels::bmm`], window by window, so a
+/// window's numbers never depend on which other windows share its batch.
 fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (_, t, k) = x.dims3()?;
-    let n = w.dim(1)?;
-    per_window(x, |xw| Ok(xw.reshape((t, k))?.matmul(w)?.broadcast_add(b)?.reshape((1, t, n))?))
+    Ok(kernels::bmm(x, w, false, false)?.broadcast_add(b)?)
 }
 
-/// g (B, T, out) · Wᵀ (out, in), window by window: the gradient at a Conv1D module's input.
+/// g (B, T, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
 fn matmul_t(g: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (_, t, n) = g.dims3()?;
-    let k = w.dim(0)?;
-    let wt = w.t()?;
-    per_window(g, |gw| Ok(gw.reshape((t, n))?.matmul(&wt)?.reshape((1, t, k))?))
+    Ok(kernels::bmm(g, w, false, true)?)
 }
 
 /// LayerNorm over the last dimension, returning the output and the statistics for backward.

@@ -30,7 +30,8 @@ trait Real: Copy + Send + Sync + 'static {
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest by the 1.5·2^23 trick (vectorizes, unlike roundf).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
@@ -306,6 +307,104 @@ impl CustomOp3 for LayerNormBackward {
 /// γ as f64 values (for the backward kernel).
 pub fn gamma_values(gamma: &Tensor) -> Result<Vec<f64>> {
     gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()
+}
+
+/// Batched matrix product C_i = op(A_i)·op(B_i), op = identity or transpose, on contiguous
+/// inputs: A is (batch, r, c); B is (batch, r, c) or 2-D (shared by every batch element, e.g. a
+/// weight). With several batch elements they run in parallel, each GEMM on one thread; a single
+/// one uses all threads. Each product is computed the same way in both cases, so a window's
+/// numbers never depend on the batch it is in or on the thread count.
+pub struct BatchMatMul {
+    pub a_t: bool,
+    pub b_t: bool,
+}
+
+/// (rows, cols, row stride, col stride) of op(X) for a contiguous stored r × c matrix.
+fn view(r: usize, c: usize, t: bool) -> (usize, usize, isize, isize) {
+    if t {
+        (c, r, 1, c as isize)
+    } else {
+        (r, c, c as isize, 1)
+    }
+}
+
+impl BatchMatMul {
+    #[allow(clippy::too_many_arguments)]
+    fn run<T: Real>(&self, a: &[T], ad: &[usize], b: &[T], bd: &[usize]) -> Result<(Vec<T>, Shape)> {
+        let batch = ad[0];
+        let (m, k, a_rs, a_cs) = view(ad[1], ad[2], self.a_t);
+        let shared = bd.len() == 2;
+        let (br, bc) = if shared { (bd[0], bd[1]) } else { (bd[1], bd[2]) };
+        let (k2, n, b_rs, b_cs) = view(br, bc, self.b_t);
+        if k != k2 || (!shared && bd[0] != batch) {
+            candle_core::bail!("batch-matmul: shapes {ad:?} and {bd:?} do not match (a_t {}, b_t {})", self.a_t, self.b_t);
+        }
+        let mut out = vec![T::from(0.0); batch * m * n];
+        let b_skip = if shared { 0 } else { br * bc };
+        let one = |i: usize, dst: &mut [T], par: gemm::Parallelism| unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a[i * ad[1] * ad[2]..].as_ptr(),
+                a_cs,
+                a_rs,
+                b[i * b_skip..].as_ptr(),
+                b_cs,
+                b_rs,
+                T::from(0.0),
+                T::from(1.0),
+                false,
+                false,
+                false,
+                par,
+            )
+        };
+        if batch == 1 {
+            let threads = rayon::current_num_threads();
+            let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+            one(0, &mut out, par);
+        } else if m * n > 0 {
+            out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| one(i, dst, gemm::Parallelism::None));
+        }
+        let mut dims = vec![batch, m, n];
+        if batch == 0 {
+            dims = vec![0, m, n];
+        }
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+impl CustomOp2 for BatchMatMul {
+    fn name(&self) -> &'static str {
+        "batch-matmul"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (ad, bd) = (l1.shape().dims(), l2.shape().dims());
+        if ad.len() != 3 || !(bd.len() == 2 || bd.len() == 3) {
+            candle_core::bail!("batch-matmul: expected (batch, r, c) and (batch, r, c) or (r, c), got {ad:?} and {bd:?}");
+        }
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd)?;
+                (CpuStorage::F32(v), s)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd)?;
+                (CpuStorage::F64(v), s)
+            }
+            _ => candle_core::bail!("batch-matmul: F32 or F64 inputs of one dtype"),
+        })
+    }
+}
+
+/// op(a)·op(b) for a (batch, r, c) and b (batch, r, c) or (r, c); see [`BatchMatMul`].
+pub fn bmm(a: &Tensor, b: &Tensor, a_t: bool, b_t: bool) -> Result<Tensor> {
+    a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &BatchMatMul { a_t, b_t })
 }
 
 #[cfg(test)]
