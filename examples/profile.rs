@@ -17,25 +17,7 @@ fn main() -> anyhow::Result<()> {
     let model = random_init(&cfg, 0)?;
     let ids = Tensor::from_vec((0..(batch * t) as u32).map(|i| (i * 7919) % 50257).collect::<Vec<_>>(), (batch, t), &Device::Cpu)?;
     let seed = Tensor::randn(0f32, 1.0, (batch, t, cfg.n_embd), &Device::Cpu)?;
-    let meta = GopMeta {
-        agop_version: String::new(),
-        model: String::new(),
-        revision: String::new(),
-        model_sha256: String::new(),
-        weights: String::new(),
-        output: String::new(),
-        estimator: String::new(),
-        probes: 1,
-        seed: 0,
-        seq_len: t,
-        tokens_sha256: String::new(),
-        total_windows: 0,
-        shard: String::new(),
-        n_windows: 0,
-        n_tokens: 0,
-        windows: vec![],
-        config: cfg.clone(),
-    };
+    let meta = GopMeta { probes: 1, seq_len: t, ..GopMeta::for_config(cfg.clone()) };
     let mut gop = Gop::zeros(meta);
     for rep in 0..3 {
         let t0 = Instant::now();

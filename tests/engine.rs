@@ -18,23 +18,13 @@ fn fixture() -> Gpt2 {
 
 fn meta(m: &Gpt2, output: Output, estimator: Estimator, probes: u32, seed: u64) -> GopMeta {
     GopMeta {
-        agop_version: "test".into(),
-        model: "tiny".into(),
-        revision: "local".into(),
-        model_sha256: String::new(),
         weights: "pretrained".into(),
         output: output.as_str().into(),
         estimator: estimator.as_str().into(),
         probes,
         seed,
         seq_len: 8,
-        tokens_sha256: String::new(),
-        total_windows: 0,
-        shard: String::new(),
-        n_windows: 0,
-        n_tokens: 0,
-        windows: vec![],
-        config: m.cfg.clone(),
+        ..GopMeta::for_config(m.cfg.clone())
     }
 }
 

@@ -48,6 +48,31 @@ pub struct GopMeta {
     pub config: Gpt2Config,
 }
 
+impl GopMeta {
+    /// Metadata with only the model config filled in (for library use without files).
+    pub fn for_config(config: Gpt2Config) -> Self {
+        Self {
+            agop_version: env!("CARGO_PKG_VERSION").into(),
+            model: String::new(),
+            revision: String::new(),
+            model_sha256: String::new(),
+            weights: String::new(),
+            output: String::new(),
+            estimator: String::new(),
+            probes: 0,
+            seed: 0,
+            seq_len: 0,
+            tokens_sha256: String::new(),
+            total_windows: 0,
+            shard: String::new(),
+            n_windows: 0,
+            n_tokens: 0,
+            windows: vec![],
+            config,
+        }
+    }
+}
+
 /// Per-module f64 sums.
 #[derive(Debug, Clone)]
 pub struct Gop {

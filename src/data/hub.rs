@@ -13,7 +13,6 @@ use std::sync::Mutex;
 use anyhow::Result;
 use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
 use hf_hub::{HFClientSync, HFError, HFRepositorySync, RepoType};
-use sha2::{Digest, Sha256};
 
 use crate::model::Gpt2Config;
 use crate::stages::ResolvedModel;
@@ -96,13 +95,6 @@ impl ProgressHandler for Bar {
     }
 }
 
-fn sha256_hex(path: &Path) -> Result<String> {
-    let mut h = Sha256::new();
-    let mut f = std::fs::File::open(path)?;
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
-
 /// The blob (content) name of a cached snapshot file: the ETag for LFS files.
 fn blob_name(snapshot_file: &Path) -> Option<String> {
     let target = std::fs::read_link(snapshot_file).ok()?;
@@ -115,7 +107,7 @@ fn verify(snapshot_file: &Path) -> Result<std::result::Result<(), String>> {
     if etag.len() != 64 || !etag.chars().all(|c| c.is_ascii_hexdigit()) {
         return Ok(Ok(()));
     }
-    let got = sha256_hex(snapshot_file)?;
+    let got = crate::stages::sha256_file(snapshot_file)?;
     Ok(if got == etag.to_ascii_lowercase() { Ok(()) } else { Err(format!("sha256 {got} but the hub's ETag is {etag}")) })
 }
 

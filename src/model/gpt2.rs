@@ -6,7 +6,7 @@
 //! HF tensor names and the Conv1D [in, out] layout are kept (y = x·W + b).
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::Gpt2Config;
 use super::kernels;
@@ -45,8 +45,8 @@ pub struct Gpt2 {
 
 /// Saved LayerNorm statistics: normalized input and 1/σ.
 struct LnCache {
-    xhat: Tensor,
-    rstd: Tensor,
+    /// Rows of [x̂ (C) | 1/σ], as written by the forward kernel.
+    packed: Tensor,
 }
 
 /// What the backward pass needs from one block's forward.
@@ -253,7 +253,7 @@ impl Gpt2 {
 /// x (B, T, in) · W (in, out) + b. Products go through [`kernels::bmm`], window by window, so a
 /// window's numbers never depend on which other windows share its batch.
 fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(kernels::bmm(x, w, false, false)?.broadcast_add(b)?)
+    Ok(kernels::bmm_bias(x, w, b)?)
 }
 
 /// g (B, T, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
@@ -263,18 +263,16 @@ fn matmul_t(g: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// LayerNorm over the last dimension, returning the output and the statistics for backward.
 fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
-    let c = x.dim(D::Minus1)?;
     let packed = x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })?;
-    let xhat = packed.narrow(D::Minus1, 0, c)?.contiguous()?;
-    let rstd = packed.narrow(D::Minus1, c, 1)?.contiguous()?;
-    let y = xhat.broadcast_mul(&ln.weight)?.broadcast_add(&ln.bias)?;
-    Ok((y, LnCache { xhat, rstd }))
+    let affine = kernels::LayerNormAffine { gamma: kernels::gamma_values(&ln.weight)?, beta: kernels::gamma_values(&ln.bias)? };
+    let y = packed.apply_op1_no_bwd(&affine)?;
+    Ok((y, LnCache { packed }))
 }
 
 /// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ (one fused pass).
 fn layer_norm_backward(dy: &Tensor, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
     let op = kernels::LayerNormBackward { gamma: kernels::gamma_values(&ln.weight)? };
-    Ok(dy.contiguous()?.apply_op3_no_bwd(&cache.xhat, &cache.rstd, &op)?)
+    Ok(dy.contiguous()?.apply_op2_no_bwd(&cache.packed, &op)?)
 }
 
 /// (T, T) additive mask: 0 on and below the diagonal, −∞ above.

@@ -244,20 +244,21 @@ impl CustomOp1 for LayerNormForward {
     }
 }
 
-/// LayerNorm backward: dx = rstd·(g − mean(g) − x̂·mean(g ⊙ x̂)), g = dy ⊙ γ.
+/// LayerNorm backward: dx = rstd·(g − mean(g) − x̂·mean(g ⊙ x̂)), g = dy ⊙ γ, reading x̂ and
+/// rstd from the packed rows of [`LayerNormForward`].
 pub struct LayerNormBackward {
     pub gamma: Vec<f64>,
 }
 
 impl LayerNormBackward {
-    fn run<T: Real>(&self, dy: &[T], xhat: &[T], rstd: &[T]) -> Vec<T> {
+    fn run<T: Real>(&self, dy: &[T], packed: &[T]) -> Vec<T> {
         let n = self.gamma.len();
         let mut out = vec![T::from(0.0); dy.len()];
         out.par_chunks_mut(n * MIN_ROWS)
-            .zip(dy.par_chunks(n * MIN_ROWS).zip(xhat.par_chunks(n * MIN_ROWS)))
-            .zip(rstd.par_chunks(MIN_ROWS))
-            .for_each(|((o, (dy, xh)), rs)| {
-                for (((o, dy), xh), r) in o.chunks_mut(n).zip(dy.chunks(n)).zip(xh.chunks(n)).zip(rs) {
+            .zip(dy.par_chunks(n * MIN_ROWS).zip(packed.par_chunks((n + 1) * MIN_ROWS)))
+            .for_each(|(o, (dy, pk))| {
+                for ((o, dy), pk) in o.chunks_mut(n).zip(dy.chunks(n)).zip(pk.chunks(n + 1)) {
+                    let (xh, r) = (&pk[..n], pk[n].to());
                     let (mut m1, mut m2) = (0.0, 0.0);
                     for ((d, x), g) in dy.iter().zip(xh).zip(&self.gamma) {
                         let gd = d.to() * g;
@@ -266,7 +267,6 @@ impl LayerNormBackward {
                     }
                     m1 /= n as f64;
                     m2 /= n as f64;
-                    let r = r.to();
                     for (((o, d), x), g) in o.iter_mut().zip(dy).zip(xh).zip(&self.gamma) {
                         *o = T::from(r * (d.to() * g - m1 - x.to() * m2));
                     }
@@ -276,35 +276,62 @@ impl LayerNormBackward {
     }
 }
 
-impl CustomOp3 for LayerNormBackward {
+impl CustomOp2 for LayerNormBackward {
     fn name(&self) -> &'static str {
         "layer-norm-backward"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let shape = l1.shape().clone();
-        Ok(match (s1, s2, s3) {
-            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => (
-                CpuStorage::F32(self.run(contiguous(a, l1, "dy")?, contiguous(b, l2, "xhat")?, contiguous(c, l3, "rstd")?)),
-                shape,
-            ),
-            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => (
-                CpuStorage::F64(self.run(contiguous(a, l1, "dy")?, contiguous(b, l2, "xhat")?, contiguous(c, l3, "rstd")?)),
-                shape,
-            ),
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                (CpuStorage::F32(self.run(contiguous(a, l1, "dy")?, contiguous(b, l2, "packed")?)), shape)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                (CpuStorage::F64(self.run(contiguous(a, l1, "dy")?, contiguous(b, l2, "packed")?)), shape)
+            }
             _ => candle_core::bail!("layer-norm-backward: F32 or F64 inputs of one dtype"),
         })
     }
 }
 
-/// γ as f64 values (for the backward kernel).
+/// y = x̂ ⊙ γ + β from the packed rows of [`LayerNormForward`].
+pub struct LayerNormAffine {
+    pub gamma: Vec<f64>,
+    pub beta: Vec<f64>,
+}
+
+impl LayerNormAffine {
+    fn run<T: Real>(&self, packed: &[T]) -> Vec<T> {
+        let n = self.gamma.len();
+        let rows = packed.len() / (n + 1);
+        let mut out = vec![T::from(0.0); rows * n];
+        out.par_chunks_mut(n * MIN_ROWS).zip(packed.par_chunks((n + 1) * MIN_ROWS)).for_each(|(o, pk)| {
+            for (o, pk) in o.chunks_mut(n).zip(pk.chunks(n + 1)) {
+                for (((o, x), g), b) in o.iter_mut().zip(&pk[..n]).zip(&self.gamma).zip(&self.beta) {
+                    *o = T::from(x.to() * g + b);
+                }
+            }
+        });
+        out
+    }
+}
+
+impl CustomOp1 for LayerNormAffine {
+    fn name(&self) -> &'static str {
+        "layer-norm-affine"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut dims = l.shape().dims().to_vec();
+        *dims.last_mut().unwrap() = self.gamma.len();
+        Ok(match s {
+            CpuStorage::F32(a) => (CpuStorage::F32(self.run(contiguous(a, l, "packed")?)), Shape::from(dims)),
+            CpuStorage::F64(a) => (CpuStorage::F64(self.run(contiguous(a, l, "packed")?)), Shape::from(dims)),
+            _ => candle_core::bail!("layer-norm-affine: F32 or F64 input"),
+        })
+    }
+}
+
+/// A 1-D parameter (γ or β) as f64 values, for the kernels.
 pub fn gamma_values(gamma: &Tensor) -> Result<Vec<f64>> {
     gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()
 }
@@ -330,7 +357,7 @@ fn view(r: usize, c: usize, t: bool) -> (usize, usize, isize, isize) {
 
 impl BatchMatMul {
     #[allow(clippy::too_many_arguments)]
-    fn run<T: Real>(&self, a: &[T], ad: &[usize], b: &[T], bd: &[usize]) -> Result<(Vec<T>, Shape)> {
+    fn run<T: Real>(&self, a: &[T], ad: &[usize], b: &[T], bd: &[usize], bias: Option<&[T]>) -> Result<(Vec<T>, Shape)> {
         let batch = ad[0];
         let (m, k, a_rs, a_cs) = view(ad[1], ad[2], self.a_t);
         let shared = bd.len() == 2;
@@ -340,6 +367,13 @@ impl BatchMatMul {
             candle_core::bail!("batch-matmul: shapes {ad:?} and {bd:?} do not match (a_t {}, b_t {})", self.a_t, self.b_t);
         }
         let mut out = vec![T::from(0.0); batch * m * n];
+        if let Some(bias) = bias {
+            if bias.len() != n {
+                candle_core::bail!("batch-matmul: bias of length {} for {n} columns", bias.len());
+            }
+            out.par_chunks_mut(n).for_each(|row| row.copy_from_slice(bias));
+        }
+        let read_dst = bias.is_some();
         let b_skip = if shared { 0 } else { br * bc };
         let one = |i: usize, dst: &mut [T], par: gemm::Parallelism| unsafe {
             gemm::gemm(
@@ -349,14 +383,14 @@ impl BatchMatMul {
                 dst.as_mut_ptr(),
                 1,
                 n as isize,
-                false,
+                read_dst,
                 a[i * ad[1] * ad[2]..].as_ptr(),
                 a_cs,
                 a_rs,
                 b[i * b_skip..].as_ptr(),
                 b_cs,
                 b_rs,
-                T::from(0.0),
+                T::from(1.0),
                 T::from(1.0),
                 false,
                 false,
@@ -390,16 +424,55 @@ impl CustomOp2 for BatchMatMul {
         }
         Ok(match (s1, s2) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd)?;
+                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd, None)?;
                 (CpuStorage::F32(v), s)
             }
             (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd)?;
+                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd, None)?;
                 (CpuStorage::F64(v), s)
             }
             _ => candle_core::bail!("batch-matmul: F32 or F64 inputs of one dtype"),
         })
     }
+}
+
+/// With a bias (third input, one value per output column) added inside the GEMM.
+impl CustomOp3 for BatchMatMul {
+    fn name(&self) -> &'static str {
+        "batch-matmul-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (ad, bd) = (l1.shape().dims(), l2.shape().dims());
+        if ad.len() != 3 || !(bd.len() == 2 || bd.len() == 3) {
+            candle_core::bail!("batch-matmul: expected (batch, r, c) and (batch, r, c) or (r, c), got {ad:?} and {bd:?}");
+        }
+        Ok(match (s1, s2, s3) {
+            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => {
+                let bias = contiguous(c, l3, "bias")?;
+                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd, Some(bias))?;
+                (CpuStorage::F32(v), s)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => {
+                let bias = contiguous(c, l3, "bias")?;
+                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd, Some(bias))?;
+                (CpuStorage::F64(v), s)
+            }
+            _ => candle_core::bail!("batch-matmul-bias: F32 or F64 inputs of one dtype"),
+        })
+    }
+}
+
+/// op(a)·op(b) + bias, see [`bmm`].
+pub fn bmm_bias(a: &Tensor, b: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op3_no_bwd(&b.contiguous()?, &bias.contiguous()?, &BatchMatMul { a_t: false, b_t: false })
 }
 
 /// op(a)·op(b) for a (batch, r, c) and b (batch, r, c) or (r, c); see [`BatchMatMul`].
