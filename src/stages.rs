@@ -37,12 +37,7 @@ impl ResolvedModel {
 
     /// sha256 of the checkpoint's weights (all safetensors files, in order), hex.
     pub fn weights_sha256(&self) -> Result<String> {
-        let mut h = Sha256::new();
-        for f in model::weights::safetensors_files(&self.dir)? {
-            let mut file = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
-            std::io::copy(&mut file, &mut h)?;
-        }
-        Ok(hex::encode(h.finalize()))
+        sha256_files(&model::weights::safetensors_files(&self.dir)?)
     }
 }
 
@@ -186,10 +181,7 @@ pub fn measure_timed(
         weights: opts.weights.as_str().into(),
         output: opts.settings.output.as_str().into(),
         estimator: opts.settings.estimator.as_str().into(),
-        probes: match opts.settings.estimator {
-            crate::agop::Estimator::Exact => 0,
-            crate::agop::Estimator::Sketch => opts.settings.probes,
-        },
+        probes: opts.settings.recorded_probes(),
         seed: opts.settings.seed,
         seq_len: tmeta.seq_len,
         tokens_sha256: sha256_file(tokens)?,
@@ -233,9 +225,16 @@ pub fn measure_timed(
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
+    sha256_files(std::slice::from_ref(&path.to_path_buf()))
+}
+
+/// sha256 of the concatenation of files, hex.
+pub fn sha256_files(paths: &[PathBuf]) -> Result<String> {
     let mut h = Sha256::new();
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    std::io::copy(&mut f, &mut h)?;
+    for path in paths {
+        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        std::io::copy(&mut f, &mut h)?;
+    }
     Ok(hex::encode(h.finalize()))
 }
 

@@ -77,6 +77,16 @@ pub struct Settings {
     pub seed: u64,
 }
 
+impl Settings {
+    /// The `probes` recorded in GOP files: the probe count for the sketch, 0 for exact.
+    pub fn recorded_probes(&self) -> u32 {
+        match self.estimator {
+            Estimator::Exact => 0,
+            Estimator::Sketch => self.probes,
+        }
+    }
+}
+
 /// Runs forward and backward passes and adds their outer products to a [`Gop`].
 pub struct Measurer<'a> {
     model: &'a Gpt2,

@@ -222,14 +222,7 @@ fn add_windows(acc: &mut [f64], grams: &[f32], windows: usize, stride: usize, of
 pub fn ranges_of(mut idx: Vec<u64>) -> Vec<(u64, u64)> {
     idx.sort_unstable();
     idx.dedup();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for i in idx {
-        match out.last_mut() {
-            Some((_, e)) if *e == i => *e += 1,
-            _ => out.push((i, i + 1)),
-        }
-    }
-    out
+    normalize_ranges(idx.into_iter().map(|i| (i, i + 1)).collect())
 }
 
 /// Merge ranges (already non-overlapping) into canonical form.

@@ -111,19 +111,25 @@ fn verify(snapshot_file: &Path) -> Result<std::result::Result<(), String>> {
     Ok(if got == etag.to_ascii_lowercase() { Ok(()) } else { Err(format!("sha256 {got} but the hub's ETag is {etag}")) })
 }
 
-/// Download one file of a repository into the cache (or find it there), checked.
-fn fetch<T: RepoType>(repo: &HFRepositorySync<T>, what: &str, file: &str, revision: &str) -> Result<PathBuf> {
-    let get = |force: bool| -> Result<PathBuf> {
-        repo.download_file()
+/// Download one file of a repository into the cache (or find it there), checked against its
+/// ETag; `Ok(None)` when the repository has no such file (404).
+fn fetch_optional<T: RepoType>(repo: &HFRepositorySync<T>, what: &str, file: &str, revision: &str) -> Result<Option<PathBuf>> {
+    let get = |force: bool| -> Result<Option<PathBuf>> {
+        let sent = repo
+            .download_file()
             .filename(file)
             .revision(revision.to_string())
             .local_files_only(offline())
             .force_download(force)
             .progress(hf_hub::progress::Progress::new(Bar(Mutex::new(None), file.to_string())))
-            .send()
-            .map_err(|e| explain(e, what))
+            .send();
+        match sent {
+            Ok(p) => Ok(Some(p)),
+            Err(HFError::EntryNotFound { .. }) => Ok(None),
+            Err(e) => Err(explain(e, what)),
+        }
     };
-    let path = get(false)?;
+    let Some(path) = get(false)? else { return Ok(None) };
     if let Err(why) = verify(&path)? {
         if offline() {
             bail_bad!("{what}: the cached {file} is corrupted ({why}); HF_HUB_OFFLINE is set, so it cannot be re-fetched");
@@ -132,21 +138,20 @@ fn fetch<T: RepoType>(repo: &HFRepositorySync<T>, what: &str, file: &str, revisi
         let blob = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
         let _ = std::fs::remove_file(&blob);
         let _ = std::fs::remove_file(&path);
-        let path = get(true)?;
+        let path = get(true)?.ok_or_else(|| bad!("{what}: file {file} not found (404)"))?;
         if let Err(why) = verify(&path)? {
             let _ = std::fs::remove_file(std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
             let _ = std::fs::remove_file(&path);
             bail_bad!("{what}: downloaded {file} does not match the hub ({why}); the transfer was truncated or corrupted");
         }
-        return Ok(path);
+        return Ok(Some(path));
     }
-    Ok(path)
+    Ok(Some(path))
 }
 
-/// Is this a 404 for a missing file (as opposed to a missing repo or another failure)?
-fn is_missing_file(e: &anyhow::Error) -> bool {
-    let s = format!("{e:#}");
-    s.contains("not found (404)") && s.contains("file ")
+/// [`fetch_optional`] for a file that must exist.
+fn fetch<T: RepoType>(repo: &HFRepositorySync<T>, what: &str, file: &str, revision: &str) -> Result<PathBuf> {
+    fetch_optional(repo, what, file, revision)?.ok_or_else(|| bad!("{what}: file {file} not found (404)"))
 }
 
 /// Resolve a hub model id to a local snapshot directory: config.json (checked to be GPT-2
@@ -167,30 +172,25 @@ pub fn resolve_model(id: &str, revision: Option<&str>) -> Result<ResolvedModel> 
     let commit = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| rev.to_string());
     // Pin every later request to the resolved commit.
     let what = format!("model {id}@{commit}");
-    match fetch(&repo, &what, "model.safetensors", &commit) {
-        Ok(_) => {}
-        Err(e) if is_missing_file(&e) => {
-            let index = fetch(&repo, &what, "model.safetensors.index.json", &commit)
-                .map_err(|_| bad!("{what}: has neither model.safetensors nor model.safetensors.index.json"))?;
-            for shard in crate::model::weights::safetensors_files(index.parent().unwrap())? {
-                let f = shard.file_name().unwrap().to_string_lossy().into_owned();
-                fetch(&repo, &what, &f, &commit)?;
-            }
+    if fetch_optional(&repo, &what, "model.safetensors", &commit)?.is_none() {
+        let index = fetch_optional(&repo, &what, "model.safetensors.index.json", &commit)?
+            .ok_or_else(|| bad!("{what}: has neither model.safetensors nor model.safetensors.index.json"))?;
+        for shard in crate::model::weights::safetensors_files(index.parent().unwrap())? {
+            let f = shard.file_name().unwrap().to_string_lossy().into_owned();
+            fetch(&repo, &what, &f, &commit)?;
         }
-        Err(e) => return Err(e),
     }
     // The tokenizer: tokenizer.json, else vocab.json + merges.txt. What the snapshot already
     // holds is used first, so a cached model needs no request for a file the repo lacks.
     let has = |f: &str| dir.join(f).is_file();
-    let try_pair = || fetch(&repo, &what, "vocab.json", &commit).is_ok() && fetch(&repo, &what, "merges.txt", &commit).is_ok();
+    let pair = || -> Result<bool> {
+        Ok(fetch_optional(&repo, &what, "vocab.json", &commit)?.is_some()
+            && fetch_optional(&repo, &what, "merges.txt", &commit)?.is_some())
+    };
     let tokenizer_ok = if has("tokenizer.json") || !(has("vocab.json") && has("merges.txt")) {
-        match fetch(&repo, &what, "tokenizer.json", &commit) {
-            Ok(_) => true,
-            Err(e) if is_missing_file(&e) => try_pair(),
-            Err(e) => return Err(e),
-        }
+        fetch_optional(&repo, &what, "tokenizer.json", &commit)?.is_some() || pair()?
     } else {
-        try_pair()
+        pair()?
     };
     if !tokenizer_ok {
         eprintln!("note: {what} has no tokenizer files; `tokenize` will need another model directory");

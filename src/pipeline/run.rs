@@ -16,7 +16,7 @@ use anyhow::Result;
 use sha2::{Digest, Sha256};
 
 use super::config::Pipeline;
-use crate::agop::{Estimator, Gop, GopMeta, Settings};
+use crate::agop::{Gop, GopMeta, Settings};
 use crate::data::corpus::CorpusOptions;
 use crate::model::WeightsKind;
 use crate::outputs;
@@ -122,12 +122,11 @@ fn settings(p: &Pipeline) -> Settings {
 /// Does a GOP file hold this pipeline's measurement of `weights` (for the given shard)?
 fn gop_matches(meta: &GopMeta, p: &Pipeline, prep: &Prepared, weights: WeightsKind, shard: Option<(usize, usize)>) -> bool {
     let m = &p.measure;
-    let probes = if m.estimator == Estimator::Exact { 0 } else { m.probes };
     meta.model_sha256 == prep.model_sha
         && meta.weights == weights.as_str()
         && meta.output == m.output.as_str()
         && meta.estimator == m.estimator.as_str()
-        && meta.probes == probes
+        && meta.probes == settings(p).recorded_probes()
         && meta.seed == m.seed
         && meta.tokens_sha256 == prep.tokens_sha
         && meta.total_windows == prep.n_windows
