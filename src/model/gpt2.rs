@@ -6,9 +6,10 @@
 //! HF tensor names and the Conv1D [in, out] layout are kept (y = x·W + b).
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::config::Gpt2Config;
+use super::attention::{AttentionBackward, AttentionMix, AttentionProbs};
 use super::kernels;
 
 /// LayerNorm parameters (γ, β).
@@ -52,9 +53,9 @@ struct LnCache {
 /// What the backward pass needs from one block's forward.
 struct BlockCache {
     ln_1: LnCache,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    /// attn.c_attn output (B, T, 3C) = [Q | K | V].
+    qkv: Tensor,
+    /// Attention probabilities (B, H, T, T).
     att: Tensor,
     ln_2: LnCache,
     fc_pre: Tensor,
@@ -122,33 +123,24 @@ impl Gpt2 {
             bail!("sequence length {t} exceeds n_positions {}", cfg.n_positions);
         }
         let (c, h) = (cfg.n_embd, cfg.n_head);
-        let hs = c / h;
         let eps = cfg.layer_norm_epsilon;
         let tok = self.wte.embedding(&ids.flatten_all()?)?.reshape((b, t, c))?;
         let mut x = tok.broadcast_add(&self.wpe.narrow(0, 0, t)?)?;
-        let mask = causal_mask(t)?.to_dtype(self.wte.dtype())?;
         let mut caches = Vec::with_capacity(self.blocks.len());
         for (l, blk) in self.blocks.iter().enumerate() {
             let (a, ln_1) = layer_norm(&x, &blk.ln_1, eps)?;
             let a = hook(l, Site::AttnIn, a)?;
-            let qkv = hook(l, Site::QkvOut, linear(&a, &blk.c_attn_w, &blk.c_attn_b)?)?;
-            // Heads as (B·H, T, hs) batches.
-            let heads = |i: usize| -> Result<Tensor> {
-                Ok(qkv.narrow(2, i * c, c)?.reshape((b, t, h, hs))?.transpose(1, 2)?.contiguous()?.reshape((b * h, t, hs))?)
-            };
-            let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+            let qkv = hook(l, Site::QkvOut, linear(&a, &blk.c_attn_w, &blk.c_attn_b)?)?.contiguous()?;
             let scale = self.attn_scale(l);
-            let scores = (kernels::bmm(&q, &k, false, true)? * scale)?.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax_last_dim(&scores)?;
-            let o = kernels::bmm(&att, &v, false, false)?.reshape((b, h, t, hs))?;
-            let y = hook(l, Site::ProjIn, o.transpose(1, 2)?.reshape((b, t, c))?)?;
+            let att = qkv.apply_op1_no_bwd(&AttentionProbs { heads: h, scale })?;
+            let y = hook(l, Site::ProjIn, att.apply_op2_no_bwd(&qkv, &AttentionMix { heads: h })?)?;
             x = (x + linear(&y, &blk.c_proj_w, &blk.c_proj_b)?)?;
             let (m, ln_2) = layer_norm(&x, &blk.ln_2, eps)?;
             let m = hook(l, Site::FcIn, m)?;
             let fc_pre = linear(&m, &blk.fc_w, &blk.fc_b)?;
             let u = self.gelu(&fc_pre)?;
             x = (x + hook(l, Site::MlpOut, linear(&u, &blk.mp_w, &blk.mp_b)?)?)?;
-            caches.push(BlockCache { ln_1, q, k, v, att, ln_2, fc_pre });
+            caches.push(BlockCache { ln_1, qkv, att, ln_2, fc_pre });
         }
         let (hidden, ln_f) = layer_norm(&x, &self.ln_f, eps)?;
         Ok(Forward { blocks: caches, ln_f, hidden })
@@ -200,9 +192,7 @@ impl Gpt2 {
         mut visit: impl FnMut(usize, &BlockGrads) -> Result<()>,
     ) -> Result<()> {
         let cfg = &self.cfg;
-        let (b, t, c) = seed.dims3()?;
         let h = cfg.n_head;
-        let hs = c / h;
         let mut dx = layer_norm_backward(seed, &fwd.ln_f, &self.ln_f)?;
         for l in (0..self.blocks.len()).rev() {
             let blk = &self.blocks[l];
@@ -216,14 +206,9 @@ impl Gpt2 {
             dx = (dx + layer_norm_backward(&fc_in, &cache.ln_2, &blk.ln_2)?)?;
             // Attention: x_mid = x_in + attn(ln_1(x_in))·W_ap + b
             let proj_in = matmul_t(&dx, &blk.c_proj_w)?;
-            let d_o = proj_in.reshape((b, t, h, hs))?.transpose(1, 2)?.contiguous()?.reshape((b * h, t, hs))?;
-            let d_att = kernels::bmm(&d_o, &cache.v, false, true)?;
-            let d_v = kernels::bmm(&cache.att, &d_o, true, false)?;
-            let d_scores = d_att.apply_op2_no_bwd(&cache.att, &kernels::SoftmaxBackward { scale: self.attn_scale(l) })?;
-            let d_q = kernels::bmm(&d_scores, &cache.k, false, false)?;
-            let d_k = kernels::bmm(&d_scores, &cache.q, true, false)?;
-            let merge = |g: Tensor| -> Result<Tensor> { Ok(g.reshape((b, h, t, hs))?.transpose(1, 2)?.reshape((b, t, c))?) };
-            let qkv_out = Tensor::cat(&[merge(d_q)?, merge(d_k)?, merge(d_v)?], 2)?;
+            // Through att · V and the causal softmax of scale · Q Kᵀ, to the packed (Q | K | V).
+            let op = AttentionBackward { heads: h, scale: self.attn_scale(l) };
+            let qkv_out = proj_in.apply_op3_no_bwd(&cache.att, &cache.qkv, &op)?;
             let attn_in = matmul_t(&qkv_out, &blk.c_attn_w)?;
             visit(l, &BlockGrads { qkv_out: &qkv_out, attn_in: &attn_in, proj_in: &proj_in, fc_in: &fc_in, mlp_out: &mlp_out })?;
             if l > 0 {
@@ -273,11 +258,4 @@ fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)>
 fn layer_norm_backward(dy: &Tensor, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
     let op = kernels::LayerNormBackward { gamma: kernels::gamma_values(&ln.weight)? };
     Ok(dy.contiguous()?.apply_op2_no_bwd(&cache.packed, &op)?)
-}
-
-/// (T, T) additive mask: 0 on and below the diagonal, −∞ above.
-fn causal_mask(t: usize) -> Result<Tensor> {
-    let data: Vec<f32> =
-        (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-    Ok(Tensor::from_vec(data, (t, t), &Device::Cpu)?)
 }

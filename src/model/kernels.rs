@@ -9,7 +9,7 @@ use rayon::prelude::*;
 /// Rows per parallel task (a row is the last dimension).
 const MIN_ROWS: usize = 16;
 
-fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{what}: input must be contiguous"),
@@ -18,9 +18,13 @@ fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
 
 /// Numbers the kernels work on. Reductions run in f64; GELU runs in the type's own precision
 /// (f32 through [`fast_tanh`], f64 through libm, which the finite-difference tests use).
-trait Real: Copy + Send + Sync + 'static {
+pub(crate) trait Real:
+    Copy + Send + Sync + 'static + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self>
+{
     fn to(self) -> f64;
     fn from(x: f64) -> Self;
+    /// e^x: [`fast_exp`] for f32, libm for f64.
+    fn exp_(self) -> Self;
     /// gelu(x) (or its derivative when `grad`), tanh approximation or exact erf form.
     fn gelu(self, erf: bool, grad: bool) -> Self;
 }
@@ -65,13 +69,19 @@ impl Tanh for f64 {
 }
 
 macro_rules! real {
-    ($t:ty, $erf:path) => {
+    ($t:ty, $erf:path, $exp:expr) => {
         impl Real for $t {
+            #[inline(always)]
             fn to(self) -> f64 {
                 self as f64
             }
+            #[inline(always)]
             fn from(x: f64) -> Self {
                 x as $t
+            }
+            #[inline(always)]
+            fn exp_(self) -> Self {
+                $exp(self)
             }
             fn gelu(self, erf: bool, grad: bool) -> Self {
                 let x = self;
@@ -94,8 +104,8 @@ macro_rules! real {
         }
     };
 }
-real!(f32, candle_core::cpu::erf::erf_f32);
-real!(f64, candle_core::cpu::erf::erf_f64);
+real!(f32, candle_core::cpu::erf::erf_f32, fast_exp);
+real!(f64, candle_core::cpu::erf::erf_f64, f64::exp);
 
 /// gelu(x) elementwise, in parallel.
 pub struct Gelu {
@@ -334,6 +344,82 @@ impl CustomOp1 for LayerNormAffine {
 /// A 1-D parameter (γ or β) as f64 values, for the kernels.
 pub fn gamma_values(gamma: &Tensor) -> Result<Vec<f64>> {
     gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()
+}
+
+/// A strided matrix view for [`gemm_into`]: element (i, j) at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<T> {
+    ptr: *const T,
+    rs: isize,
+    cs: isize,
+}
+
+impl<T> View<T> {
+    pub(crate) fn new(ptr: *const T, rs: usize, cs: usize) -> Self {
+        Self { ptr, rs: rs as isize, cs: cs as isize }
+    }
+    /// The transposed view (no data moves).
+    pub(crate) fn t(self) -> Self {
+        Self { ptr: self.ptr, rs: self.cs, cs: self.rs }
+    }
+}
+
+// SAFETY: views are read-only windows into buffers that outlive the parallel loops using them.
+unsafe impl<T: Sync> Send for View<T> {}
+unsafe impl<T: Sync> Sync for View<T> {}
+
+/// A raw output pointer shared by parallel tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr<T>(pub *mut T);
+unsafe impl<T: Send> Send for SyncPtr<T> {}
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    pub(crate) fn at(self, offset: usize) -> *mut T {
+        // SAFETY (of callers): offset stays inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// dst (m × n, row stride `dst_rs`) = beta · a (m × k) · b (k × n), single-threaded; dst is
+/// written, not read.
+///
+/// # Safety
+/// The views and dst must address valid m × k, k × n and m × n matrices.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_into<T: 'static>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    a: View<T>,
+    b: View<T>,
+    beta: T,
+) where
+    T: Copy + Real,
+{
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        T::from(0.0),
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 /// Batched matrix product C_i = op(A_i)·op(B_i), op = identity or transpose, on contiguous

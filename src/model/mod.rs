@@ -1,5 +1,6 @@
 //! The GPT-2 model: config, weights, forward and backward.
 
+pub mod attention;
 pub mod config;
 pub mod gpt2;
 pub mod kernels;

@@ -1,0 +1,194 @@
+//! Causal self-attention straight from the packed `c_attn` output (B, T, 3C) = [Q | K | V], as
+//! candle custom ops. Head h of Q is the column block h·hs..(h+1)·hs, so every per-head product
+//! is a strided GEMM on the packed layout: no head split, transpose or merge copies, in forward
+//! or backward. Work is split by (window, head), each GEMM on one thread, so a window's numbers
+//! never depend on the batch it is in or on the thread count.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
+use rayon::prelude::*;
+
+use super::kernels::{contiguous, gemm_into, Real, SyncPtr, View};
+
+/// att (B, H, T, T) = causal softmax(scale · Q Kᵀ) per window and head; zero above the diagonal.
+pub struct AttentionProbs {
+    pub heads: usize,
+    pub scale: f64,
+}
+
+/// y (B, T, C) = att · V per head, heads side by side (the operand of attn.c_proj).
+pub struct AttentionMix {
+    pub heads: usize,
+}
+
+/// Gradient at the packed c_attn output, d(Q | K | V) (B, T, 3C), from dy (B, T, C), att and
+/// the packed (Q | K | V).
+pub struct AttentionBackward {
+    pub heads: usize,
+    pub scale: f64,
+}
+
+/// Sizes of a packed qkv (B, T, 3C) with `heads` heads: (B, T, C, hs).
+fn dims(l: &Layout, heads: usize, what: &str) -> Result<(usize, usize, usize, usize)> {
+    let (b, t, c3) = l.shape().dims3()?;
+    if c3 % (3 * heads) != 0 {
+        candle_core::bail!("{what}: last dimension {c3} is not 3 × a multiple of {heads} heads");
+    }
+    Ok((b, t, c3 / 3, c3 / 3 / heads))
+}
+
+/// The (T × hs) block of window `w`, part `part` (0 = Q, 1 = K, 2 = V) and head `head`.
+fn head<T>(qkv: &[T], t: usize, c: usize, hs: usize, w: usize, part: usize, head: usize) -> View<T> {
+    View::new(qkv[w * t * 3 * c + part * c + head * hs..].as_ptr(), 3 * c, 1)
+}
+
+impl AttentionProbs {
+    fn run<T: Real>(&self, qkv: &[T], (b, t, c, hs): (usize, usize, usize, usize)) -> Vec<T> {
+        let h = self.heads;
+        let mut att = vec![T::from(0.0); b * h * t * t];
+        att.par_chunks_mut(t * t).enumerate().for_each(|(i, p)| {
+            let (w, hd) = (i / h, i % h);
+            let q = head(qkv, t, c, hs, w, 0, hd);
+            let k = head(qkv, t, c, hs, w, 1, hd);
+            // SAFETY: p is t × t; q and k are t × hs blocks inside qkv.
+            unsafe { gemm_into(t, t, hs, p.as_mut_ptr(), t, q, k.t(), T::from(self.scale)) };
+            for (i, row) in p.chunks_mut(t).enumerate() {
+                let (live, masked) = row.split_at_mut(i + 1);
+                let max = live.iter().map(|x| x.to()).fold(f64::NEG_INFINITY, f64::max);
+                let max = T::from(max);
+                let mut sum = 0.0;
+                for x in live.iter_mut() {
+                    *x = (*x - max).exp_();
+                    sum += x.to();
+                }
+                let inv = T::from(1.0 / sum);
+                for x in live.iter_mut() {
+                    *x = *x * inv;
+                }
+                masked.fill(T::from(0.0));
+            }
+        });
+        att
+    }
+}
+
+impl CustomOp1 for AttentionProbs {
+    fn name(&self) -> &'static str {
+        "attention-probs"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = dims(l, self.heads, "attention-probs")?;
+        let shape = Shape::from((d.0, self.heads, d.1, d.1));
+        Ok(match s {
+            CpuStorage::F32(a) => (CpuStorage::F32(self.run(contiguous(a, l, "qkv")?, d)), shape),
+            CpuStorage::F64(a) => (CpuStorage::F64(self.run(contiguous(a, l, "qkv")?, d)), shape),
+            _ => candle_core::bail!("attention-probs: F32 or F64 input"),
+        })
+    }
+}
+
+impl AttentionMix {
+    fn run<T: Real>(&self, att: &[T], qkv: &[T], (b, t, c, hs): (usize, usize, usize, usize)) -> Vec<T> {
+        let h = self.heads;
+        let mut y = vec![T::from(0.0); b * t * c];
+        let dst = SyncPtr(y.as_mut_ptr());
+        (0..b * h).into_par_iter().for_each(|i| {
+            let (w, hd) = (i / h, i % h);
+            let p = View::new(att[i * t * t..].as_ptr(), t, 1);
+            let v = head(qkv, t, c, hs, w, 2, hd);
+            // SAFETY: each (window, head) writes its own t × hs column block of y.
+            unsafe { gemm_into(t, hs, t, dst.at(w * t * c + hd * hs), c, p, v, T::from(1.0)) };
+        });
+        y
+    }
+}
+
+impl CustomOp2 for AttentionMix {
+    fn name(&self) -> &'static str {
+        "attention-mix"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = dims(l2, self.heads, "attention-mix")?;
+        if l1.shape().dims() != [d.0, self.heads, d.1, d.1] {
+            candle_core::bail!("attention-mix: att has shape {:?}, qkv {:?}", l1.shape(), l2.shape());
+        }
+        let shape = Shape::from((d.0, d.1, d.2));
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(q)) => {
+                (CpuStorage::F32(self.run(contiguous(a, l1, "att")?, contiguous(q, l2, "qkv")?, d)), shape)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(q)) => {
+                (CpuStorage::F64(self.run(contiguous(a, l1, "att")?, contiguous(q, l2, "qkv")?, d)), shape)
+            }
+            _ => candle_core::bail!("attention-mix: F32 or F64 inputs of one dtype"),
+        })
+    }
+}
+
+impl AttentionBackward {
+    fn run<T: Real>(&self, dy: &[T], att: &[T], qkv: &[T], (b, t, c, hs): (usize, usize, usize, usize)) -> Vec<T> {
+        let h = self.heads;
+        let mut dqkv = vec![T::from(0.0); b * t * 3 * c];
+        let dst = SyncPtr(dqkv.as_mut_ptr());
+        (0..b * h).into_par_iter().for_each(|i| {
+            let (w, hd) = (i / h, i % h);
+            let p = View::new(att[i * t * t..].as_ptr(), t, 1);
+            let d_o = View::new(dy[w * t * c + hd * hs..].as_ptr(), c, 1);
+            let (q, k, v) = (head(qkv, t, c, hs, w, 0, hd), head(qkv, t, c, hs, w, 1, hd), head(qkv, t, c, hs, w, 2, hd));
+            let out = |part: usize| dst.at(w * t * 3 * c + part * c + hd * hs);
+            let mut ds = vec![T::from(0.0); t * t];
+            let one = T::from(1.0);
+            // SAFETY: ds is t × t; each (window, head) writes its own t × hs blocks of dqkv.
+            unsafe {
+                gemm_into(t, t, hs, ds.as_mut_ptr(), t, d_o, v.t(), one); // dP = dO Vᵀ
+                gemm_into(t, hs, t, out(2), 3 * c, p.t(), d_o, one); // dV = Pᵀ dO
+            }
+            // dS = scale · P ⊙ (dP − rowsum(dP ⊙ P)); zero above the diagonal, where P is.
+            for (i, (row, pr)) in ds.chunks_mut(t).zip(att[i * t * t..(i + 1) * t * t].chunks(t)).enumerate() {
+                let live = i + 1;
+                let dot: f64 = row[..live].iter().zip(&pr[..live]).map(|(a, b)| a.to() * b.to()).sum();
+                for (x, pv) in row[..live].iter_mut().zip(&pr[..live]) {
+                    *x = T::from(self.scale * pv.to() * (x.to() - dot));
+                }
+                row[live..].fill(T::from(0.0));
+            }
+            let s = View::new(ds.as_ptr(), t, 1);
+            unsafe {
+                gemm_into(t, hs, t, out(0), 3 * c, s, k, one); // dQ = dS K
+                gemm_into(t, hs, t, out(1), 3 * c, s.t(), q, one); // dK = dSᵀ Q
+            }
+        });
+        dqkv
+    }
+}
+
+impl CustomOp3 for AttentionBackward {
+    fn name(&self) -> &'static str {
+        "attention-backward"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = dims(l3, self.heads, "attention-backward")?;
+        if l1.shape().dims() != [d.0, d.1, d.2] || l2.shape().dims() != [d.0, self.heads, d.1, d.1] {
+            candle_core::bail!("attention-backward: dy {:?}, att {:?}, qkv {:?}", l1.shape(), l2.shape(), l3.shape());
+        }
+        let shape = l3.shape().clone();
+        Ok(match (s1, s2, s3) {
+            (CpuStorage::F32(g), CpuStorage::F32(a), CpuStorage::F32(q)) => {
+                let v = self.run(contiguous(g, l1, "dy")?, contiguous(a, l2, "att")?, contiguous(q, l3, "qkv")?, d);
+                (CpuStorage::F32(v), shape)
+            }
+            (CpuStorage::F64(g), CpuStorage::F64(a), CpuStorage::F64(q)) => {
+                let v = self.run(contiguous(g, l1, "dy")?, contiguous(a, l2, "att")?, contiguous(q, l3, "qkv")?, d);
+                (CpuStorage::F64(v), shape)
+            }
+            _ => candle_core::bail!("attention-backward: F32 or F64 inputs of one dtype"),
+        })
+    }
+}
