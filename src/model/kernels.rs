@@ -355,6 +355,15 @@ pub fn gamma_values(gamma: &Tensor) -> Result<Vec<f64>> {
     gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()
 }
 
+/// The values of a contiguous F32 CPU tensor, borrowed for `f`.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Ok(f(contiguous(v, l, "tensor")?)),
+        _ => candle_core::bail!("expected an F32 CPU tensor, got {:?}", t.dtype()),
+    }
+}
+
 /// A strided matrix view for [`gemm_into`]: element (i, j) at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
 pub(crate) struct View<T> {
