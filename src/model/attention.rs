@@ -27,6 +27,14 @@ pub struct AttentionBackward {
     pub scale: f64,
 }
 
+/// Rows per block of the causal products: row block r0..r0 + rows only meets keys 0..r0 + rows.
+const ROW_BLOCK: usize = 64;
+
+/// (first row, rows) of each row block of a T × T causal matrix.
+fn row_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t).step_by(ROW_BLOCK).map(move |r0| (r0, ROW_BLOCK.min(t - r0)))
+}
+
 /// Sizes of a packed qkv (B, T, 3C) with `heads` heads: (B, T, C, hs).
 fn dims(l: &Layout, heads: usize, what: &str) -> Result<(usize, usize, usize, usize)> {
     let (b, t, c3) = l.shape().dims3()?;
@@ -49,8 +57,11 @@ impl AttentionProbs {
             let (w, hd) = (i / h, i % h);
             let q = head(qkv, t, c, hs, w, 0, hd);
             let k = head(qkv, t, c, hs, w, 1, hd);
-            // SAFETY: p is t × t; q and k are t × hs blocks inside qkv.
-            unsafe { gemm_into(t, t, hs, p.as_mut_ptr(), t, q, k.t(), T::from(self.scale)) };
+            // Causal: row block r0.. needs only columns 0..r0 + rows.
+            for (r0, rows) in row_blocks(t) {
+                // SAFETY: p is t × t; q and k are t × hs blocks inside qkv.
+                unsafe { gemm_into(rows, r0 + rows, hs, p.as_mut_ptr().add(r0 * t), t, q.rows(r0), k.t(), T::from(self.scale)) };
+            }
             for (i, row) in p.chunks_mut(t).enumerate() {
                 let (live, masked) = row.split_at_mut(i + 1);
                 let max = live.iter().map(|x| x.to()).fold(f64::NEG_INFINITY, f64::max);
@@ -95,8 +106,10 @@ impl AttentionMix {
             let (w, hd) = (i / h, i % h);
             let p = View::new(att[i * t * t..].as_ptr(), t, 1);
             let v = head(qkv, t, c, hs, w, 2, hd);
-            // SAFETY: each (window, head) writes its own t × hs column block of y.
-            unsafe { gemm_into(t, hs, t, dst.at(w * t * c + hd * hs), c, p, v, T::from(1.0)) };
+            for (r0, rows) in row_blocks(t) {
+                // SAFETY: each (window, head) writes its own t × hs column block of y.
+                unsafe { gemm_into(rows, hs, r0 + rows, dst.at((w * t + r0) * c + hd * hs), c, p.rows(r0), v, T::from(1.0)) };
+            }
         });
         y
     }
@@ -134,13 +147,17 @@ impl AttentionBackward {
             let p = View::new(att[i * t * t..].as_ptr(), t, 1);
             let d_o = View::new(dy[w * t * c + hd * hs..].as_ptr(), c, 1);
             let (q, k, v) = (head(qkv, t, c, hs, w, 0, hd), head(qkv, t, c, hs, w, 1, hd), head(qkv, t, c, hs, w, 2, hd));
-            let out = |part: usize| dst.at(w * t * 3 * c + part * c + hd * hs);
+            let out = |part: usize, r0: usize| dst.at((w * t + r0) * 3 * c + part * c + hd * hs);
             let mut ds = vec![T::from(0.0); t * t];
             let one = T::from(1.0);
+            // Causal: P and dS are zero above the diagonal, so row block r0.. of dP and dQ needs
+            // columns 0..r0 + rows, and rows j0.. of dV and dK need rows j0.. of P, dS, dO, Q.
             // SAFETY: ds is t × t; each (window, head) writes its own t × hs blocks of dqkv.
-            unsafe {
-                gemm_into(t, t, hs, ds.as_mut_ptr(), t, d_o, v.t(), one); // dP = dO Vᵀ
-                gemm_into(t, hs, t, out(2), 3 * c, p.t(), d_o, one); // dV = Pᵀ dO
+            for (r0, rows) in row_blocks(t) {
+                unsafe {
+                    gemm_into(rows, r0 + rows, hs, ds.as_mut_ptr().add(r0 * t), t, d_o.rows(r0), v.t(), one); // dP = dO Vᵀ
+                    gemm_into(rows, hs, t - r0, out(2, r0), 3 * c, p.rows(r0).cols(r0).t(), d_o.rows(r0), one); // dV = Pᵀ dO
+                }
             }
             // dS = scale · P ⊙ (dP − rowsum(dP ⊙ P)); zero above the diagonal, where P is.
             for (i, (row, pr)) in ds.chunks_mut(t).zip(att[i * t * t..(i + 1) * t * t].chunks(t)).enumerate() {
@@ -152,9 +169,11 @@ impl AttentionBackward {
                 row[live..].fill(T::from(0.0));
             }
             let s = View::new(ds.as_ptr(), t, 1);
-            unsafe {
-                gemm_into(t, hs, t, out(0), 3 * c, s, k, one); // dQ = dS K
-                gemm_into(t, hs, t, out(1), 3 * c, s.t(), q, one); // dK = dSᵀ Q
+            for (r0, rows) in row_blocks(t) {
+                unsafe {
+                    gemm_into(rows, hs, r0 + rows, out(0, r0), 3 * c, s.rows(r0), k, one); // dQ = dS K
+                    gemm_into(rows, hs, t - r0, out(1, r0), 3 * c, s.rows(r0).cols(r0).t(), q.rows(r0), one); // dK = dSᵀ Q
+                }
             }
         });
         dqkv
@@ -190,5 +209,51 @@ impl CustomOp3 for AttentionBackward {
             }
             _ => candle_core::bail!("attention-backward: F32 or F64 inputs of one dtype"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor, Var, D};
+
+    /// The blocked causal ops against candle's differentiable ops (autograd for the backward), in
+    /// f64, with T spanning several row blocks and a partial last block.
+    #[test]
+    fn attention_matches_candle_autograd() -> candle_core::Result<()> {
+        let (b, t, h, hs) = (2, 2 * ROW_BLOCK + 22, 3, 8);
+        let c = h * hs;
+        let scale = 0.37;
+        let dev = Device::Cpu;
+        let qkv = Var::from_tensor(&Tensor::randn(0f64, 1.0, (b, t, 3 * c), &dev)?)?;
+        let dy = Tensor::randn(0f64, 1.0, (b, t, c), &dev)?;
+        let mask: Vec<f64> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f64::NEG_INFINITY })).collect();
+        let mask = Tensor::from_vec(mask, (t, t), &dev)?;
+        let mut ys = Vec::new();
+        let mut atts = Vec::new();
+        for hd in 0..h {
+            let part = |p: usize| qkv.as_tensor().narrow(2, p * c + hd * hs, hs);
+            let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+            let s = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax(&s, D::Minus1)?;
+            ys.push(att.matmul(&v)?);
+            atts.push(att.unsqueeze(1)?);
+        }
+        let y_ref = Tensor::cat(&ys, 2)?;
+        let att_ref = Tensor::cat(&atts, 1)?;
+        let grads = (&y_ref * &dy)?.sum_all()?.backward()?;
+        let d_ref = grads.get(&qkv).expect("gradient at qkv");
+
+        let qkv_t = qkv.as_tensor().detach();
+        let att = qkv_t.apply_op1_no_bwd(&AttentionProbs { heads: h, scale })?;
+        let y = att.apply_op2_no_bwd(&qkv_t, &AttentionMix { heads: h })?;
+        let d = dy.apply_op3_no_bwd(&att, &qkv_t, &AttentionBackward { heads: h, scale })?;
+        let err = |a: &Tensor, r: &Tensor| -> candle_core::Result<f64> {
+            (a - r)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()
+        };
+        assert!(err(&att, &att_ref)? < 1e-12, "att {}", err(&att, &att_ref)?);
+        assert!(err(&y, &y_ref)? < 1e-12, "y {}", err(&y, &y_ref)?);
+        assert!(err(&d, d_ref)? < 1e-12, "d(qkv) {}", err(&d, d_ref)?);
+        Ok(())
     }
 }

@@ -376,6 +376,14 @@ impl<T> View<T> {
     pub(crate) fn new(ptr: *const T, rs: usize, cs: usize) -> Self {
         Self { ptr, rs: rs as isize, cs: cs as isize }
     }
+    /// The view starting at row `r` (same columns).
+    pub(crate) fn rows(self, r: usize) -> Self {
+        Self { ptr: self.ptr.wrapping_offset(r as isize * self.rs), ..self }
+    }
+    /// The view starting at column `c` (same rows).
+    pub(crate) fn cols(self, c: usize) -> Self {
+        Self { ptr: self.ptr.wrapping_offset(c as isize * self.cs), ..self }
+    }
     /// The transposed view (no data moves).
     pub(crate) fn t(self) -> Self {
         Self { ptr: self.ptr, rs: self.cs, cs: self.rs }
