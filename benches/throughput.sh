@@ -8,10 +8,11 @@
 #   bash benches/throughput.sh --install   # first creates .venv with torch and transformers
 #
 # Environment: BATCH (4), WINDOWS (agop windows to measure, 48), STEPS (baseline steps, 3),
-# THREADS (2).
+# THREADS (2), ROUNDS (3). Each round runs agop and then the baseline, so both see the same
+# machine state; the summary gives the median over rounds (shared machines are noisy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BATCH=${BATCH:-4}; WINDOWS=${WINDOWS:-48}; STEPS=${STEPS:-3}; THREADS=${THREADS:-2}
+BATCH=${BATCH:-4}; WINDOWS=${WINDOWS:-48}; STEPS=${STEPS:-3}; THREADS=${THREADS:-2}; ROUNDS=${ROUNDS:-3}
 if [ "${1:-}" = "--install" ]; then
   python3 -m venv .venv
   .venv/bin/pip install -q torch transformers
@@ -34,31 +35,39 @@ JSON
 rss() { awk '/Maximum resident set size/ {print $6}' "$1"; }
 
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
-peak=$($gemm_peak 1024 | awk '{print $2}')
+: > "$work/rounds.txt"
+for round in $(seq 1 "$ROUNDS"); do
+  peak=$($gemm_peak 1024 | awk '{print $2}')
+  /usr/bin/time -v $agop measure --model "$work/model" --tokens "$work/tokens.parquet" --out "$work/gop.safetensors" \
+    --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 2> "$work/agop.time" > "$work/agop.out"
+  agop_tps=$(grep -ho "[0-9.]* tokens/s" "$work/agop.time" | tail -n 1 | awk '{print $1}')
+  /usr/bin/time -v "$PYTHON" benches/torch_baseline.py --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" \
+    > "$work/torch.out" 2> "$work/torch.time"
+  torch_tps=$(awk '/tokens\/s/ {print $2}' "$work/torch.out")
+  echo "$agop_tps $torch_tps $(rss "$work/agop.time") $(rss "$work/torch.time") $peak" >> "$work/rounds.txt"; echo "round $round of $ROUNDS done" >&2
+done
 
-/usr/bin/time -v $agop measure --model "$work/model" --tokens "$work/tokens.parquet" --out "$work/gop.safetensors" \
-  --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 2> "$work/agop.time" | tee "$work/agop.out"
-grep -h "tokens/s" "$work/agop.time" | tail -n 1 | tee -a "$work/agop.out"
-agop_tps=$(grep -ho "[0-9.]* tokens/s" "$work/agop.time" | tail -n 1 | awk '{print $1}')
-agop_rss=$(rss "$work/agop.time")
-
-/usr/bin/time -v "$PYTHON" benches/torch_baseline.py --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" \
-  > "$work/torch.out" 2> "$work/torch.time"
-torch_tps=$(awk '/tokens\/s/ {print $2}' "$work/torch.out")
-torch_rss=$(rss "$work/torch.time")
-
-# FLOPs per token of agop's work (forward, input-gradient backward, probe, outer products), T = 256.
-python3 - "$agop_tps" "$torch_tps" "$agop_rss" "$torch_rss" "$peak" "$BATCH" "$THREADS" <<'PY'
-import sys
-agop, torch, arss, trss, peak, batch, threads = map(float, sys.argv[1:])
+# Nominal FLOPs per token (T = 256), as the baseline computes them: forward, input-gradient
+# backward, full outer products and full T × T attention products. agop skips the blocks above
+# the diagonal (causal attention, symmetric Grams), so its own count is lower.
+python3 - "$work/rounds.txt" "$BATCH" "$THREADS" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+batch, threads = int(sys.argv[2]), int(sys.argv[3])
 L, C, H, T = 12, 768, 12, 256
 hs = C // H
 layer = 2 * 12 * C * C + 4 * T * C          # forward: 12C² weights, QKᵀ and PV over T×T
 layer += 2 * 12 * C * C + 8 * T * C         # backward to inputs only
 layer += 4 * 2 * C * C + 3 * H * 2 * hs * hs  # outer products: 4 C×C per token, 3H hs×hs
 flops = L * layer + 2 * C * C               # + probe L·z
-print(f"batch {int(batch)}, {int(threads)} threads")
-print(f"agop   {agop:8.1f} tokens/s   max RSS {arss/1024:7.0f} MiB   {agop*flops/1e9:5.1f} GFLOP/s of {peak:.1f} GEMM peak")
-print(f"torch  {torch:8.1f} tokens/s   max RSS {trss/1024:7.0f} MiB")
-print(f"ratio  {agop/torch:8.2f}x")
+print(f"batch {batch}, {threads} threads, {len(rows)} rounds (agop, then torch, in each)")
+for i, (a, t, ar, tr, peak) in enumerate(rows, 1):
+    print(f"round {i}: agop {a:6.1f} tokens/s, torch {t:6.1f} tokens/s, ratio {a/t:4.2f}x; "
+          f"agop {a*flops/1e9:5.1f} nominal GFLOP/s, GEMM peak {peak:5.1f}")
+med = lambda i: statistics.median(r[i] for r in rows)
+ratio = statistics.median(r[0] / r[1] for r in rows)
+print(f"agop   {med(0):8.1f} tokens/s   max RSS {max(r[2] for r in rows)/1024:7.0f} MiB   "
+      f"{med(0)*flops/1e9:5.1f} nominal GFLOP/s of {med(4):.1f} GEMM peak (medians)")
+print(f"torch  {med(1):8.1f} tokens/s   max RSS {max(r[3] for r in rows)/1024:7.0f} MiB")
+print(f"ratio  {ratio:8.2f}x (median of per-round ratios)")
 PY
