@@ -236,3 +236,35 @@ fn probes_depend_on_window_index_not_position() {
         assert!(rel_frob(&sum, v) < 1e-12, "{k}");
     }
 }
+
+#[test]
+fn sketch_is_independent_of_batch_and_threads_across_kernel_blocks() {
+    // Width 160 spans two Gram blocks (128 + 32) and T = 80 two causal row blocks (64 + 16), so the
+    // blocked paths are exercised; one probe must give bitwise-equal sums for any batch size and
+    // thread count.
+    let cfg: model::Gpt2Config = serde_json::from_str(
+        r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":160,"n_positions":80,"vocab_size":64}"#,
+    )
+    .unwrap();
+    let m = model::random_init(&cfg, 3).unwrap();
+    let windows: Vec<Window> = (0..5)
+        .map(|i| Window { index: i as u64, tokens: (0..80).map(|j| ((i * 13 + j * 7 + i * j) % 64) as u32).collect() })
+        .collect();
+    let go = |batch: usize, threads: usize| -> Gop {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let settings = Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 1, seed: 9 };
+            let opts = MeasureOptions::new(WeightsKind::RandomInit, settings, batch);
+            let meta = GopMeta { seq_len: 80, ..meta(&m, Output::Logits, Estimator::Sketch, 1, 9) };
+            stages::measure_model(&m, &windows, Gop::zeros(meta), &opts, None).unwrap()
+        })
+    };
+    let base = go(1, 1);
+    for (batch, threads) in [(2, 2), (5, 1), (5, 2), (3, 3)] {
+        let other = go(batch, threads);
+        for (k, (_, v)) in &base.sums {
+            assert!(v.iter().any(|x| *x != 0.0), "{k} is all zero");
+            assert!(&other.sums[k].1 == v, "batch {batch}, {threads} threads: {k} differs, rel {:.3e}", rel_frob(&other.sums[k].1, v));
+        }
+    }
+}
