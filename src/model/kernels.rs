@@ -1,7 +1,8 @@
 //! Fused elementwise kernels for the hand-written backward (and LayerNorm forward), as candle
 //! custom ops: one parallel pass over the data instead of a chain of candle ops, each of which
 //! allocates and makes its own single-threaded pass. F32 and F64 (the latter for
-//! finite-difference tests). All inputs must be contiguous.
+//! finite-difference tests). All inputs must be contiguous. Also the products: [`bmm`] (batched,
+//! window by window) and [`gemm_into`] on strided views, both calling the `gemm` crate directly.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -178,47 +179,6 @@ impl CustomOp2 for GeluBackward {
                 (CpuStorage::F64(self.run(contiguous(a, l1, "du")?, contiguous(b, l2, "pre")?)), shape)
             }
             _ => candle_core::bail!("gelu-backward: F32 or F64 inputs of one dtype"),
-        })
-    }
-}
-
-/// Softmax backward along the last dimension: scale · p ⊙ (dp − Σ dp ⊙ p).
-pub struct SoftmaxBackward {
-    pub scale: f64,
-}
-
-impl SoftmaxBackward {
-    fn run<T: Real>(&self, dp: &[T], p: &[T], n: usize) -> Vec<T> {
-        let mut out = vec![T::from(0.0); dp.len()];
-        out.par_chunks_mut(n * MIN_ROWS).zip(dp.par_chunks(n * MIN_ROWS).zip(p.par_chunks(n * MIN_ROWS))).for_each(
-            |(o, (dp, p))| {
-                for ((o, dp), p) in o.chunks_mut(n).zip(dp.chunks(n)).zip(p.chunks(n)) {
-                    let dot: f64 = dp.iter().zip(p).map(|(a, b)| a.to() * b.to()).sum();
-                    for ((o, a), b) in o.iter_mut().zip(dp).zip(p) {
-                        *o = T::from(self.scale * b.to() * (a.to() - dot));
-                    }
-                }
-            },
-        );
-        out
-    }
-}
-
-impl CustomOp2 for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "softmax-backward"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let shape = l1.shape().clone();
-        let n = *shape.dims().last().unwrap_or(&1);
-        Ok(match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                (CpuStorage::F32(self.run(contiguous(a, l1, "dp")?, contiguous(b, l2, "p")?, n)), shape)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                (CpuStorage::F64(self.run(contiguous(a, l1, "dp")?, contiguous(b, l2, "p")?, n)), shape)
-            }
-            _ => candle_core::bail!("softmax-backward: F32 or F64 inputs of one dtype"),
         })
     }
 }
