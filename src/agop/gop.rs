@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::model::kernels::{gemm_into, with_f32, SyncPtr, View};
-use rayon::prelude::*;
 use crate::model::{BlockGrads, Gpt2Config};
 use crate::modules::{all_modules, Kind, Module};
 use crate::{bad, bail_bad};
