@@ -103,6 +103,11 @@ impl Gpt2Config {
         self.n_inner.unwrap_or(4 * self.n_embd)
     }
 
+    /// Whether the activation is the exact erf GELU ("gelu"); otherwise the tanh approximation.
+    pub fn gelu_erf(&self) -> bool {
+        self.activation_function == "gelu"
+    }
+
     /// Head size hs = C / H.
     pub fn head_size(&self) -> usize {
         self.n_embd / self.n_head

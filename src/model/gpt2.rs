@@ -200,8 +200,7 @@ impl Gpt2 {
             // MLP: x_out = x_mid + gelu(ln_2(x_mid)·W_fc + b)·W_mp + b
             let mlp_out = dx.clone();
             let du = matmul_t(&mlp_out, &blk.mp_w)?;
-            let erf = self.cfg.activation_function == "gelu";
-            let d_fc = du.apply_op2_no_bwd(&cache.fc_pre, &kernels::GeluBackward { erf })?;
+            let d_fc = du.apply_op2_no_bwd(&cache.fc_pre, &kernels::GeluBackward { erf: self.cfg.gelu_erf() })?;
             let fc_in = matmul_t(&d_fc, &blk.fc_w)?;
             dx = (dx + layer_norm_backward(&fc_in, &cache.ln_2, &blk.ln_2)?)?;
             // Attention: x_mid = x_in + attn(ln_1(x_in))·W_ap + b
@@ -230,8 +229,7 @@ impl Gpt2 {
     }
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
-        let erf = self.cfg.activation_function == "gelu";
-        Ok(x.contiguous()?.apply_op1_no_bwd(&kernels::Gelu { erf })?)
+        Ok(x.contiguous()?.apply_op1_no_bwd(&kernels::Gelu { erf: self.cfg.gelu_erf() })?)
     }
 }
 
