@@ -6,7 +6,6 @@ use agop::model::{random_init, Gpt2Config};
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 
-
 fn main() -> anyhow::Result<()> {
     agop::tune_allocator();
     let batch: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(4);
@@ -15,7 +14,11 @@ fn main() -> anyhow::Result<()> {
         r#"{"model_type":"gpt2","n_layer":12,"n_head":12,"n_embd":768,"n_positions":1024,"vocab_size":50257}"#,
     )?;
     let model = random_init(&cfg, 0)?;
-    let ids = Tensor::from_vec((0..(batch * t) as u32).map(|i| (i * 7919) % 50257).collect::<Vec<_>>(), (batch, t), &Device::Cpu)?;
+    let ids = Tensor::from_vec(
+        (0..(batch * t) as u32).map(|i| (i * 7919) % 50257).collect::<Vec<_>>(),
+        (batch, t),
+        &Device::Cpu,
+    )?;
     let seed = Tensor::randn(0f32, 1.0, (batch, t, cfg.n_embd), &Device::Cpu)?;
     let meta = GopMeta { probes: 1, seq_len: t, ..GopMeta::for_config(cfg.clone()) };
     let mut gop = Gop::zeros(meta);

@@ -80,9 +80,7 @@ pub enum Command {
     /// Correlate each module's weight Gram matrix (NFM) with AGOP^power.
     Correlate(CorrelateArgs),
     /// Print the table and write the plots of a finished run folder.
-    Report {
-        dir: PathBuf,
-    },
+    Report { dir: PathBuf },
     /// Write a random-init checkpoint in HF layout from a config.json.
     InitModel {
         #[arg(long)]

@@ -4,9 +4,9 @@
 //!
 //! Data flows one way: model → agop (measure GOP sums) → nfa (correlate) → outputs.
 
-pub mod error;
 pub mod agop;
 pub mod data;
+pub mod error;
 pub mod model;
 pub mod modules;
 pub mod nfa;

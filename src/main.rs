@@ -41,7 +41,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { pipeline, out, stage, weights, shard, shards } => {
             let p = match pipeline {
                 Some(path) => Pipeline::from_file(&path)?,
-                None => Pipeline::from_str(DEFAULT_PIPELINE, PathBuf::from("pipelines"), "the built-in default pipeline")?,
+                None => {
+                    Pipeline::from_str(DEFAULT_PIPELINE, PathBuf::from("pipelines"), "the built-in default pipeline")?
+                }
             };
             let dir = run::out_dir(&p, out.as_deref());
             match stage {
@@ -122,11 +124,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Merge { parts, out } => {
             let gop = stages::merge(&parts, &out)?;
-            eprintln!("merged {} files: {} windows ({} tokens) → {}", parts.len(), gop.meta.n_windows, gop.meta.n_tokens, out.display());
+            eprintln!(
+                "merged {} files: {} windows ({} tokens) → {}",
+                parts.len(),
+                gop.meta.n_windows,
+                gop.meta.n_tokens,
+                out.display()
+            );
         }
         Command::Correlate(a) => {
             let ctx = stages::RunContext::default();
-            let df = stages::correlate(&a.model, a.revision.as_deref(), &a.gop, &a.out, &a.powers, a.agop_out.as_deref(), &ctx)?;
+            let df = stages::correlate(
+                &a.model,
+                a.revision.as_deref(),
+                &a.gop,
+                &a.out,
+                &a.powers,
+                a.agop_out.as_deref(),
+                &ctx,
+            )?;
             eprintln!("{} correlations → {}", df.height(), a.out.display());
         }
         Command::InitModel { config, seed, out } => {

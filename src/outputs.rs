@@ -63,8 +63,7 @@ pub struct TokensMeta {
 /// Write `tokens.parquet`: `window` UInt64, `tokens` List(UInt32).
 pub fn write_tokens(path: &Path, windows: &[Window], meta: &TokensMeta) -> Result<()> {
     let idx: Vec<u64> = windows.iter().map(|w| w.index).collect();
-    let lists: Vec<Series> =
-        windows.iter().map(|w| Series::new(PlSmallStr::EMPTY, w.tokens.as_slice())).collect();
+    let lists: Vec<Series> = windows.iter().map(|w| Series::new(PlSmallStr::EMPTY, w.tokens.as_slice())).collect();
     let mut tokens = Series::new("tokens".into(), lists);
     if windows.is_empty() {
         tokens = Series::new_empty("tokens".into(), &DataType::List(Box::new(DataType::UInt32)));
@@ -99,7 +98,8 @@ pub fn parquet_metadata(path: &Path) -> Result<Vec<(String, String)>> {
 /// Read any `tokens.parquet` of the SPEC.md §5 schema; checks column types and equal lengths.
 pub fn read_tokens(path: &Path) -> Result<(Vec<Window>, TokensMeta)> {
     let f = File::open(path).bad_input(|| format!("cannot open tokens file {}", path.display()))?;
-    let df = ParquetReader::new(f).finish().map_err(|e| bad!("{}: not a readable Parquet file: {e}", path.display()))?;
+    let df =
+        ParquetReader::new(f).finish().map_err(|e| bad!("{}: not a readable Parquet file: {e}", path.display()))?;
     let col = |name: &str| df.column(name).map_err(|_| bad!("{}: no column `{name}`", path.display()));
     let window = col("window")?;
     let tokens = col("tokens")?;
@@ -116,7 +116,11 @@ pub fn read_tokens(path: &Path) -> Result<(Vec<Window>, TokensMeta)> {
         let (Some(w), Some(t)) = (w, tokens.get_as_series(i)) else {
             bail_bad!("{}: row {i} has a null window or tokens", path.display())
         };
-        let t: Vec<u32> = t.u32()?.iter().map(|x| x.ok_or_else(|| bad!("{}: row {i} has a null token", path.display()))).collect::<Result<_>>()?;
+        let t: Vec<u32> = t
+            .u32()?
+            .iter()
+            .map(|x| x.ok_or_else(|| bad!("{}: row {i} has a null token", path.display())))
+            .collect::<Result<_>>()?;
         out.push(Window { index: w, tokens: t });
     }
     if let Some(first) = out.first() {
@@ -125,7 +129,12 @@ pub fn read_tokens(path: &Path) -> Result<(Vec<Window>, TokensMeta)> {
             bail_bad!("{}: windows are empty", path.display());
         }
         if let Some(bad) = out.iter().find(|w| w.tokens.len() != t) {
-            bail_bad!("{}: window {} has {} tokens, the first has {t}; all windows must have seq_len tokens", path.display(), bad.index, bad.tokens.len());
+            bail_bad!(
+                "{}: window {} has {} tokens, the first has {t}; all windows must have seq_len tokens",
+                path.display(),
+                bad.index,
+                bad.tokens.len()
+            );
         }
     }
     let meta = parquet_metadata(path)?;

@@ -8,9 +8,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::agop::{gop, Gop, GopMeta, Measurer, Settings, Window};
+use crate::bail_bad;
 use crate::model::{self, Gpt2, Gpt2Config, WeightsKind};
 use crate::outputs::{self, RunInfo};
-use crate::bail_bad;
 
 /// A model resolved to a local directory, with its identity for output metadata.
 #[derive(Debug, Clone)]
@@ -86,10 +86,18 @@ impl MeasureOptions {
 pub fn check_windows(windows: &[Window], cfg: &Gpt2Config, source: &str) -> Result<()> {
     for w in windows {
         if w.tokens.len() > cfg.n_positions {
-            bail_bad!("{source}: seq_len {} is larger than the model's n_positions {}", w.tokens.len(), cfg.n_positions);
+            bail_bad!(
+                "{source}: seq_len {} is larger than the model's n_positions {}",
+                w.tokens.len(),
+                cfg.n_positions
+            );
         }
         if let Some(t) = w.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            bail_bad!("{source}: window {} has token id {t}, outside the model's vocabulary of {}", w.index, cfg.vocab_size);
+            bail_bad!(
+                "{source}: window {} has token id {t}, outside the model's vocabulary of {}",
+                w.index,
+                cfg.vocab_size
+            );
         }
     }
     Ok(())
@@ -151,7 +159,13 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
 
 /// `agop measure`: read tokens, load the model, measure (resuming from `<out>.partial` when one
 /// from the same command exists), write the GOP file, remove the checkpoint.
-pub fn measure(model_spec: &str, revision: Option<&str>, tokens: &Path, out: &Path, opts: &MeasureOptions) -> Result<Gop> {
+pub fn measure(
+    model_spec: &str,
+    revision: Option<&str>,
+    tokens: &Path,
+    out: &Path,
+    opts: &MeasureOptions,
+) -> Result<Gop> {
     measure_timed(model_spec, revision, tokens, out, opts).map(|(g, _)| g)
 }
 
@@ -204,8 +218,14 @@ pub fn measure_timed(
                 "{}: this checkpoint was written by a different measure command (model, tokens, settings or \
                  shard differ: it has model {} weights {} output {} estimator {} probes {} seed {} shard {:?}); \
                  delete it to start over",
-                ckpt.display(), part.meta.model, part.meta.weights, part.meta.output, part.meta.estimator,
-                part.meta.probes, part.meta.seed, part.meta.shard
+                ckpt.display(),
+                part.meta.model,
+                part.meta.weights,
+                part.meta.output,
+                part.meta.estimator,
+                part.meta.probes,
+                part.meta.seed,
+                part.meta.shard
             );
         }
         if opts.progress {
@@ -273,15 +293,15 @@ pub fn tokenize(model_spec: &str, revision: Option<&str>, opts: &TokenizeOptions
     let stream = tk::token_stream(&tok, &docs, &bar)?;
     bar.finish_and_clear();
     if let Some(t) = stream.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-        bail_bad!("the tokenizer of {} produced id {t}, outside the model's vocabulary of {}", resolved.id, cfg.vocab_size);
+        bail_bad!(
+            "the tokenizer of {} produced id {t}, outside the model's vocabulary of {}",
+            resolved.id,
+            cfg.vocab_size
+        );
     }
     let windows = tk::windows(&stream, opts.seq_len, opts.max_tokens)?;
     if windows.is_empty() {
-        bail_bad!(
-            "corpus {what} has {} tokens, shorter than one window of seq_len {}",
-            stream.len(),
-            opts.seq_len
-        );
+        bail_bad!("corpus {what} has {} tokens, shorter than one window of seq_len {}", stream.len(), opts.seq_len);
     }
     let meta = outputs::TokensMeta {
         tokenizer: format!("{} ({})", resolved.id, tok.source),
@@ -295,10 +315,7 @@ pub fn tokenize(model_spec: &str, revision: Option<&str>, opts: &TokenizeOptions
 
 /// `agop merge`: add shard files, write the sum.
 pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Gop> {
-    let loaded = parts
-        .iter()
-        .map(|p| Ok((p.display().to_string(), Gop::load(p)?)))
-        .collect::<Result<Vec<_>>>()?;
+    let loaded = parts.iter().map(|p| Ok((p.display().to_string(), Gop::load(p)?))).collect::<Result<Vec<_>>>()?;
     let merged = gop::merge(&loaded)?;
     let missing = gop::missing_ranges(&merged.meta.windows, merged.meta.total_windows);
     if !missing.is_empty() {
@@ -404,7 +421,9 @@ pub fn write_f32_matrices(path: &Path, mats: &[(String, usize, Vec<f64>)]) -> Re
         .collect();
     let views = bufs
         .iter()
-        .map(|(n, d, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*d, *d], b)?)))
+        .map(|(n, d, b)| {
+            Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*d, *d], b)?))
+        })
         .collect::<Result<Vec<_>>>()?;
     let data = safetensors::serialize(views, None)?;
     outputs::write_atomic(path, &data)

@@ -10,7 +10,11 @@ use common::*;
 
 fn model(dir: &Path) -> std::path::PathBuf {
     let cfg = dir.join("config.json");
-    std::fs::write(&cfg, r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":32,"vocab_size":50257}"#).unwrap();
+    std::fs::write(
+        &cfg,
+        r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":32,"vocab_size":50257}"#,
+    )
+    .unwrap();
     let m = dir.join("model");
     agop::stages::init_model(&cfg, 0, &m).unwrap();
     m
@@ -87,7 +91,8 @@ fn parquet_without_the_named_column() {
     let tmp = tempfile::tempdir().unwrap();
     let m = model(tmp.path());
     let pq = tmp.path().join("docs.parquet");
-    let mut df = DataFrame::new_infer_height(vec![Series::new("body".into(), ["some text"; 20].to_vec()).into()]).unwrap();
+    let mut df =
+        DataFrame::new_infer_height(vec![Series::new("body".into(), ["some text"; 20].to_vec()).into()]).unwrap();
     ParquetWriter::new(std::fs::File::create(&pq).unwrap()).finish(&mut df).unwrap();
     let out = tmp.path().join("tokens.parquet");
     fails_with(&tokenize(&m, &[&pq], "4", &[], &out), &out, &["docs.parquet", "no column `text`", "body"]);
@@ -107,7 +112,11 @@ fn missing_corpus_file_and_bad_pipeline_field() {
     fails_with(&tokenize(&m, &[&missing], "4", &[], &out), &out, &["nope.txt", "no such file"]);
 
     let p = tmp.path().join("p.toml");
-    std::fs::write(&p, "name = \"x\"\n[model]\nid = \"m\"\n[corpus]\nsources = [\"a.txt\"]\nseq_len = 8\n[measure]\nprobez = 3\n").unwrap();
+    std::fs::write(
+        &p,
+        "name = \"x\"\n[model]\nid = \"m\"\n[corpus]\nsources = [\"a.txt\"]\nseq_len = 8\n[measure]\nprobez = 3\n",
+    )
+    .unwrap();
     let o = Command::new(agop_bin()).arg("run").arg(&p).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");

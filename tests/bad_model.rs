@@ -14,7 +14,8 @@ use common::*;
 fn variant(dir: &Path, edit_cfg: impl Fn(&mut serde_json::Value), drop: Option<&str>, reshape: Option<&str>) {
     std::fs::create_dir_all(dir).unwrap();
     let src = fixture_model();
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     edit_cfg(&mut cfg);
     std::fs::write(dir.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
     let data = std::fs::read(src.join("model.safetensors")).unwrap();

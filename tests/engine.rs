@@ -28,7 +28,15 @@ fn meta(m: &Gpt2, output: Output, estimator: Estimator, probes: u32, seed: u64) 
     }
 }
 
-fn run(m: &Gpt2, windows: &[Window], output: Output, estimator: Estimator, probes: u32, seed: u64, batch: usize) -> Gop {
+fn run(
+    m: &Gpt2,
+    windows: &[Window],
+    output: Output,
+    estimator: Estimator,
+    probes: u32,
+    seed: u64,
+    batch: usize,
+) -> Gop {
     let settings = Settings { output, estimator, probes, seed };
     let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, batch);
     stages::measure_model(m, windows, Gop::zeros(meta(m, output, estimator, probes, seed)), &opts, None).unwrap()
@@ -126,7 +134,9 @@ fn backward_matches_finite_differences() {
     cfg.n_inner = Some(40);
     let m = model::random_init(&cfg, 7).unwrap().to_dtype(DType::F64).unwrap();
     let (b, t, c) = (2, 5, cfg.n_embd);
-    let ids = Tensor::from_vec((0..(b * t) as u32).map(|i| (i * 7 + 3) % 50).collect::<Vec<u32>>(), (b, t), &Device::Cpu).unwrap();
+    let ids =
+        Tensor::from_vec((0..(b * t) as u32).map(|i| (i * 7 + 3) % 50).collect::<Vec<u32>>(), (b, t), &Device::Cpu)
+            .unwrap();
     let seed = Tensor::randn(0f64, 1.0, (b, t, c), &Device::Cpu).unwrap();
     let fwd = m.forward(&ids).unwrap();
     let mut grads: Vec<Vec<(Site, Tensor)>> = vec![vec![]; cfg.n_layer];
@@ -194,7 +204,10 @@ fn sketch_converges_to_exact_at_inverse_sqrt_k() {
         };
         let (e16, e256) = (err(16), err(256));
         let ratio = e16 / e256;
-        eprintln!("sketch {}: error k=16 {e16:.4}, k=256 {e256:.4}, ratio {ratio:.2} (1/√k predicts 4)", output.as_str());
+        eprintln!(
+            "sketch {}: error k=16 {e16:.4}, k=256 {e256:.4}, ratio {ratio:.2} (1/√k predicts 4)",
+            output.as_str()
+        );
         assert!(ratio > 2.8 && ratio < 5.5, "error ratio {ratio} is not near √16 = 4");
         assert!(e256 < 0.15, "k = 256 error {e256} too large");
     }
@@ -210,7 +223,12 @@ fn sketch_is_independent_of_batch_size() {
         for batch in [2, 3, 7, 16] {
             let other = run(&m, &windows, output, Estimator::Sketch, 1, 11, batch);
             for (k, (_, v)) in &base.sums {
-                assert!(&other.sums[k].1 == v, "batch {batch}: {k} differs ({}), rel {:.3e}", output.as_str(), rel_frob(&other.sums[k].1, v));
+                assert!(
+                    &other.sums[k].1 == v,
+                    "batch {batch}: {k} differs ({}), rel {:.3e}",
+                    output.as_str(),
+                    rel_frob(&other.sums[k].1, v)
+                );
             }
         }
         // Several probes: equal up to f64 summation order.
@@ -264,7 +282,11 @@ fn sketch_is_independent_of_batch_and_threads_across_kernel_blocks() {
         let other = go(batch, threads);
         for (k, (_, v)) in &base.sums {
             assert!(v.iter().any(|x| *x != 0.0), "{k} is all zero");
-            assert!(&other.sums[k].1 == v, "batch {batch}, {threads} threads: {k} differs, rel {:.3e}", rel_frob(&other.sums[k].1, v));
+            assert!(
+                &other.sums[k].1 == v,
+                "batch {batch}, {threads} threads: {k} differs, rel {:.3e}",
+                rel_frob(&other.sums[k].1, v)
+            );
         }
     }
 }

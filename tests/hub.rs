@@ -75,9 +75,13 @@ impl FakeHub {
 
 fn route(repos: &Repos, rules: &Rules, req: &tiny_http::Request) -> tiny_http::ResponseBox {
     let url = req.url().split('?').next().unwrap_or("").to_string();
-    let authorized = req.headers().iter().any(|h| h.field.equiv("Authorization") && h.value.as_str() == "Bearer secret");
+    let authorized =
+        req.headers().iter().any(|h| h.field.equiv("Authorization") && h.value.as_str() == "Bearer secret");
     let not_found = |code: &str| {
-        tiny_http::Response::from_string("not found").with_status_code(404).with_header(header("X-Error-Code", code)).boxed()
+        tiny_http::Response::from_string("not found")
+            .with_status_code(404)
+            .with_header(header("X-Error-Code", code))
+            .boxed()
     };
     let parts: Vec<&str> = url.trim_start_matches('/').split('/').collect();
     // The short id `tiny` moved to `testorg/tiny`: a relative redirect, as the hub does for gpt2.
@@ -144,7 +148,11 @@ fn route(repos: &Repos, rules: &Rules, req: &tiny_http::Request) -> tiny_http::R
 /// A small GPT-2-vocabulary checkpoint (with tokenizer files) as hub files.
 fn model_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let cfg = dir.join("config.json");
-    std::fs::write(&cfg, r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#).unwrap();
+    std::fs::write(
+        &cfg,
+        r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#,
+    )
+    .unwrap();
     let model = dir.join("model");
     agop::stages::init_model(&cfg, 4, &model).unwrap();
     ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
@@ -165,7 +173,10 @@ fn corpus_parquet(dir: &Path) -> Vec<u8> {
 fn repos(dir: &Path) -> Repos {
     let files = model_files(dir);
     let mut llama = files.clone();
-    llama.insert("config.json".into(), br#"{"model_type":"llama","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#.to_vec());
+    llama.insert(
+        "config.json".into(),
+        br#"{"model_type":"llama","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#.to_vec(),
+    );
     let pq = corpus_parquet(dir);
     let mut data = BTreeMap::new();
     data.insert("data/test-00000.parquet".to_string(), pq.clone());
@@ -354,7 +365,12 @@ fn no_network_says_so() {
     let o = env.agop(&format!("http://127.0.0.1:{port}"), &["fetch", "--model", "testorg/tiny"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let t = text(&o);
-    assert!(t.contains("cannot reach the Hugging Face hub") && t.contains("HF_ENDPOINT") && t.contains("local model directory"), "{t}");
+    assert!(
+        t.contains("cannot reach the Hugging Face hub")
+            && t.contains("HF_ENDPOINT")
+            && t.contains("local model directory"),
+        "{t}"
+    );
 }
 
 #[test]

@@ -74,12 +74,8 @@ fn tiny_pipeline_end_to_end() {
         let rows = agop::nfa::correlate(&m, &gop, &[0.5, 1.0]).unwrap();
         let ws = df.column("weights").unwrap().str().unwrap();
         let vals = df.column("value").unwrap().f64().unwrap();
-        let got: Vec<f64> = ws
-            .iter()
-            .zip(vals.iter())
-            .filter(|(w, _)| *w == Some(weights.as_str()))
-            .map(|(_, v)| v.unwrap())
-            .collect();
+        let got: Vec<f64> =
+            ws.iter().zip(vals.iter()).filter(|(w, _)| *w == Some(weights.as_str())).map(|(_, v)| v.unwrap()).collect();
         assert_eq!(got.len(), rows.len());
         for (g, r) in got.iter().zip(&rows) {
             assert!((g - r.value).abs() < 1e-12, "{r:?} vs {g}");
@@ -116,7 +112,11 @@ fn killed_measure_leaves_no_gop_file() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     let cfg = tmp.path().join("config.json");
-    std::fs::write(&cfg, r#"{"model_type":"gpt2","n_layer":4,"n_head":4,"n_embd":128,"n_positions":256,"vocab_size":1000}"#).unwrap();
+    std::fs::write(
+        &cfg,
+        r#"{"model_type":"gpt2","n_layer":4,"n_head":4,"n_embd":128,"n_positions":256,"vocab_size":1000}"#,
+    )
+    .unwrap();
     agop::stages::init_model(&cfg, 0, &model).unwrap();
     let windows: Vec<agop::agop::Window> = (0..1500)
         .map(|i| agop::agop::Window { index: i, tokens: (0..256).map(|j| ((i * 7 + j) % 1000) as u32).collect() })

@@ -14,7 +14,10 @@ use common::*;
 
 fn write_windows(path: &Path, n: u64, t: usize, vocab: u64) {
     let windows: Vec<Window> = (0..n)
-        .map(|i| Window { index: i, tokens: (0..t as u64).map(|j| ((i * 13 + j * 7 + i * j) % vocab) as u32).collect() })
+        .map(|i| Window {
+            index: i,
+            tokens: (0..t as u64).map(|j| ((i * 13 + j * 7 + i * j) % vocab) as u32).collect(),
+        })
         .collect();
     write_tokens(path, &windows, &TokensMeta::default()).unwrap();
 }
@@ -101,7 +104,11 @@ fn overlapping_or_conflicting_merge_is_refused_and_gaps_reported() {
 fn slow_setup(dir: &Path) -> (PathBuf, PathBuf) {
     let model = dir.join("model");
     let cfg = dir.join("config.json");
-    std::fs::write(&cfg, r#"{"model_type":"gpt2","n_layer":2,"n_head":4,"n_embd":64,"n_positions":128,"vocab_size":500}"#).unwrap();
+    std::fs::write(
+        &cfg,
+        r#"{"model_type":"gpt2","n_layer":2,"n_head":4,"n_embd":64,"n_positions":128,"vocab_size":500}"#,
+    )
+    .unwrap();
     stages::init_model(&cfg, 3, &model).unwrap();
     let tokens = dir.join("tokens.parquet");
     write_windows(&tokens, 160, 64, 500);

@@ -66,8 +66,13 @@ fn wait_job(conf: &str, id: &str, limit: Duration) -> String {
 #[test]
 fn tiny_pipeline_on_real_slurm_equals_single_process() {
     if !slurm_available() {
-        assert!(std::env::var("AGOP_REQUIRE_SLURM").is_err(), "AGOP_REQUIRE_SLURM is set but Slurm (or root) is not available");
-        eprintln!("SKIPPED: Slurm is not installed here (apt-get install slurmctld slurmd slurm-client munge), or not root");
+        assert!(
+            std::env::var("AGOP_REQUIRE_SLURM").is_err(),
+            "AGOP_REQUIRE_SLURM is set but Slurm (or root) is not available"
+        );
+        eprintln!(
+            "SKIPPED: Slurm is not installed here (apt-get install slurmctld slurmd slurm-client munge), or not root"
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -91,7 +96,10 @@ fn tiny_pipeline_on_real_slurm_equals_single_process() {
             (a.to_string(), b.to_string())
         })
         .collect();
-    assert_eq!(ids.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["prepare", "measure-pretrained", "measure-random-init", "reduce"]);
+    assert_eq!(
+        ids.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["prepare", "measure-pretrained", "measure-random-init", "reduce"]
+    );
     let state = wait_job(&cluster.conf, &ids[3].1, Duration::from_secs(300));
     let logs = out.join("slurm/logs");
     assert_eq!(state, "COMPLETED", "reduce job ended {state}; logs in {}", logs.display());
@@ -113,7 +121,10 @@ fn tiny_pipeline_on_real_slurm_equals_single_process() {
             assert!(e < 1e-9, "{w} {k}: sharded vs single differ by {e:.3e}");
         }
     }
-    let (a, b) = (read_parquet(&out.join("correlations.parquet")).unwrap(), read_parquet(&single.join("correlations.parquet")).unwrap());
+    let (a, b) = (
+        read_parquet(&out.join("correlations.parquet")).unwrap(),
+        read_parquet(&single.join("correlations.parquet")).unwrap(),
+    );
     let va: Vec<f64> = a.column("value").unwrap().f64().unwrap().iter().map(|v| v.unwrap()).collect();
     let vb: Vec<f64> = b.column("value").unwrap().f64().unwrap().iter().map(|v| v.unwrap()).collect();
     assert_eq!(va.len(), vb.len());

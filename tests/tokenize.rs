@@ -14,7 +14,10 @@ fn known_gpt2_encodings() {
     let tok = Gpt2Tokenizer::builtin().unwrap();
     let cases: [(&str, &[u32]); 4] = [
         ("Hello world", &[15496, 995]),
-        ("To be, or not to be, that is the question:", &[2514, 307, 11, 393, 407, 284, 307, 11, 326, 318, 262, 1808, 25]),
+        (
+            "To be, or not to be, that is the question:",
+            &[2514, 307, 11, 393, 407, 284, 307, 11, 326, 318, 262, 1808, 25],
+        ),
         (" naïve café — 東京 🙂", &[41492, 40304, 851, 10545, 251, 109, 12859, 105, 32485]),
         ("<|endoftext|>", &[50256]),
     ];

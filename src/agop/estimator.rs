@@ -18,10 +18,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use super::gop::Gop;
+use crate::bail_bad;
 use crate::model::kernels::bmm;
 use crate::model::Gpt2;
 use crate::nfa::linalg;
-use crate::bail_bad;
 
 /// The output function f whose gradients are measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]

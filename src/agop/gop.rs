@@ -96,9 +96,7 @@ impl Gop {
 
     /// The stored sum for a module.
     pub fn get(&self, m: &Module) -> Result<&(usize, Vec<f64>)> {
-        self.sums
-            .get(&m.gop_tensor())
-            .ok_or_else(|| bad!("GOP file has no tensor {}", m.gop_tensor()))
+        self.sums.get(&m.gop_tensor()).ok_or_else(|| bad!("GOP file has no tensor {}", m.gop_tensor()))
     }
 
     /// Add one backward pass's gradients for block `layer` with weight `scale`: for every window
@@ -107,12 +105,8 @@ impl Gop {
     /// does not depend on how windows are grouped into batches.
     pub fn add_block(&mut self, cfg: &Gpt2Config, layer: usize, g: &BlockGrads, scale: f64) -> Result<()> {
         let (h, hs) = (cfg.n_head, cfg.head_size());
-        let whole = [
-            (Kind::CAttn, g.attn_in),
-            (Kind::AttnCProj, g.proj_in),
-            (Kind::CFc, g.fc_in),
-            (Kind::MlpCProj, g.mlp_out),
-        ];
+        let whole =
+            [(Kind::CAttn, g.attn_in), (Kind::AttnCProj, g.proj_in), (Kind::CFc, g.fc_in), (Kind::MlpCProj, g.mlp_out)];
         for (kind, grad) in whole {
             let (b, t, d) = grad.dims3()?;
             let grams = with_f32(grad, |x| window_grams(x, b, t, d))?;
@@ -159,7 +153,8 @@ impl Gop {
 
     /// Read a GOP file written by [`Gop::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).with_context(|| format!("cannot read GOP file {}", path.display()))
+        let data = std::fs::read(path)
+            .with_context(|| format!("cannot read GOP file {}", path.display()))
             .map_err(|e| bad!("{e:#}"))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&data)
             .map_err(|e| bad!("{}: not a safetensors file: {e}", path.display()))?;
@@ -178,15 +173,19 @@ impl Gop {
             if view.dtype() != Dtype::F64 || shape.len() != 2 || shape[0] != shape[1] {
                 bail_bad!("{}: tensor {name} is not a square f64 matrix", path.display());
             }
-            let v: Vec<f64> =
-                view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+            let v: Vec<f64> = view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
             sums.insert(name, (shape[0], v));
         }
         let gop = Gop { meta, sums };
         for m in all_modules(&gop.meta.config) {
             let (d, _) = gop.get(&m).map_err(|e| e.context(format!("in {}", path.display())))?;
             if *d != m.stored_dim(&gop.meta.config) {
-                bail_bad!("{}: tensor {} has dim {d}, expected {}", path.display(), m.gop_tensor(), m.stored_dim(&gop.meta.config));
+                bail_bad!(
+                    "{}: tensor {} has dim {d}, expected {}",
+                    path.display(),
+                    m.gop_tensor(),
+                    m.stored_dim(&gop.meta.config)
+                );
             }
         }
         Ok(gop)
@@ -237,7 +236,9 @@ pub fn head_grams(g: &[f32], b: usize, t: usize, c3: usize, hs: usize) -> Vec<f3
         let (w, p) = (i / parts, i % parts);
         let x = &g[w * t * c3 + p * hs..];
         // SAFETY: o is hs × hs; the views address T × hs inside window w.
-        unsafe { gemm_into(hs, hs, t, o.as_mut_ptr(), hs, View::new(x.as_ptr(), 1, c3), View::new(x.as_ptr(), c3, 1), 1.0) };
+        unsafe {
+            gemm_into(hs, hs, t, o.as_mut_ptr(), hs, View::new(x.as_ptr(), 1, c3), View::new(x.as_ptr(), c3, 1), 1.0)
+        };
     });
     out
 }
@@ -285,19 +286,47 @@ pub fn merge(parts: &[(String, Gop)]) -> Result<Gop> {
     let Some((first_name, first)) = parts.first() else { bail_bad!("merge: no input files") };
     let mut out = first.clone();
     let key = |m: &GopMeta| {
-        (m.model.clone(), m.revision.clone(), m.model_sha256.clone(), m.weights.clone(), m.output.clone(),
-         m.estimator.clone(), m.probes, m.seed, m.seq_len, m.tokens_sha256.clone(), m.total_windows, m.config.clone())
+        (
+            m.model.clone(),
+            m.revision.clone(),
+            m.model_sha256.clone(),
+            m.weights.clone(),
+            m.output.clone(),
+            m.estimator.clone(),
+            m.probes,
+            m.seed,
+            m.seq_len,
+            m.tokens_sha256.clone(),
+            m.total_windows,
+            m.config.clone(),
+        )
     };
-    let mut all: Vec<(u64, u64, String)> = first.meta.windows.iter().map(|&(s, e)| (s, e, first_name.clone())).collect();
+    let mut all: Vec<(u64, u64, String)> =
+        first.meta.windows.iter().map(|&(s, e)| (s, e, first_name.clone())).collect();
     for (name, g) in &parts[1..] {
         if key(&g.meta) != key(&first.meta) {
             let (a, b) = (&first.meta, &g.meta);
             bail_bad!(
                 "merge: {name} conflicts with {first_name}: model {}@{} vs {}@{}, weights {} vs {}, output {} vs {}, \
                  estimator {} vs {}, probes {} vs {}, seed {} vs {}, seq_len {} vs {}, tokens {} vs {}",
-                b.model, b.revision, a.model, a.revision, b.weights, a.weights, b.output, a.output,
-                b.estimator, a.estimator, b.probes, a.probes, b.seed, a.seed, b.seq_len, a.seq_len,
-                short(&b.tokens_sha256), short(&a.tokens_sha256)
+                b.model,
+                b.revision,
+                a.model,
+                a.revision,
+                b.weights,
+                a.weights,
+                b.output,
+                a.output,
+                b.estimator,
+                a.estimator,
+                b.probes,
+                a.probes,
+                b.seed,
+                a.seed,
+                b.seq_len,
+                a.seq_len,
+                short(&b.tokens_sha256),
+                short(&a.tokens_sha256)
             );
         }
         all.extend(g.meta.windows.iter().map(|&(s, e)| (s, e, name.clone())));

@@ -22,7 +22,10 @@ pub const SHAKESPEARE: &[(&str, &str)] = &[
     ("romeo-and-juliet.txt", include_str!("../../pipelines/corpus/shakespeare/romeo-and-juliet.txt")),
     ("the-comedy-of-errors.txt", include_str!("../../pipelines/corpus/shakespeare/the-comedy-of-errors.txt")),
     ("the-merchant-of-venice.txt", include_str!("../../pipelines/corpus/shakespeare/the-merchant-of-venice.txt")),
-    ("the-merry-wives-of-windsor.txt", include_str!("../../pipelines/corpus/shakespeare/the-merry-wives-of-windsor.txt")),
+    (
+        "the-merry-wives-of-windsor.txt",
+        include_str!("../../pipelines/corpus/shakespeare/the-merry-wives-of-windsor.txt"),
+    ),
     ("the-taming-of-the-shrew.txt", include_str!("../../pipelines/corpus/shakespeare/the-taming-of-the-shrew.txt")),
     ("the-tempest.txt", include_str!("../../pipelines/corpus/shakespeare/the-tempest.txt")),
     ("timon-of-athens.txt", include_str!("../../pipelines/corpus/shakespeare/timon-of-athens.txt")),

@@ -138,9 +138,15 @@ fn read_file(path: &Path, opts: &CorpusOptions, docs: &mut Vec<Document>) -> Res
             let df = crate::outputs::read_parquet(path)?;
             let col = df.column(&opts.text_column).map_err(|_| {
                 let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
-                bad!("{name}: no column `{}` (columns: {}; choose one with --text-column)", opts.text_column, names.join(", "))
+                bad!(
+                    "{name}: no column `{}` (columns: {}; choose one with --text-column)",
+                    opts.text_column,
+                    names.join(", ")
+                )
             })?;
-            let s = col.str().map_err(|_| bad!("{name}: column `{}` is not text (it is {})", opts.text_column, col.dtype()))?;
+            let s = col
+                .str()
+                .map_err(|_| bad!("{name}: column `{}` is not text (it is {})", opts.text_column, col.dtype()))?;
             for (i, t) in s.iter().enumerate() {
                 if let Some(t) = t.filter(|t| !t.is_empty()) {
                     docs.push(Document { origin: format!("{name}:row {i}"), text: t.to_string() });

@@ -108,12 +108,21 @@ fn verify(snapshot_file: &Path) -> Result<std::result::Result<(), String>> {
         return Ok(Ok(()));
     }
     let got = crate::stages::sha256_file(snapshot_file)?;
-    Ok(if got == etag.to_ascii_lowercase() { Ok(()) } else { Err(format!("sha256 {got} but the hub's ETag is {etag}")) })
+    Ok(if got == etag.to_ascii_lowercase() {
+        Ok(())
+    } else {
+        Err(format!("sha256 {got} but the hub's ETag is {etag}"))
+    })
 }
 
 /// Download one file of a repository into the cache (or find it there), checked against its
 /// ETag; `Ok(None)` when the repository has no such file (404).
-fn fetch_optional<T: RepoType>(repo: &HFRepositorySync<T>, what: &str, file: &str, revision: &str) -> Result<Option<PathBuf>> {
+fn fetch_optional<T: RepoType>(
+    repo: &HFRepositorySync<T>,
+    what: &str,
+    file: &str,
+    revision: &str,
+) -> Result<Option<PathBuf>> {
     let get = |force: bool| -> Result<Option<PathBuf>> {
         let sent = repo
             .download_file()
@@ -132,7 +141,9 @@ fn fetch_optional<T: RepoType>(repo: &HFRepositorySync<T>, what: &str, file: &st
     let Some(path) = get(false)? else { return Ok(None) };
     if let Err(why) = verify(&path)? {
         if offline() {
-            bail_bad!("{what}: the cached {file} is corrupted ({why}); HF_HUB_OFFLINE is set, so it cannot be re-fetched");
+            bail_bad!(
+                "{what}: the cached {file} is corrupted ({why}); HF_HUB_OFFLINE is set, so it cannot be re-fetched"
+            );
         }
         eprintln!("warning: cached {file} of {what} is corrupted ({why}); downloading it again");
         let blob = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
@@ -142,7 +153,9 @@ fn fetch_optional<T: RepoType>(repo: &HFRepositorySync<T>, what: &str, file: &st
         if let Err(why) = verify(&path)? {
             let _ = std::fs::remove_file(std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
             let _ = std::fs::remove_file(&path);
-            bail_bad!("{what}: downloaded {file} does not match the hub ({why}); the transfer was truncated or corrupted");
+            bail_bad!(
+                "{what}: downloaded {file} does not match the hub ({why}); the transfer was truncated or corrupted"
+            );
         }
         return Ok(Some(path));
     }
@@ -271,9 +284,14 @@ fn cached_dataset_files(ds: &DatasetPath) -> Result<Vec<String>> {
     let commit = if ds.revision.len() == 40 && ds.revision.chars().all(|c| c.is_ascii_hexdigit()) {
         ds.revision.clone()
     } else {
-        std::fs::read_to_string(folder.join("refs").join(&ds.revision))
-            .map(|s| s.trim().to_string())
-            .map_err(|_| bad!("dataset {}@{}: not in the cache {} and HF_HUB_OFFLINE is set", ds.repo, ds.revision, cache_dir().display()))?
+        std::fs::read_to_string(folder.join("refs").join(&ds.revision)).map(|s| s.trim().to_string()).map_err(|_| {
+            bad!(
+                "dataset {}@{}: not in the cache {} and HF_HUB_OFFLINE is set",
+                ds.repo,
+                ds.revision,
+                cache_dir().display()
+            )
+        })?
     };
     let snap = folder.join("snapshots").join(commit);
     let mut out = Vec::new();

@@ -34,7 +34,8 @@ impl Gpt2Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
         if tj.is_file() {
-            let tokenizer = Tokenizer::from_file(&tj).map_err(|e| bad!("{}: cannot load tokenizer: {e}", tj.display()))?;
+            let tokenizer =
+                Tokenizer::from_file(&tj).map_err(|e| bad!("{}: cannot load tokenizer: {e}", tj.display()))?;
             return Self::finish(tokenizer, tj.display().to_string());
         }
         let (v, m) = (dir.join("vocab.json"), dir.join("merges.txt"));
@@ -77,10 +78,11 @@ impl Gpt2Tokenizer {
     }
 
     fn finish(mut tokenizer: Tokenizer, source: String) -> Result<Self> {
-        tokenizer.add_special_tokens([AddedToken::from(EOS_TEXT, true)]).map_err(|e| anyhow!("{source}: adding {EOS_TEXT}: {e}"))?;
-        let eos = tokenizer
-            .token_to_id(EOS_TEXT)
-            .ok_or_else(|| bad!("{source}: the vocabulary has no {EOS_TEXT} token"))?;
+        tokenizer
+            .add_special_tokens([AddedToken::from(EOS_TEXT, true)])
+            .map_err(|e| anyhow!("{source}: adding {EOS_TEXT}: {e}"))?;
+        let eos =
+            tokenizer.token_to_id(EOS_TEXT).ok_or_else(|| bad!("{source}: the vocabulary has no {EOS_TEXT} token"))?;
         Ok(Self { tokenizer, eos, source })
     }
 

@@ -60,7 +60,18 @@ impl AttentionProbs {
             // Causal: row block r0.. needs only columns 0..r0 + rows.
             for (r0, rows) in row_blocks(t) {
                 // SAFETY: p is t × t; q and k are t × hs blocks inside qkv.
-                unsafe { gemm_into(rows, r0 + rows, hs, p.as_mut_ptr().add(r0 * t), t, q.rows(r0), k.t(), T::from(self.scale)) };
+                unsafe {
+                    gemm_into(
+                        rows,
+                        r0 + rows,
+                        hs,
+                        p.as_mut_ptr().add(r0 * t),
+                        t,
+                        q.rows(r0),
+                        k.t(),
+                        T::from(self.scale),
+                    )
+                };
             }
             for (i, row) in p.chunks_mut(t).enumerate() {
                 let (live, masked) = row.split_at_mut(i + 1);
@@ -108,7 +119,9 @@ impl AttentionMix {
             let v = head(qkv, t, c, hs, w, 2, hd);
             for (r0, rows) in row_blocks(t) {
                 // SAFETY: each (window, head) writes its own t × hs column block of y.
-                unsafe { gemm_into(rows, hs, r0 + rows, dst.at((w * t + r0) * c + hd * hs), c, p.rows(r0), v, T::from(1.0)) };
+                unsafe {
+                    gemm_into(rows, hs, r0 + rows, dst.at((w * t + r0) * c + hd * hs), c, p.rows(r0), v, T::from(1.0))
+                };
             }
         });
         y
@@ -146,7 +159,8 @@ impl AttentionBackward {
             let (w, hd) = (i / h, i % h);
             let p = View::new(att[i * t * t..].as_ptr(), t, 1);
             let d_o = View::new(dy[w * t * c + hd * hs..].as_ptr(), c, 1);
-            let (q, k, v) = (head(qkv, t, c, hs, w, 0, hd), head(qkv, t, c, hs, w, 1, hd), head(qkv, t, c, hs, w, 2, hd));
+            let (q, k, v) =
+                (head(qkv, t, c, hs, w, 0, hd), head(qkv, t, c, hs, w, 1, hd), head(qkv, t, c, hs, w, 2, hd));
             let out = |part: usize, r0: usize| dst.at((w * t + r0) * 3 * c + part * c + hd * hs);
             let mut ds = vec![T::from(0.0); t * t];
             let one = T::from(1.0);
@@ -156,7 +170,8 @@ impl AttentionBackward {
             for (r0, rows) in row_blocks(t) {
                 unsafe {
                     gemm_into(rows, r0 + rows, hs, ds.as_mut_ptr().add(r0 * t), t, d_o.rows(r0), v.t(), one); // dP = dO Vᵀ
-                    gemm_into(rows, hs, t - r0, out(2, r0), 3 * c, p.rows(r0).cols(r0).t(), d_o.rows(r0), one); // dV = Pᵀ dO
+                    gemm_into(rows, hs, t - r0, out(2, r0), 3 * c, p.rows(r0).cols(r0).t(), d_o.rows(r0), one);
+                    // dV = Pᵀ dO
                 }
             }
             // dS = scale · P ⊙ (dP − rowsum(dP ⊙ P)); zero above the diagonal, where P is.
@@ -172,7 +187,8 @@ impl AttentionBackward {
             for (r0, rows) in row_blocks(t) {
                 unsafe {
                     gemm_into(rows, hs, r0 + rows, out(0, r0), 3 * c, s.rows(r0), k, one); // dQ = dS K
-                    gemm_into(rows, hs, t - r0, out(1, r0), 3 * c, s.rows(r0).cols(r0).t(), q.rows(r0), one); // dK = dSᵀ Q
+                    gemm_into(rows, hs, t - r0, out(1, r0), 3 * c, s.rows(r0).cols(r0).t(), q.rows(r0), one);
+                    // dK = dSᵀ Q
                 }
             }
         });
@@ -227,7 +243,8 @@ mod tests {
         let dev = Device::Cpu;
         let qkv = Var::from_tensor(&Tensor::randn(0f64, 1.0, (b, t, 3 * c), &dev)?)?;
         let dy = Tensor::randn(0f64, 1.0, (b, t, c), &dev)?;
-        let mask: Vec<f64> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f64::NEG_INFINITY })).collect();
+        let mask: Vec<f64> =
+            (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f64::NEG_INFINITY })).collect();
         let mask = Tensor::from_vec(mask, (t, t), &dev)?;
         let mut ys = Vec::new();
         let mut atts = Vec::new();

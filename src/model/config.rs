@@ -77,11 +77,7 @@ impl Gpt2Config {
             }
         }
         if self.n_embd % self.n_head != 0 {
-            bail_bad!(
-                "config field n_embd ({}) is not divisible by n_head ({})",
-                self.n_embd,
-                self.n_head
-            );
+            bail_bad!("config field n_embd ({}) is not divisible by n_head ({})", self.n_embd, self.n_head);
         }
         if self.n_inner == Some(0) {
             bail_bad!("config field n_inner must be positive or null, got 0");

@@ -8,8 +8,8 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
-use super::config::Gpt2Config;
 use super::attention::{AttentionBackward, AttentionMix, AttentionProbs};
+use super::config::Gpt2Config;
 use super::kernels;
 
 /// LayerNorm parameters (γ, β).
@@ -209,7 +209,16 @@ impl Gpt2 {
             let op = AttentionBackward { heads: h, scale: self.attn_scale(l) };
             let qkv_out = proj_in.apply_op3_no_bwd(&cache.att, &cache.qkv, &op)?;
             let attn_in = matmul_t(&qkv_out, &blk.c_attn_w)?;
-            visit(l, &BlockGrads { qkv_out: &qkv_out, attn_in: &attn_in, proj_in: &proj_in, fc_in: &fc_in, mlp_out: &mlp_out })?;
+            visit(
+                l,
+                &BlockGrads {
+                    qkv_out: &qkv_out,
+                    attn_in: &attn_in,
+                    proj_in: &proj_in,
+                    fc_in: &fc_in,
+                    mlp_out: &mlp_out,
+                },
+            )?;
             if l > 0 {
                 dx = (dx + layer_norm_backward(&attn_in, &cache.ln_1, &blk.ln_1)?)?;
             }
@@ -247,7 +256,8 @@ fn matmul_t(g: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// LayerNorm over the last dimension, returning the output and the statistics for backward.
 fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
     let packed = x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })?;
-    let affine = kernels::LayerNormAffine { gamma: kernels::gamma_values(&ln.weight)?, beta: kernels::gamma_values(&ln.bias)? };
+    let affine =
+        kernels::LayerNormAffine { gamma: kernels::gamma_values(&ln.weight)?, beta: kernels::gamma_values(&ln.bias)? };
     let y = packed.apply_op1_no_bwd(&affine)?;
     Ok((y, LnCache { packed }))
 }

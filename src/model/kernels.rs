@@ -38,8 +38,7 @@ pub fn fast_exp(x: f32) -> f32 {
     // Round to nearest by the 1.5·2^23 trick (vectorizes, unlike roundf).
     let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
         + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
@@ -429,14 +428,25 @@ fn view(r: usize, c: usize, t: bool) -> (usize, usize, isize, isize) {
 
 impl BatchMatMul {
     #[allow(clippy::too_many_arguments)]
-    fn run<T: Real>(&self, a: &[T], ad: &[usize], b: &[T], bd: &[usize], bias: Option<&[T]>) -> Result<(Vec<T>, Shape)> {
+    fn run<T: Real>(
+        &self,
+        a: &[T],
+        ad: &[usize],
+        b: &[T],
+        bd: &[usize],
+        bias: Option<&[T]>,
+    ) -> Result<(Vec<T>, Shape)> {
         let batch = ad[0];
         let (m, k, a_rs, a_cs) = view(ad[1], ad[2], self.a_t);
         let shared = bd.len() == 2;
         let (br, bc) = if shared { (bd[0], bd[1]) } else { (bd[1], bd[2]) };
         let (k2, n, b_rs, b_cs) = view(br, bc, self.b_t);
         if k != k2 || (!shared && bd[0] != batch) {
-            candle_core::bail!("batch-matmul: shapes {ad:?} and {bd:?} do not match (a_t {}, b_t {})", self.a_t, self.b_t);
+            candle_core::bail!(
+                "batch-matmul: shapes {ad:?} and {bd:?} do not match (a_t {}, b_t {})",
+                self.a_t,
+                self.b_t
+            );
         }
         let mut out = vec![T::from(0.0); batch * m * n];
         if let Some(bias) = bias {
@@ -492,7 +502,9 @@ impl CustomOp2 for BatchMatMul {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (ad, bd) = (l1.shape().dims(), l2.shape().dims());
         if ad.len() != 3 || !(bd.len() == 2 || bd.len() == 3) {
-            candle_core::bail!("batch-matmul: expected (batch, r, c) and (batch, r, c) or (r, c), got {ad:?} and {bd:?}");
+            candle_core::bail!(
+                "batch-matmul: expected (batch, r, c) and (batch, r, c) or (r, c), got {ad:?} and {bd:?}"
+            );
         }
         Ok(match (s1, s2) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
@@ -524,7 +536,9 @@ impl CustomOp3 for BatchMatMul {
     ) -> Result<(CpuStorage, Shape)> {
         let (ad, bd) = (l1.shape().dims(), l2.shape().dims());
         if ad.len() != 3 || !(bd.len() == 2 || bd.len() == 3) {
-            candle_core::bail!("batch-matmul: expected (batch, r, c) and (batch, r, c) or (r, c), got {ad:?} and {bd:?}");
+            candle_core::bail!(
+                "batch-matmul: expected (batch, r, c) and (batch, r, c) or (r, c), got {ad:?} and {bd:?}"
+            );
         }
         Ok(match (s1, s2, s3) {
             (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => {

@@ -77,9 +77,7 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config) -> Result<Gpt2> {
     }
     let file = dir.join("model.safetensors");
     let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
-        let t = tensors
-            .remove(name)
-            .ok_or_else(|| bad!("{}: tensor {name} is missing", file.display()))?;
+        let t = tensors.remove(name).ok_or_else(|| bad!("{}: tensor {name} is missing", file.display()))?;
         if t.dims() != shape {
             bail_bad!("{}: tensor {name} has shape {:?}, expected {:?}", file.display(), t.dims(), shape);
         }

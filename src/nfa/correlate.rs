@@ -45,12 +45,7 @@ pub fn pearson(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
 }
 
 /// Correlations for one module at every power, plus (if asked) its dense mean AGOP.
-pub fn correlate_module(
-    model: &Gpt2,
-    gop: &Gop,
-    m: &Module,
-    powers: &[f64],
-) -> Result<Vec<Correlation>> {
+pub fn correlate_module(model: &Gpt2, gop: &Gop, m: &Module, powers: &[f64]) -> Result<Vec<Correlation>> {
     let w = weight(model, m)?;
     let nfm = nfm(&w);
     let agop = agop_mean(gop, m, &w)?;

@@ -140,7 +140,8 @@ impl Default for CorrelateSpec {
 impl Pipeline {
     /// Parse a pipeline file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| bad!("cannot read pipeline file {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| bad!("cannot read pipeline file {}: {e}", path.display()))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_str(&text, base, &path.display().to_string())
     }
@@ -203,7 +204,13 @@ impl Pipeline {
         self.corpus
             .sources
             .iter()
-            .map(|s| if s.starts_with("hf://") || s.starts_with("builtin:") { s.clone() } else { self.resolve_path(s).display().to_string() })
+            .map(|s| {
+                if s.starts_with("hf://") || s.starts_with("builtin:") {
+                    s.clone()
+                } else {
+                    self.resolve_path(s).display().to_string()
+                }
+            })
             .collect()
     }
 }

@@ -17,11 +17,11 @@ use sha2::{Digest, Sha256};
 
 use super::config::Pipeline;
 use crate::agop::{Gop, GopMeta, Settings};
+use crate::bail_bad;
 use crate::data::corpus::CorpusOptions;
 use crate::model::WeightsKind;
 use crate::outputs;
 use crate::stages::{self, MeasureOptions, RunContext, TokenizeOptions};
-use crate::bail_bad;
 
 fn fingerprint(parts: &[&str]) -> String {
     let mut h = Sha256::new();
@@ -71,7 +71,15 @@ pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
             let key = fingerprint(&[&cfg_text, &p.model.init_seed.to_string()]);
             let stamp = dir.join(".agop-init");
             if std::fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str()) {
-                say(quiet, format!("[model] init-model {} (seed {}) → {}", cfg_path.display(), p.model.init_seed, dir.display()));
+                say(
+                    quiet,
+                    format!(
+                        "[model] init-model {} (seed {}) → {}",
+                        cfg_path.display(),
+                        p.model.init_seed,
+                        dir.display()
+                    ),
+                );
                 stages::init_model(&cfg_path, p.model.init_seed, &dir)?;
                 outputs::write_atomic(&stamp, key.as_bytes())?;
             } else {
@@ -102,7 +110,10 @@ pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
             sources,
             seq_len: p.corpus.seq_len,
             max_tokens: p.corpus.max_tokens,
-            corpus: CorpusOptions { text_column: p.corpus.text_column.clone(), skip_invalid_utf8: p.corpus.skip_invalid_utf8 },
+            corpus: CorpusOptions {
+                text_column: p.corpus.text_column.clone(),
+                skip_invalid_utf8: p.corpus.skip_invalid_utf8,
+            },
             progress: !quiet,
             inputs: key,
         };
@@ -120,7 +131,13 @@ fn settings(p: &Pipeline) -> Settings {
 }
 
 /// Does a GOP file hold this pipeline's measurement of `weights` (for the given shard)?
-fn gop_matches(meta: &GopMeta, p: &Pipeline, prep: &Prepared, weights: WeightsKind, shard: Option<(usize, usize)>) -> bool {
+fn gop_matches(
+    meta: &GopMeta,
+    p: &Pipeline,
+    prep: &Prepared,
+    weights: WeightsKind,
+    shard: Option<(usize, usize)>,
+) -> bool {
     let m = &p.measure;
     meta.model_sha256 == prep.model_sha
         && meta.weights == weights.as_str()
@@ -147,7 +164,13 @@ pub fn shard_path(out: &Path, weights: WeightsKind, i: usize, n: usize) -> PathB
 }
 
 /// Stage 2: measure one weights setting, whole (`shard` None) or one shard of it.
-pub fn measure(p: &Pipeline, prep: &Prepared, weights: WeightsKind, shard: Option<(usize, usize)>, quiet: bool) -> Result<PathBuf> {
+pub fn measure(
+    p: &Pipeline,
+    prep: &Prepared,
+    weights: WeightsKind,
+    shard: Option<(usize, usize)>,
+    quiet: bool,
+) -> Result<PathBuf> {
     let path = match shard {
         Some((i, n)) => shard_path(&prep.out, weights, i, n),
         None => gop_path(&prep.out, weights),
@@ -161,7 +184,10 @@ pub fn measure(p: &Pipeline, prep: &Prepared, weights: WeightsKind, shard: Optio
         return Ok(path);
     }
     let m = &p.measure;
-    say(quiet, format!("[{label}] {} {} ({} probes) → {}", m.estimator.as_str(), m.output.as_str(), m.probes, path.display()));
+    say(
+        quiet,
+        format!("[{label}] {} {} ({} probes) → {}", m.estimator.as_str(), m.output.as_str(), m.probes, path.display()),
+    );
     let opts = MeasureOptions { progress: !quiet, shard, ..MeasureOptions::new(weights, settings(p), m.batch) };
     stages::measure(&prep.model_spec, prep.revision.as_deref(), &prep.tokens, &path, &opts)?;
     Ok(path)
@@ -203,7 +229,12 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
         say(quiet, format!("[correlate] {} is up to date", corr.display()));
     } else {
         say(quiet, format!("[correlate] → {}", corr.display()));
-        let ctx = RunContext { pipeline: p.name.clone(), corpus: p.corpus.sources.join(", "), text: p.text.clone(), inputs: key };
+        let ctx = RunContext {
+            pipeline: p.name.clone(),
+            corpus: p.corpus.sources.join(", "),
+            text: p.text.clone(),
+            inputs: key,
+        };
         stages::correlate(&prep.model_spec, prep.revision.as_deref(), &gops, &corr, &p.correlate.powers, None, &ctx)?;
     }
     let report = crate::report::report(&prep.out)?;

@@ -81,7 +81,9 @@ pub const MODULES: [&str; 7] = ["attn.c_attn", "attn.q", "attn.k", "attn.v", "at
 pub fn cell(rows: &[Row], weights: &str, layer: u32, module: &str, power: f64, metric: &str) -> Option<f64> {
     let v: Vec<f64> = rows
         .iter()
-        .filter(|r| r.weights == weights && r.layer == layer && r.module == module && r.power == power && r.metric == metric)
+        .filter(|r| {
+            r.weights == weights && r.layer == layer && r.module == module && r.power == power && r.metric == metric
+        })
         .map(|r| r.value)
         .collect();
     (!v.is_empty()).then(|| median(v))

@@ -55,9 +55,8 @@ fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result
     let max_layer = layers.iter().copied().max().unwrap_or(0);
     let root = BitMapBackend::new(path, (1400, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let root = root
-        .titled(&format!("NFM vs AGOP^{power}: Pearson correlation by layer"), ("sans-serif", 24))
-        .map_err(err)?;
+    let root =
+        root.titled(&format!("NFM vs AGOP^{power}: Pearson correlation by layer"), ("sans-serif", 24)).map_err(err)?;
     let panels = root.split_evenly((2, 4));
     for (i, m) in MODULES.iter().enumerate() {
         let mut chart = ChartBuilder::on(&panels[i])
@@ -76,10 +75,8 @@ fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result
             .draw()
             .map_err(err)?;
         for (k, w) in weights.iter().enumerate() {
-            let pts: Vec<(f64, f64)> = layers
-                .iter()
-                .filter_map(|&l| cell(rows, w, l, m, power, "pearson").map(|v| (l as f64, v)))
-                .collect();
+            let pts: Vec<(f64, f64)> =
+                layers.iter().filter_map(|&l| cell(rows, w, l, m, power, "pearson").map(|v| (l as f64, v))).collect();
             let color = palette(k);
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
