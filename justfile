@@ -1,8 +1,13 @@
 # Recipes for full reproductions. `just --list` shows them.
 
-# Run the tests (what CI runs).
+# Run the tests (what CI runs, after `lint`).
 test:
     cargo test --locked
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --check
+    cargo clippy --locked --all-targets -- -D warnings
 
 # The built-in default: GPT-2 small (pinned revision) on the built-in Shakespeare corpus.
 reproduce:

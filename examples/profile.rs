@@ -1,7 +1,7 @@
 //! Where the time of one sketch step goes on GPT-2-small dimensions: forward, backward, and the
 //! outer-product accumulation, per batch. `cargo run --release --example profile [BATCH] [T]`.
 
-use agop::agop::{Gop, GopMeta};
+use agop::measure::{Gop, GopMeta};
 use agop::model::{random_init, Gpt2Config};
 use candle_core::{Device, Tensor};
 use std::time::Instant;
@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
     let cfg: Gpt2Config = serde_json::from_str(
         r#"{"model_type":"gpt2","n_layer":12,"n_head":12,"n_embd":768,"n_positions":1024,"vocab_size":50257}"#,
     )?;
-    let model = random_init(&cfg, 0)?;
+    let model = random_init(&cfg, 0, &Device::Cpu)?;
     let ids = Tensor::from_vec(
         (0..(batch * t) as u32).map(|i| (i * 7919) % 50257).collect::<Vec<_>>(),
         (batch, t),
@@ -27,14 +27,21 @@ fn main() -> anyhow::Result<()> {
         let fwd = model.forward(&ids)?;
         let t1 = Instant::now();
         let mut grads = Vec::new();
-        model.backward(&fwd, &seed, |_, g| {
-            grads.push((g.qkv_out.clone(), g.attn_in.clone(), g.proj_in.clone(), g.fc_in.clone(), g.mlp_out.clone()));
+        model.backward(&fwd, &seed, |l, g| {
+            grads.push((
+                l,
+                g.qkv_out.clone(),
+                g.attn_in.clone(),
+                g.proj_in.clone(),
+                g.fc_in.clone(),
+                g.mlp_out.clone(),
+            ));
             Ok(())
         })?;
         let t2 = Instant::now();
-        for (l, (a, b, c, d, e)) in grads.iter().rev().enumerate() {
+        for (l, a, b, c, d, e) in &grads {
             let g = agop::model::BlockGrads { qkv_out: a, attn_in: b, proj_in: c, fc_in: d, mlp_out: e };
-            gop.add_block(&cfg, l, &g, 1.0)?;
+            gop.add(&g.stored_sides(&cfg, *l), 1.0)?;
         }
         let t3 = Instant::now();
         let tokens = (batch * t) as f64;

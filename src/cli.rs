@@ -1,10 +1,11 @@
-//! Command-line interface of SPEC.md §6 (clap).
+//! Command-line interface of SPEC.md §6 (clap): what the user typed. `commands.rs` turns it into
+//! the library's settings.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use agop::agop::{Estimator, Output};
+use agop::measure::{Estimator, Output};
 use agop::model::WeightsKind;
 
 #[derive(Parser, Debug)]
@@ -59,12 +60,7 @@ pub enum Command {
         gpus: Option<u32>,
     },
     /// Resolve or download a model's files and print the local folder.
-    Fetch {
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        revision: Option<String>,
-    },
+    Fetch(ModelArgs),
     /// Tokenize corpus sources into fixed windows (tokens.parquet).
     Tokenize(TokenizeArgs),
     /// Measure per-module gradient outer products (GOP sums) over a tokens file.
@@ -103,14 +99,22 @@ pub enum Stage {
     Reduce,
 }
 
+/// `--model` and `--revision`: which checkpoint.
 #[derive(Args, Debug)]
-pub struct MeasureArgs {
-    /// Hub id or local directory with config.json and model.safetensors.
+pub struct ModelArgs {
+    /// Hub id (owner/name) or local directory with config.json and model.safetensors (and, for
+    /// tokenize, tokenizer.json or vocab.json + merges.txt).
     #[arg(long)]
     pub model: String,
     /// Branch, tag or commit (hub models).
     #[arg(long)]
     pub revision: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MeasureArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// tokens.parquet (SPEC.md §5 schema).
     #[arg(long)]
     pub tokens: PathBuf,
@@ -146,10 +150,8 @@ pub struct MeasureArgs {
 
 #[derive(Args, Debug)]
 pub struct CorrelateArgs {
-    #[arg(long)]
-    pub model: String,
-    #[arg(long)]
-    pub revision: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// GOP file from measure or merge; repeat for several (e.g. pretrained and random-init).
     #[arg(long, required = true)]
     pub gop: Vec<PathBuf>,
@@ -166,11 +168,9 @@ pub struct CorrelateArgs {
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
-    /// Model whose tokenizer to use (hub id or directory with tokenizer.json or vocab.json + merges.txt).
-    #[arg(long)]
-    pub model: String,
-    #[arg(long)]
-    pub revision: Option<String>,
+    /// The model whose tokenizer to use.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// .txt, .jsonl, .parquet, folder, builtin:shakespeare or hf://datasets/... sources, in order.
     #[arg(long, required = true, num_args = 1..)]
     pub corpus: Vec<String>,

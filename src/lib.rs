@@ -1,19 +1,39 @@
 //! agop: the Neural Feature Ansatz on GPT-2-family models. For every weight matrix W, how well
 //! the weight Gram matrix (NFM) lines up with the Average Gradient Outer Product (AGOP) of the
-//! model's output with respect to that matrix's input. See SPEC.md for the mathematics.
+//! model's output with respect to that matrix's input. See SPEC.md for the mathematics and
+//! ARCHITECTURE.md for the map of this crate.
 //!
-//! Data flows one way: model → agop (measure GOP sums) → nfa (correlate) → outputs.
+//! The rooms follow the flow of a run, and dependencies point one way, down this list (a room
+//! uses only rooms above it; `tests/architecture.rs` fails on a cycle or an upward edge):
+//!
+//! - [`error`], [`util`], [`math`]: leaves (exit-code convention; hashing, atomic writes,
+//!   Parquet, progress; strided GEMM and dense linear algebra).
+//! - [`model`]: the network — config, parameter schema, weights, forward and hand-written
+//!   backward, CPU kernels, module list, and the [`model::Network`] trait measurement uses.
+//! - [`fetch`]: `--model` resolved to a local checkpoint (hub, cache, directories).
+//! - [`tokenize`]: corpus → windows → `tokens.parquet`.
+//! - [`measure`]: estimators, GOP sums and files, the checkpointed measure loop, merge.
+//! - [`correlate`]: NFM against AGOP^α → `correlations.parquet`.
+//! - [`report`]: terminal table and plots.
+//! - [`pipeline`]: pipeline files, `agop run` stage by stage, Slurm scripts.
 
-pub mod agop;
-pub mod data;
 pub mod error;
+pub mod math;
+pub mod util;
+
 pub mod model;
-pub mod modules;
-pub mod nfa;
-pub mod outputs;
-pub mod pipeline;
+
+pub mod fetch;
+
+pub mod tokenize;
+
+pub mod measure;
+
+pub mod correlate;
+
 pub mod report;
-pub mod stages;
+
+pub mod pipeline;
 
 /// Keep freed activation buffers in the heap for reuse: glibc would otherwise hand every large
 /// tensor back to the OS and fault its pages in again on the next allocation (~10% of a

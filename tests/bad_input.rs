@@ -16,7 +16,7 @@ fn model(dir: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     let m = dir.join("model");
-    agop::stages::init_model(&cfg, 0, &m).unwrap();
+    agop::model::init_model(&cfg, 0, &m).unwrap();
     m
 }
 
@@ -99,7 +99,7 @@ fn parquet_without_the_named_column() {
     // With the right column it works: 20 × ("some text" = 2 tokens + EOS) = 60 tokens → 15 windows of 4.
     let o = tokenize(&m, &[&pq], "4", &["--text-column", "body"], &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (w, _) = agop::outputs::read_tokens(&out).unwrap();
+    let (w, _) = agop::tokenize::read_tokens(&out).unwrap();
     assert_eq!(w.len(), 15);
 }
 

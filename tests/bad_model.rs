@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use agop::model::{self, WeightsKind};
-use agop::outputs::{write_tokens, TokensMeta};
+use agop::tokenize::{write_tokens, TokensMeta};
 use common::*;
 
 /// Copy the fixture model into `dir`, letting `edit_cfg` change config.json and `keep`

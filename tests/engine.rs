@@ -4,11 +4,13 @@
 
 mod common;
 
-use agop::agop::{Estimator, Gop, GopMeta, Output, Settings, Window};
+use agop::correlate::{self, gram};
+use agop::math::linalg;
+use agop::measure::{self, MeasureOptions};
+use agop::measure::{Estimator, Gop, GopMeta, Output, Settings};
+use agop::model::all_modules;
 use agop::model::{self, Gpt2, Site, WeightsKind};
-use agop::modules::all_modules;
-use agop::nfa::{self, gram, linalg};
-use agop::stages::{self, MeasureOptions};
+use agop::tokenize::Window;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 
@@ -18,9 +20,9 @@ fn fixture() -> Gpt2 {
 
 fn meta(m: &Gpt2, output: Output, estimator: Estimator, probes: u32, seed: u64) -> GopMeta {
     GopMeta {
-        weights: "pretrained".into(),
-        output: output.as_str().into(),
-        estimator: estimator.as_str().into(),
+        weights: WeightsKind::Pretrained,
+        output,
+        estimator,
         probes,
         seed,
         seq_len: 8,
@@ -39,7 +41,7 @@ fn run(
 ) -> Gop {
     let settings = Settings { output, estimator, probes, seed };
     let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, batch);
-    stages::measure_model(m, windows, Gop::zeros(meta(m, output, estimator, probes, seed)), &opts, None).unwrap()
+    measure::measure_model(m, windows, Gop::zeros(meta(m, output, estimator, probes, seed)), &opts, None).unwrap()
 }
 
 /// Operand-space sum (row-major) of every module, reconstructed from the stored side.
@@ -97,7 +99,7 @@ fn correlations_match_golden() {
     let windows = golden_windows();
     for output in [Output::Logits, Output::Loss] {
         let gop = run(&m, &windows, output, Estimator::Exact, 0, 0, 2);
-        let rows = nfa::correlate(&m, &gop, &[0.5, 1.0]).unwrap();
+        let rows = correlate::correlate(&m, &gop, &[0.5, 1.0]).unwrap();
         assert_eq!(rows.len(), all_modules(&m.cfg).len() * 2 * 2);
         let mut worst = 0.0f64;
         for r in rows {
@@ -132,7 +134,7 @@ fn backward_matches_finite_differences() {
     let mut cfg = fixture().cfg.clone();
     cfg.initializer_range = 0.3;
     cfg.n_inner = Some(40);
-    let m = model::random_init(&cfg, 7).unwrap().to_dtype(DType::F64).unwrap();
+    let m = model::random_init(&cfg, 7, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
     let (b, t, c) = (2, 5, cfg.n_embd);
     let ids =
         Tensor::from_vec((0..(b * t) as u32).map(|i| (i * 7 + 3) % 50).collect::<Vec<u32>>(), (b, t), &Device::Cpu)
@@ -264,7 +266,7 @@ fn sketch_is_independent_of_batch_and_threads_across_kernel_blocks() {
         r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":160,"n_positions":80,"vocab_size":64}"#,
     )
     .unwrap();
-    let m = model::random_init(&cfg, 3).unwrap();
+    let m = model::random_init(&cfg, 3, &Device::Cpu).unwrap();
     let windows: Vec<Window> = (0..5)
         .map(|i| Window { index: i as u64, tokens: (0..80).map(|j| ((i * 13 + j * 7 + i * j) % 64) as u32).collect() })
         .collect();
@@ -274,7 +276,7 @@ fn sketch_is_independent_of_batch_and_threads_across_kernel_blocks() {
             let settings = Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 1, seed: 9 };
             let opts = MeasureOptions::new(WeightsKind::RandomInit, settings, batch);
             let meta = GopMeta { seq_len: 80, ..meta(&m, Output::Logits, Estimator::Sketch, 1, 9) };
-            stages::measure_model(&m, &windows, Gop::zeros(meta), &opts, None).unwrap()
+            measure::measure_model(&m, &windows, Gop::zeros(meta), &opts, None).unwrap()
         })
     };
     let base = go(1, 1);

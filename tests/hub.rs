@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use agop::agop::Gop;
-use agop::outputs::read_parquet;
+use agop::measure::Gop;
+use agop::util::parquet::read_parquet;
 use common::*;
 use sha2::{Digest, Sha256};
 
@@ -154,7 +154,7 @@ fn model_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     )
     .unwrap();
     let model = dir.join("model");
-    agop::stages::init_model(&cfg, 4, &model).unwrap();
+    agop::model::init_model(&cfg, 4, &model).unwrap();
     ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
         .iter()
         .map(|f| (f.to_string(), std::fs::read(model.join(f)).unwrap()))

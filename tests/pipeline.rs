@@ -5,9 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use agop::agop::Gop;
+use agop::measure::Gop;
 use agop::model::{self, WeightsKind};
-use agop::outputs::read_parquet;
+use agop::util::parquet::read_parquet;
 use common::*;
 use polars::prelude::DataType;
 
@@ -71,7 +71,7 @@ fn tiny_pipeline_end_to_end() {
         let gop = Gop::load(&out.join(format!("gop-{}.safetensors", weights.as_str()))).unwrap();
         assert_eq!(gop.meta.n_windows, 128);
         let m = model::load_dir(&model_dir, weights, gop.meta.seed).unwrap();
-        let rows = agop::nfa::correlate(&m, &gop, &[0.5, 1.0]).unwrap();
+        let rows = agop::correlate::correlate(&m, &gop, &[0.5, 1.0]).unwrap();
         let ws = df.column("weights").unwrap().str().unwrap();
         let vals = df.column("value").unwrap().f64().unwrap();
         let got: Vec<f64> =
@@ -97,7 +97,7 @@ fn tiny_pipeline_end_to_end() {
 fn interrupted_write_leaves_nothing_that_looks_complete() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("correlations.parquet");
-    let r = agop::outputs::write_atomic_with(&path, |f| {
+    let r = agop::util::write_atomic_with(&path, |f| {
         use std::io::Write;
         f.write_all(b"PAR1 half a file")?;
         anyhow::bail!("interrupted")
@@ -117,12 +117,12 @@ fn killed_measure_leaves_no_gop_file() {
         r#"{"model_type":"gpt2","n_layer":4,"n_head":4,"n_embd":128,"n_positions":256,"vocab_size":1000}"#,
     )
     .unwrap();
-    agop::stages::init_model(&cfg, 0, &model).unwrap();
-    let windows: Vec<agop::agop::Window> = (0..1500)
-        .map(|i| agop::agop::Window { index: i, tokens: (0..256).map(|j| ((i * 7 + j) % 1000) as u32).collect() })
+    agop::model::init_model(&cfg, 0, &model).unwrap();
+    let windows: Vec<agop::tokenize::Window> = (0..1500)
+        .map(|i| agop::tokenize::Window { index: i, tokens: (0..256).map(|j| ((i * 7 + j) % 1000) as u32).collect() })
         .collect();
     let tokens = tmp.path().join("tokens.parquet");
-    agop::outputs::write_tokens(&tokens, &windows, &Default::default()).unwrap();
+    agop::tokenize::write_tokens(&tokens, &windows, &Default::default()).unwrap();
     let gop = tmp.path().join("gop.safetensors");
     let mut child = Command::new(agop_bin())
         .args(["measure", "--model"])
@@ -137,4 +137,36 @@ fn killed_measure_leaves_no_gop_file() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!gop.exists(), "a killed measure left {}", gop.display());
+}
+
+/// Later stages (Slurm array tasks) take the model from the prepare stage's `model.json`
+/// without hashing the weights again, and hash again when the weights file changed.
+#[test]
+fn later_stages_reuse_the_recorded_weights_hash() {
+    use agop::pipeline::{run, Pipeline};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny");
+    let p = Pipeline::from_file(&tiny_pipeline()).unwrap();
+    let prep = run::prepare(&p, &out, true).unwrap();
+    let st = out.join("model/model.safetensors");
+    let real = prep.model.weights_sha256().unwrap().to_string();
+    assert_eq!(real, agop::util::sha256_file(&st).unwrap());
+    // Change one byte of the weights but keep size and modification time: a stage that hashed
+    // the weights would see a new sha256; one that trusts the record keeps the old one.
+    let mtime = std::fs::metadata(&st).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&st).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&st, &bytes).unwrap();
+    std::fs::File::options().write(true).open(&st).unwrap().set_modified(mtime).unwrap();
+    let again = run::prepared(&p, &out).unwrap();
+    assert_eq!(again.model.weights_sha256().unwrap(), real, "the weights were hashed again");
+    // A new modification time: the record no longer describes the file, so it is hashed again
+    // (and the record rewritten).
+    let later = mtime + std::time::Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&st).unwrap().set_modified(later).unwrap();
+    let fresh = run::prepared(&p, &out).unwrap();
+    let changed = agop::util::sha256_file(&st).unwrap();
+    assert_ne!(changed, real);
+    assert_eq!(fresh.model.weights_sha256().unwrap(), changed);
+    assert!(std::fs::read_to_string(out.join("model.json")).unwrap().contains(&changed));
 }

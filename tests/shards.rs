@@ -6,10 +6,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use agop::agop::{Estimator, Gop, Output as Out, Settings, Window};
+use agop::measure::{self, MeasureOptions};
+use agop::measure::{Estimator, Gop, Output as Out, Settings};
 use agop::model::WeightsKind;
-use agop::outputs::{write_tokens, TokensMeta};
-use agop::stages::{self, MeasureOptions};
+use agop::tokenize::Window;
+use agop::tokenize::{write_tokens, TokensMeta};
 use common::*;
 
 fn write_windows(path: &Path, n: u64, t: usize, vocab: u64) {
@@ -41,19 +42,19 @@ fn shards_merged_equal_unsharded() {
     let tmp = tempfile::tempdir().unwrap();
     let tokens = tmp.path().join("tokens.parquet");
     write_windows(&tokens, 11, 8, 50);
-    let model = fixture_model().display().to_string();
-    let whole = stages::measure(&model, None, &tokens, &tmp.path().join("whole.safetensors"), &opts(None, 4)).unwrap();
+    let model = agop::fetch::ResolvedModel::local(&fixture_model()).unwrap();
+    let whole = measure::measure(&model, &tokens, &tmp.path().join("whole.safetensors"), &opts(None, 4)).unwrap();
     assert_eq!(whole.meta.n_windows, 11);
     for n in [1usize, 2, 3, 7] {
         let parts: Vec<PathBuf> = (0..n)
             .map(|i| {
                 let p = tmp.path().join(format!("part-{i}-of-{n}.safetensors"));
                 // Different batch sizes per shard on purpose.
-                stages::measure(&model, None, &tokens, &p, &opts(Some((i, n)), 1 + i % 3)).unwrap();
+                measure::measure(&model, &tokens, &p, &opts(Some((i, n)), 1 + i % 3)).unwrap();
                 p
             })
             .collect();
-        let merged = stages::merge(&parts, &tmp.path().join(format!("merged-{n}.safetensors"))).unwrap();
+        let merged = measure::merge_files(&parts, &tmp.path().join(format!("merged-{n}.safetensors"))).unwrap();
         assert_close(&whole, &merged, 1e-9);
         // Also through the file written by merge.
         let reread = Gop::load(&tmp.path().join(format!("merged-{n}.safetensors"))).unwrap();
@@ -66,14 +67,14 @@ fn overlapping_or_conflicting_merge_is_refused_and_gaps_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let tokens = tmp.path().join("tokens.parquet");
     write_windows(&tokens, 6, 8, 50);
-    let model = fixture_model().display().to_string();
+    let model = agop::fetch::ResolvedModel::local(&fixture_model()).unwrap();
     let p = |n: &str| tmp.path().join(n);
-    stages::measure(&model, None, &tokens, &p("a.safetensors"), &opts(Some((0, 2)), 2)).unwrap();
-    stages::measure(&model, None, &tokens, &p("b.safetensors"), &opts(Some((1, 2)), 2)).unwrap();
-    stages::measure(&model, None, &tokens, &p("all.safetensors"), &opts(None, 2)).unwrap();
+    measure::measure(&model, &tokens, &p("a.safetensors"), &opts(Some((0, 2)), 2)).unwrap();
+    measure::measure(&model, &tokens, &p("b.safetensors"), &opts(Some((1, 2)), 2)).unwrap();
+    measure::measure(&model, &tokens, &p("all.safetensors"), &opts(None, 2)).unwrap();
     let mut other = opts(Some((1, 2)), 2);
     other.settings.seed = 10;
-    stages::measure(&model, None, &tokens, &p("b-seed10.safetensors"), &other).unwrap();
+    measure::measure(&model, &tokens, &p("b-seed10.safetensors"), &other).unwrap();
 
     let run = |args: &[&Path]| -> Output {
         let mut c = Command::new(agop_bin());
@@ -109,7 +110,7 @@ fn slow_setup(dir: &Path) -> (PathBuf, PathBuf) {
         r#"{"model_type":"gpt2","n_layer":2,"n_head":4,"n_embd":64,"n_positions":128,"vocab_size":500}"#,
     )
     .unwrap();
-    stages::init_model(&cfg, 3, &model).unwrap();
+    agop::model::init_model(&cfg, 3, &model).unwrap();
     let tokens = dir.join("tokens.parquet");
     write_windows(&tokens, 160, 64, 500);
     (model, tokens)
@@ -130,7 +131,7 @@ fn resume_after_kill_equals_uninterrupted_run() {
     assert!(measure_cmd(&model, &tokens, &reference, "5").status().unwrap().success());
 
     let out = tmp.path().join("gop.safetensors");
-    let partial = stages::checkpoint_path(&out);
+    let partial = measure::run::checkpoint_path(&out);
     let mut child = measure_cmd(&model, &tokens, &out, "5").spawn().unwrap();
     // Kill (SIGKILL) once a checkpoint with some windows exists.
     let start = std::time::Instant::now();
@@ -164,7 +165,7 @@ fn mismatched_checkpoint_is_refused() {
     let out = tmp.path().join("gop.safetensors");
     // A finished run with seed 5, its result renamed into place as the checkpoint of a seed-6 run.
     assert!(measure_cmd(&model, &tokens, &out, "5").status().unwrap().success());
-    std::fs::rename(&out, stages::checkpoint_path(&out)).unwrap();
+    std::fs::rename(&out, measure::run::checkpoint_path(&out)).unwrap();
     let o = measure_cmd(&model, &tokens, &out, "6").output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agop::agop::Gop;
-use agop::outputs::read_parquet;
+use agop::measure::Gop;
+use agop::util::parquet::read_parquet;
 use common::*;
 
 struct Cluster {

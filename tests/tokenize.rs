@@ -3,10 +3,11 @@
 
 mod common;
 
-use agop::data::corpus::{read_sources, CorpusOptions};
-use agop::data::tokenize::{windows, Gpt2Tokenizer};
-use agop::outputs::read_tokens;
-use agop::stages::{self, TokenizeOptions};
+use agop::fetch::ResolvedModel;
+use agop::tokenize::bpe::{windows, Gpt2Tokenizer};
+use agop::tokenize::corpus::{read_sources, CorpusOptions};
+use agop::tokenize::read_tokens;
+use agop::tokenize::{self, TokenizeOptions};
 use common::*;
 
 #[test]
@@ -48,7 +49,7 @@ fn gpt2_vocab_model(dir: &std::path::Path) {
         r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#,
     )
     .unwrap();
-    stages::init_model(&cfg, 0, dir).unwrap();
+    agop::model::init_model(&cfg, 0, dir).unwrap();
 }
 
 #[test]
@@ -76,7 +77,7 @@ fn documents_end_with_eos_in_order_across_source_kinds() {
         inputs: String::new(),
     };
     // Stream: 15496 995 E | 15496 E | 995 E | 15496 E  (E = 50256) = 9 tokens → 3 windows.
-    let n = stages::tokenize(&model.display().to_string(), None, &opts, &out).unwrap();
+    let n = tokenize::tokenize(&ResolvedModel::local(&model).unwrap(), &opts, &out).unwrap();
     assert_eq!(n, 3);
     let (w, meta) = read_tokens(&out).unwrap();
     let e = 50256;
@@ -88,11 +89,12 @@ fn documents_end_with_eos_in_order_across_source_kinds() {
 
     // max_tokens 7 keeps ⌊7/3⌋ = 2 windows.
     let opts2 = TokenizeOptions { max_tokens: Some(7), ..opts.clone() };
-    assert_eq!(stages::tokenize(&model.display().to_string(), None, &opts2, &out).unwrap(), 2);
+    assert_eq!(tokenize::tokenize(&ResolvedModel::local(&model).unwrap(), &opts2, &out).unwrap(), 2);
 
     // Shorter than one window: a clear error, marked bad input.
     let opts3 = TokenizeOptions { seq_len: 50, ..opts };
-    let err = stages::tokenize(&model.display().to_string(), None, &opts3, &tmp.path().join("x.parquet")).unwrap_err();
+    let err =
+        tokenize::tokenize(&ResolvedModel::local(&model).unwrap(), &opts3, &tmp.path().join("x.parquet")).unwrap_err();
     assert!(agop::error::is_bad_input(&err));
     assert!(format!("{err:#}").contains("shorter than one window"), "{err:#}");
     assert!(!tmp.path().join("x.parquet").exists());

@@ -3,45 +3,26 @@
 //! down the network, handing every block's module-output gradients (δ) and module-operand
 //! gradients to a visitor. No weight gradients are computed: AGOP needs none.
 //!
-//! HF tensor names and the Conv1D [in, out] layout are kept (y = x·W + b).
+//! HF tensor names and the Conv1D [in, out] layout are kept (y = x·W + b); the parameters are
+//! those of [`Params`], on whatever device they were loaded to.
+//!
+//! candle-transformers has no GPT-2 (it has GPT-BigCode and others): this model is agop's own.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
-use super::attention::{AttentionBackward, AttentionMix, AttentionProbs};
 use super::config::Gpt2Config;
-use super::kernels;
-
-/// LayerNorm parameters (γ, β).
-#[derive(Debug, Clone)]
-pub struct LayerNorm {
-    pub weight: Tensor,
-    pub bias: Tensor,
-}
-
-/// One transformer block; weights in stored Conv1D layout [in, out].
-#[derive(Debug, Clone)]
-pub struct Block {
-    pub ln_1: LayerNorm,
-    pub c_attn_w: Tensor,
-    pub c_attn_b: Tensor,
-    pub c_proj_w: Tensor,
-    pub c_proj_b: Tensor,
-    pub ln_2: LayerNorm,
-    pub fc_w: Tensor,
-    pub fc_b: Tensor,
-    pub mp_w: Tensor,
-    pub mp_b: Tensor,
-}
+use super::modules::{Kind, Module};
+use super::network::{Grad, Network};
+use super::ops::attention::{AttentionBackward, AttentionMix, AttentionProbs};
+use super::ops::kernels;
+use super::params::{LayerNorm, Linear, Params};
 
 /// A GPT-2 language model; the LM head is tied to `wte`.
 #[derive(Debug, Clone)]
 pub struct Gpt2 {
     pub cfg: Gpt2Config,
-    pub wte: Tensor,
-    pub wpe: Tensor,
-    pub blocks: Vec<Block>,
-    pub ln_f: LayerNorm,
+    pub params: Params,
 }
 
 /// Saved LayerNorm statistics: normalized input and 1/σ.
@@ -101,8 +82,13 @@ pub struct BlockGrads<'a> {
 }
 
 impl Gpt2 {
-    pub fn new(cfg: Gpt2Config, wte: Tensor, wpe: Tensor, blocks: Vec<Block>, ln_f: LayerNorm) -> Result<Self> {
-        Ok(Self { cfg, wte, wpe, blocks, ln_f })
+    pub fn new(cfg: Gpt2Config, params: Params) -> Self {
+        Self { cfg, params }
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        self.params.wte.device()
     }
 
     /// Embeddings and all blocks for token ids (B, T); returns the cache for backward.
@@ -124,63 +110,56 @@ impl Gpt2 {
         }
         let (c, h) = (cfg.n_embd, cfg.n_head);
         let eps = cfg.layer_norm_epsilon;
-        let tok = self.wte.embedding(&ids.flatten_all()?)?.reshape((b, t, c))?;
-        let mut x = tok.broadcast_add(&self.wpe.narrow(0, 0, t)?)?;
-        let mut caches = Vec::with_capacity(self.blocks.len());
-        for (l, blk) in self.blocks.iter().enumerate() {
+        let p = &self.params;
+        let tok = p.wte.embedding(&ids.flatten_all()?)?.reshape((b, t, c))?;
+        let mut x = tok.broadcast_add(&p.wpe.narrow(0, 0, t)?)?;
+        let mut caches = Vec::with_capacity(p.blocks.len());
+        for (l, blk) in p.blocks.iter().enumerate() {
             let (a, ln_1) = layer_norm(&x, &blk.ln_1, eps)?;
             let a = hook(l, Site::AttnIn, a)?;
-            let qkv = hook(l, Site::QkvOut, linear(&a, &blk.c_attn_w, &blk.c_attn_b)?)?.contiguous()?;
+            let qkv = hook(l, Site::QkvOut, linear(&a, &blk.attn.c_attn)?)?.contiguous()?;
             let scale = self.attn_scale(l);
             let att = qkv.apply_op1_no_bwd(&AttentionProbs { heads: h, scale })?;
             let y = hook(l, Site::ProjIn, att.apply_op2_no_bwd(&qkv, &AttentionMix { heads: h })?)?;
-            x = (x + linear(&y, &blk.c_proj_w, &blk.c_proj_b)?)?;
+            x = (x + linear(&y, &blk.attn.c_proj)?)?;
             let (m, ln_2) = layer_norm(&x, &blk.ln_2, eps)?;
             let m = hook(l, Site::FcIn, m)?;
-            let fc_pre = linear(&m, &blk.fc_w, &blk.fc_b)?;
+            let fc_pre = linear(&m, &blk.mlp.c_fc)?;
             let u = self.gelu(&fc_pre)?;
-            x = (x + hook(l, Site::MlpOut, linear(&u, &blk.mp_w, &blk.mp_b)?)?)?;
+            x = (x + hook(l, Site::MlpOut, linear(&u, &blk.mlp.c_proj)?)?)?;
             caches.push(BlockCache { ln_1, qkv, att, ln_2, fc_pre });
         }
-        let (hidden, ln_f) = layer_norm(&x, &self.ln_f, eps)?;
+        let (hidden, ln_f) = layer_norm(&x, &p.ln_f, eps)?;
         Ok(Forward { blocks: caches, ln_f, hidden })
+    }
+
+    /// The weight of module `m` in stored Conv1D layout (d_in × d_out); for a head, its column
+    /// block of c_attn.
+    pub fn module_weight(&self, m: &Module) -> Result<Tensor> {
+        let w = &self.params.blocks[m.layer].linear(m.kind).weight;
+        let (c, hs) = (self.cfg.n_embd, self.cfg.head_size());
+        let head_cols = |part: usize| w.narrow(1, part * c + m.head.unwrap_or(0) * hs, hs);
+        Ok(match m.kind {
+            Kind::Q => head_cols(0)?,
+            Kind::K => head_cols(1)?,
+            Kind::V => head_cols(2)?,
+            _ => w.clone(),
+        })
     }
 
     /// The same model computing in `dtype` (F64 for finite-difference checks).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
-        let ln = |l: &LayerNorm| -> Result<LayerNorm> {
-            Ok(LayerNorm { weight: l.weight.to_dtype(dtype)?, bias: l.bias.to_dtype(dtype)? })
-        };
-        let blocks = self
-            .blocks
-            .iter()
-            .map(|b| {
-                Ok(Block {
-                    ln_1: ln(&b.ln_1)?,
-                    c_attn_w: b.c_attn_w.to_dtype(dtype)?,
-                    c_attn_b: b.c_attn_b.to_dtype(dtype)?,
-                    c_proj_w: b.c_proj_w.to_dtype(dtype)?,
-                    c_proj_b: b.c_proj_b.to_dtype(dtype)?,
-                    ln_2: ln(&b.ln_2)?,
-                    fc_w: b.fc_w.to_dtype(dtype)?,
-                    fc_b: b.fc_b.to_dtype(dtype)?,
-                    mp_w: b.mp_w.to_dtype(dtype)?,
-                    mp_b: b.mp_b.to_dtype(dtype)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            cfg: self.cfg.clone(),
-            wte: self.wte.to_dtype(dtype)?,
-            wpe: self.wpe.to_dtype(dtype)?,
-            blocks,
-            ln_f: ln(&self.ln_f)?,
-        })
+        Ok(Self { cfg: self.cfg.clone(), params: self.params.try_map(|t| Ok(t.to_dtype(dtype)?))? })
+    }
+
+    /// The same model on another device.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self { cfg: self.cfg.clone(), params: self.params.try_map(|t| Ok(t.to_device(device)?))? })
     }
 
     /// Logits (B, T, V) from the ln_f output.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(kernels::bmm(hidden, &self.wte, false, true)?)
+        Ok(kernels::bmm(hidden, &self.params.wte, false, true)?)
     }
 
     /// Backward from `seed` = ∂f/∂(ln_f output), shape (B, T, C). Calls `visit(layer, grads)` for
@@ -193,22 +172,22 @@ impl Gpt2 {
     ) -> Result<()> {
         let cfg = &self.cfg;
         let h = cfg.n_head;
-        let mut dx = layer_norm_backward(seed, &fwd.ln_f, &self.ln_f)?;
-        for l in (0..self.blocks.len()).rev() {
-            let blk = &self.blocks[l];
+        let mut dx = layer_norm_backward(seed, &fwd.ln_f, &self.params.ln_f)?;
+        for l in (0..self.params.blocks.len()).rev() {
+            let blk = &self.params.blocks[l];
             let cache = &fwd.blocks[l];
             // MLP: x_out = x_mid + gelu(ln_2(x_mid)·W_fc + b)·W_mp + b
             let mlp_out = dx.clone();
-            let du = matmul_t(&mlp_out, &blk.mp_w)?;
+            let du = matmul_t(&mlp_out, &blk.mlp.c_proj.weight)?;
             let d_fc = du.apply_op2_no_bwd(&cache.fc_pre, &kernels::GeluBackward { erf: self.cfg.gelu_erf() })?;
-            let fc_in = matmul_t(&d_fc, &blk.fc_w)?;
+            let fc_in = matmul_t(&d_fc, &blk.mlp.c_fc.weight)?;
             dx = (dx + layer_norm_backward(&fc_in, &cache.ln_2, &blk.ln_2)?)?;
             // Attention: x_mid = x_in + attn(ln_1(x_in))·W_ap + b
-            let proj_in = matmul_t(&dx, &blk.c_proj_w)?;
+            let proj_in = matmul_t(&dx, &blk.attn.c_proj.weight)?;
             // Through att · V and the causal softmax of scale · Q Kᵀ, to the packed (Q | K | V).
             let op = AttentionBackward { heads: h, scale: self.attn_scale(l) };
             let qkv_out = proj_in.apply_op3_no_bwd(&cache.att, &cache.qkv, &op)?;
-            let attn_in = matmul_t(&qkv_out, &blk.c_attn_w)?;
+            let attn_in = matmul_t(&qkv_out, &blk.attn.c_attn.weight)?;
             visit(
                 l,
                 &BlockGrads {
@@ -244,8 +223,8 @@ impl Gpt2 {
 
 /// x (B, T, in) · W (in, out) + b. Products go through [`kernels::bmm`], window by window, so a
 /// window's numbers never depend on which other windows share its batch.
-fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(kernels::bmm_bias(x, w, b)?)
+fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
+    Ok(kernels::bmm_bias(x, &l.weight, &l.bias)?)
 }
 
 /// g (B, T, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
@@ -256,14 +235,66 @@ fn matmul_t(g: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// LayerNorm over the last dimension, returning the output and the statistics for backward.
 fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
     let packed = x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })?;
-    let affine =
-        kernels::LayerNormAffine { gamma: kernels::gamma_values(&ln.weight)?, beta: kernels::gamma_values(&ln.bias)? };
+    let affine = kernels::LayerNormAffine { gamma: f64_values(&ln.weight)?, beta: f64_values(&ln.bias)? };
     let y = packed.apply_op1_no_bwd(&affine)?;
     Ok((y, LnCache { packed }))
 }
 
 /// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ (one fused pass).
 fn layer_norm_backward(dy: &Tensor, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
-    let op = kernels::LayerNormBackward { gamma: kernels::gamma_values(&ln.weight)? };
+    let op = kernels::LayerNormBackward { gamma: f64_values(&ln.weight)? };
     Ok(dy.contiguous()?.apply_op2_no_bwd(&cache.packed, &op)?)
+}
+
+/// A 1-D parameter (γ or β) as f64 values, for the kernels.
+fn f64_values(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+}
+
+impl BlockGrads<'_> {
+    /// The gradients as the measurement sees them: each module's stored side (SPEC.md §2) —
+    /// operand gradients of c_attn, attn.c_proj and mlp.c_fc, output gradients (δ) of
+    /// mlp.c_proj and, packed in one (B, T, 3C) tensor, of every head's q, k and v.
+    pub fn stored_sides(&self, cfg: &Gpt2Config, layer: usize) -> Vec<Grad<'_>> {
+        let whole = |kind| Module { layer, kind, head: None };
+        let heads: Vec<Module> = [Kind::Q, Kind::K, Kind::V]
+            .into_iter()
+            .flat_map(|kind| (0..cfg.n_head).map(move |h| Module { layer, kind, head: Some(h) }))
+            .collect();
+        vec![
+            Grad::Module(whole(Kind::CAttn), self.attn_in),
+            Grad::Module(whole(Kind::AttnCProj), self.proj_in),
+            Grad::Module(whole(Kind::CFc), self.fc_in),
+            Grad::Module(whole(Kind::MlpCProj), self.mlp_out),
+            Grad::Packed { modules: heads, width: cfg.head_size(), tensor: self.qkv_out },
+        ]
+    }
+}
+
+impl Network for Gpt2 {
+    type Forward = Forward;
+
+    fn device(&self) -> &Device {
+        Gpt2::device(self)
+    }
+
+    fn modules(&self) -> Vec<Module> {
+        super::modules::all_modules(&self.cfg)
+    }
+
+    fn unembedding(&self) -> &Tensor {
+        &self.params.wte
+    }
+
+    fn forward(&self, ids: &Tensor) -> Result<Forward> {
+        Gpt2::forward(self, ids)
+    }
+
+    fn hidden<'a>(&self, fwd: &'a Forward) -> &'a Tensor {
+        &fwd.hidden
+    }
+
+    fn backward(&self, fwd: &Forward, seed: &Tensor, visit: &mut dyn FnMut(&[Grad]) -> Result<()>) -> Result<()> {
+        Gpt2::backward(self, fwd, seed, |l, g| visit(&g.stored_sides(&self.cfg, l)))
+    }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::agop::{Estimator, Output};
+use crate::measure::{Estimator, Output};
 use crate::model::WeightsKind;
 use crate::{bad, bail_bad};
 

@@ -4,6 +4,7 @@
 //!
 //! Layout of the output folder:
 //!   model/                         only for `init_config` pipelines: the random checkpoint
+//!   model.json                     the resolved model (id, commit, folder, weights sha256)
 //!   tokens.parquet
 //!   shards/gop-<weights>-<i>-of-<n>.safetensors   only for sharded (cluster) runs
 //!   gop-pretrained.safetensors, gop-random-init.safetensors
@@ -13,24 +14,18 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use sha2::{Digest, Sha256};
 
 use super::config::Pipeline;
-use crate::agop::{Gop, GopMeta, Settings};
 use crate::bail_bad;
-use crate::data::corpus::CorpusOptions;
-use crate::model::WeightsKind;
-use crate::outputs;
-use crate::stages::{self, MeasureOptions, RunContext, TokenizeOptions};
-
-fn fingerprint(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0u8]);
-    }
-    hex::encode(h.finalize())
-}
+use crate::correlate::{self, RunContext};
+use crate::fetch::ModelRecord;
+use crate::fetch::{resolve_model, ResolvedModel};
+use crate::measure::{self, Gop, GopMeta, MeasureOptions, Settings};
+use crate::model::{init_model, WeightsKind};
+use crate::tokenize::corpus::CorpusOptions;
+use crate::tokenize::{self, read_tokens, TokenizeOptions};
+use crate::util::parquet::parquet_metadata;
+use crate::util::{fingerprint, sha256_file, write_atomic};
 
 fn say(quiet: bool, msg: String) {
     if !quiet {
@@ -39,8 +34,7 @@ fn say(quiet: bool, msg: String) {
 }
 
 fn has_inputs_key(path: &Path, key: &str) -> bool {
-    path.is_file()
-        && outputs::parquet_metadata(path).map(|m| m.iter().any(|(k, v)| k == "inputs" && v == key)).unwrap_or(false)
+    path.is_file() && parquet_metadata(path).map(|m| m.iter().any(|(k, v)| k == "inputs" && v == key)).unwrap_or(false)
 }
 
 /// The output folder of a pipeline: `--out`, or `outputs/<name>`.
@@ -51,18 +45,17 @@ pub fn out_dir(p: &Pipeline, out: Option<&Path>) -> PathBuf {
 /// What the prepare stage established: the model and the tokens file.
 pub struct Prepared {
     pub out: PathBuf,
-    pub model_spec: String,
-    pub revision: Option<String>,
-    pub model_sha: String,
+    pub model: ResolvedModel,
     pub tokens: PathBuf,
     pub tokens_sha: String,
     pub n_windows: u64,
 }
 
-/// Stage 1: the model (fetched, or written by init-model) and tokens.parquet.
-pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
-    std::fs::create_dir_all(out)?;
-    let (model_spec, revision) = match &p.model.init_config {
+/// The pipeline's model: the random checkpoint written by init-model into `out/model/` for
+/// `init_config` pipelines (rewritten only when the config or seed changed), else `[model] id`
+/// resolved (fetched when needed).
+fn pipeline_model(p: &Pipeline, out: &Path, quiet: bool) -> Result<ResolvedModel> {
+    match &p.model.init_config {
         Some(cfg) => {
             let dir = out.join("model");
             let cfg_path = p.resolve_path(cfg);
@@ -80,31 +73,37 @@ pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
                         dir.display()
                     ),
                 );
-                stages::init_model(&cfg_path, p.model.init_seed, &dir)?;
-                outputs::write_atomic(&stamp, key.as_bytes())?;
+                init_model(&cfg_path, p.model.init_seed, &dir)?;
+                write_atomic(&stamp, key.as_bytes())?;
             } else {
                 say(quiet, format!("[model] {} is up to date", dir.display()));
             }
-            (dir.display().to_string(), None)
+            ResolvedModel::local(&dir)
         }
-        None => (p.model_spec().expect("validated"), p.model.revision.clone()),
-    };
-    let resolved = stages::resolve_model(&model_spec, revision.as_deref())?;
-    let model_sha = resolved.weights_sha256()?;
+        None => resolve_model(&p.model_spec().expect("validated"), p.model.revision.as_deref()),
+    }
+}
+
+/// `model.json` of an output folder.
+fn record_path(out: &Path) -> PathBuf {
+    out.join("model.json")
+}
+
+/// Stage 1: the model (fetched, or written by init-model), its record `model.json`, and
+/// tokens.parquet.
+pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
+    std::fs::create_dir_all(out)?;
+    let model = pipeline_model(p, out, quiet)?;
+    let record = model.record()?;
+    write_atomic(&record_path(out), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    let model_sha = record.weights_sha256;
 
     let tokens = out.join("tokens.parquet");
-    let sources = p.sources();
-    let key = fingerprint(&[
-        &model_sha,
-        &sources.join("\n"),
-        &p.corpus.seq_len.to_string(),
-        &format!("{:?}", p.corpus.max_tokens),
-        &p.corpus.text_column,
-        &p.corpus.skip_invalid_utf8.to_string(),
-    ]);
+    let key = tokens_key(p, &model_sha);
     if has_inputs_key(&tokens, &key) {
         say(quiet, format!("[tokenize] {} is up to date", tokens.display()));
     } else {
+        let sources = p.sources();
         say(quiet, format!("[tokenize] {} → {}", sources.join(", "), tokens.display()));
         let opts = TokenizeOptions {
             sources,
@@ -117,12 +116,44 @@ pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
             progress: !quiet,
             inputs: key,
         };
-        let n = stages::tokenize(&model_spec, revision.as_deref(), &opts, &tokens)?;
+        let n = tokenize::tokenize(&model, &opts, &tokens)?;
         say(quiet, format!("[tokenize] {n} windows of {} tokens", p.corpus.seq_len));
     }
-    let tokens_sha = stages::sha256_file(&tokens)?;
-    let n_windows = outputs::read_tokens(&tokens)?.0.len() as u64;
-    Ok(Prepared { out: out.to_path_buf(), model_spec, revision, model_sha, tokens, tokens_sha, n_windows })
+    finish_prepared(out, model, tokens)
+}
+
+/// What later stages (cluster array tasks among them) start from: the prepare stage's record
+/// and tokens, without hashing the weights again when `model.json` still describes the files on
+/// disk (same paths, sizes and modification times). Anything missing or stale: run prepare.
+pub fn prepared(p: &Pipeline, out: &Path) -> Result<Prepared> {
+    let record: Option<ModelRecord> =
+        std::fs::read_to_string(record_path(out)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let Some(model) = record.as_ref().and_then(ResolvedModel::from_record) else {
+        return prepare(p, out, true);
+    };
+    let tokens = out.join("tokens.parquet");
+    if !has_inputs_key(&tokens, &tokens_key(p, model.weights_sha256()?)) {
+        return prepare(p, out, true);
+    }
+    finish_prepared(out, model, tokens)
+}
+
+/// The fingerprint of what tokens.parquet is made from.
+fn tokens_key(p: &Pipeline, model_sha: &str) -> String {
+    fingerprint(&[
+        model_sha,
+        &p.sources().join("\n"),
+        &p.corpus.seq_len.to_string(),
+        &format!("{:?}", p.corpus.max_tokens),
+        &p.corpus.text_column,
+        &p.corpus.skip_invalid_utf8.to_string(),
+    ])
+}
+
+fn finish_prepared(out: &Path, model: ResolvedModel, tokens: PathBuf) -> Result<Prepared> {
+    let tokens_sha = sha256_file(&tokens)?;
+    let n_windows = read_tokens(&tokens)?.0.len() as u64;
+    Ok(Prepared { out: out.to_path_buf(), model, tokens, tokens_sha, n_windows })
 }
 
 fn settings(p: &Pipeline) -> Settings {
@@ -139,10 +170,10 @@ fn gop_matches(
     shard: Option<(usize, usize)>,
 ) -> bool {
     let m = &p.measure;
-    meta.model_sha256 == prep.model_sha
-        && meta.weights == weights.as_str()
-        && meta.output == m.output.as_str()
-        && meta.estimator == m.estimator.as_str()
+    prep.model.weights_sha256().map(|sha| meta.model_sha256 == sha).unwrap_or(false)
+        && meta.weights == weights
+        && meta.output == m.output
+        && meta.estimator == m.estimator
         && meta.probes == settings(p).recorded_probes()
         && meta.seed == m.seed
         && meta.tokens_sha256 == prep.tokens_sha
@@ -189,7 +220,7 @@ pub fn measure(
         format!("[{label}] {} {} ({} probes) → {}", m.estimator.as_str(), m.output.as_str(), m.probes, path.display()),
     );
     let opts = MeasureOptions { progress: !quiet, shard, ..MeasureOptions::new(weights, settings(p), m.batch) };
-    stages::measure(&prep.model_spec, prep.revision.as_deref(), &prep.tokens, &path, &opts)?;
+    measure::measure(&prep.model, &prep.tokens, &path, &opts)?;
     Ok(path)
 }
 
@@ -209,7 +240,7 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
                     bail_bad!("shard file {} is missing; measure every shard before reducing", missing.display());
                 }
                 say(quiet, format!("[merge {}] {n} shards → {}", weights.as_str(), path.display()));
-                let merged = stages::merge(&parts, &path)?;
+                let merged = measure::merge_files(&parts, &path)?;
                 if merged.meta.n_windows != prep.n_windows {
                     bail_bad!("merged shards cover {} of {} windows", merged.meta.n_windows, prep.n_windows);
                 }
@@ -219,7 +250,7 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
     }
 
     let corr = prep.out.join("correlations.parquet");
-    let shas = gops.iter().map(|g| stages::sha256_file(g)).collect::<Result<Vec<_>>>()?;
+    let shas = gops.iter().map(|g| sha256_file(g)).collect::<Result<Vec<_>>>()?;
     let powers = format!("{:?}", p.correlate.powers);
     let mut parts: Vec<&str> = shas.iter().map(String::as_str).collect();
     parts.push(&powers);
@@ -235,7 +266,7 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
             text: p.text.clone(),
             inputs: key,
         };
-        stages::correlate(&prep.model_spec, prep.revision.as_deref(), &gops, &corr, &p.correlate.powers, None, &ctx)?;
+        correlate::correlate_files(&prep.model, &gops, &corr, &p.correlate.powers, None, &ctx)?;
     }
     let report = crate::report::report(&prep.out)?;
     if !quiet {

@@ -88,7 +88,7 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
     );
     let write = |name: &str, text: String| -> Result<PathBuf> {
         let path = dir.join(format!("{name}.sbatch"));
-        crate::outputs::write_atomic(&path, text.as_bytes())?;
+        crate::util::write_atomic(&path, text.as_bytes())?;
         Ok(path)
     };
     // Prepare fetches the model once; every later job reads the shared cache offline.

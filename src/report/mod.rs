@@ -9,6 +9,7 @@ use anyhow::Result;
 use polars::prelude::*;
 
 use crate::bail_bad;
+use crate::model::Kind;
 
 /// One row of correlations.parquet, as the report needs it.
 #[derive(Debug, Clone)]
@@ -28,7 +29,7 @@ pub fn read_rows(dir: &Path) -> Result<(Vec<Row>, DataFrame)> {
     if !path.is_file() {
         bail_bad!("{}: no correlations.parquet here (run `agop run` or `agop correlate` first)", dir.display());
     }
-    let df = crate::outputs::read_parquet(&path)?;
+    let df = crate::util::parquet::read_parquet(&path)?;
     let s = |n: &str| -> Result<Vec<String>> {
         Ok(df.column(n)?.str()?.iter().map(|x| x.unwrap_or("").to_string()).collect())
     };
@@ -74,8 +75,15 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Modules in display order.
-pub const MODULES: [&str; 7] = ["attn.c_attn", "attn.q", "attn.k", "attn.v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+/// Module names (the `module` column) in display order: [`Kind::ALL`].
+pub fn module_names() -> Vec<&'static str> {
+    Kind::ALL.iter().map(|k| k.as_str()).collect()
+}
+
+/// Names of the per-head modules (attn.q, attn.k, attn.v).
+pub fn head_module_names() -> Vec<&'static str> {
+    Kind::ALL.iter().filter(|k| k.per_head()).map(|k| k.as_str()).collect()
+}
 
 /// The value for (weights, layer, module, power, metric): the whole-matrix value, or the median over heads.
 pub fn cell(rows: &[Row], weights: &str, layer: u32, module: &str, power: f64, metric: &str) -> Option<f64> {

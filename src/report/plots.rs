@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::{cell, distinct, Row, MODULES};
+use super::{cell, distinct, head_module_names, module_names, Row};
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
@@ -33,7 +33,7 @@ pub fn write_all(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
         let path = dir.join(format!("by-layer-power{p}.png"));
         by_layer(rows, &weights, p, &path)?;
         written.push(path);
-        for m in ["attn.q", "attn.k", "attn.v"] {
+        for m in head_module_names() {
             for w in &weights {
                 let path = dir.join(format!("heads-{}-{w}-power{p}.png", m.trim_start_matches("attn.")));
                 if heatmap(rows, w, m, p, &path)? {
@@ -58,7 +58,7 @@ fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result
     let root =
         root.titled(&format!("NFM vs AGOP^{power}: Pearson correlation by layer"), ("sans-serif", 24)).map_err(err)?;
     let panels = root.split_evenly((2, 4));
-    for (i, m) in MODULES.iter().enumerate() {
+    for (i, m) in module_names().iter().enumerate() {
         let mut chart = ChartBuilder::on(&panels[i])
             .caption(*m, ("sans-serif", 18))
             .margin(8)

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use anyhow::Result;
 use polars::prelude::DataFrame;
 
-use super::{cell, distinct, Row, MODULES};
+use super::{cell, distinct, module_names, Row};
 
 pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
     let first = |c: &str| -> String {
@@ -47,7 +47,7 @@ pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
     writeln!(out, "{header}")?;
     writeln!(out, "{}", "-".repeat(header.chars().count()))?;
     for &l in &layers {
-        for m in MODULES {
+        for m in module_names() {
             let mut line = format!("{l:>5}  {m:<12}");
             let mut any = false;
             for &p in &powers {

@@ -2,25 +2,20 @@
 //! custom ops: one parallel pass over the data instead of a chain of candle ops, each of which
 //! allocates and makes its own single-threaded pass. F32 and F64 (the latter for
 //! finite-difference tests). All inputs must be contiguous. Also the products: [`bmm`] (batched,
-//! window by window) and [`gemm_into`] on strided views, both calling the `gemm` crate directly.
+//! window by window), calling the `gemm` crate directly.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use super::{Map1, Map2, Map3};
 
 /// Rows per parallel task (a row is the last dimension).
 const MIN_ROWS: usize = 16;
 
-pub(crate) fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
-
 /// Numbers the kernels work on. Reductions run in f64; GELU runs in the type's own precision
 /// (f32 through [`fast_tanh`], f64 through libm, which the finite-difference tests use).
-pub(crate) trait Real:
-    Copy + Send + Sync + 'static + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self>
+pub trait Real:
+    Copy + Default + Send + Sync + 'static + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self>
 {
     fn to(self) -> f64;
     fn from(x: f64) -> Self;
@@ -129,19 +124,13 @@ impl Gelu {
     }
 }
 
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "gelu"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let shape = l.shape().clone();
-        Ok(match s {
-            CpuStorage::F32(a) => (CpuStorage::F32(self.run(contiguous(a, l, "x")?)), shape),
-            CpuStorage::F64(a) => (CpuStorage::F64(self.run(contiguous(a, l, "x")?)), shape),
-            _ => candle_core::bail!("gelu: F32 or F64 input"),
-        })
+impl Map1 for Gelu {
+    const NAME: &'static str = "gelu";
+    fn f<T: Real>(&self, x: &[T], l: &Layout) -> Result<(Vec<T>, Shape)> {
+        Ok((self.run(x), l.shape().clone()))
     }
 }
+custom_op!(1, Gelu);
 
 /// du ⊙ gelu'(pre).
 pub struct GeluBackward {
@@ -164,23 +153,13 @@ impl GeluBackward {
     }
 }
 
-impl CustomOp2 for GeluBackward {
-    fn name(&self) -> &'static str {
-        "gelu-backward"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let shape = l1.shape().clone();
-        Ok(match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                (CpuStorage::F32(self.run(contiguous(a, l1, "du")?, contiguous(b, l2, "pre")?)), shape)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                (CpuStorage::F64(self.run(contiguous(a, l1, "du")?, contiguous(b, l2, "pre")?)), shape)
-            }
-            _ => candle_core::bail!("gelu-backward: F32 or F64 inputs of one dtype"),
-        })
+impl Map2 for GeluBackward {
+    const NAME: &'static str = "gelu-backward";
+    fn f<T: Real>(&self, du: &[T], l: &Layout, pre: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
+        Ok((self.run(du, pre), l.shape().clone()))
     }
 }
+custom_op!(2, GeluBackward);
 
 /// LayerNorm forward statistics: x̂ = (x − mean)/σ and 1/σ, packed per row as [x̂ (C) | 1/σ].
 pub struct LayerNormForward {
@@ -206,21 +185,16 @@ impl LayerNormForward {
     }
 }
 
-impl CustomOp1 for LayerNormForward {
-    fn name(&self) -> &'static str {
-        "layer-norm-forward"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+impl Map1 for LayerNormForward {
+    const NAME: &'static str = "layer-norm-forward";
+    fn f<T: Real>(&self, x: &[T], l: &Layout) -> Result<(Vec<T>, Shape)> {
         let mut dims = l.shape().dims().to_vec();
         let n = *dims.last().unwrap_or(&1);
         *dims.last_mut().unwrap() = n + 1;
-        Ok(match s {
-            CpuStorage::F32(a) => (CpuStorage::F32(self.run(contiguous(a, l, "x")?, n)), Shape::from(dims)),
-            CpuStorage::F64(a) => (CpuStorage::F64(self.run(contiguous(a, l, "x")?, n)), Shape::from(dims)),
-            _ => candle_core::bail!("layer-norm-forward: F32 or F64 input"),
-        })
+        Ok((self.run(x, n), Shape::from(dims)))
     }
 }
+custom_op!(1, LayerNormForward);
 
 /// LayerNorm backward: dx = rstd·(g − mean(g) − x̂·mean(g ⊙ x̂)), g = dy ⊙ γ, reading x̂ and
 /// rstd from the packed rows of [`LayerNormForward`].
@@ -254,23 +228,13 @@ impl LayerNormBackward {
     }
 }
 
-impl CustomOp2 for LayerNormBackward {
-    fn name(&self) -> &'static str {
-        "layer-norm-backward"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let shape = l1.shape().clone();
-        Ok(match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                (CpuStorage::F32(self.run(contiguous(a, l1, "dy")?, contiguous(b, l2, "packed")?)), shape)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                (CpuStorage::F64(self.run(contiguous(a, l1, "dy")?, contiguous(b, l2, "packed")?)), shape)
-            }
-            _ => candle_core::bail!("layer-norm-backward: F32 or F64 inputs of one dtype"),
-        })
+impl Map2 for LayerNormBackward {
+    const NAME: &'static str = "layer-norm-backward";
+    fn f<T: Real>(&self, dy: &[T], l: &Layout, packed: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
+        Ok((self.run(dy, packed), l.shape().clone()))
     }
 }
+custom_op!(2, LayerNormBackward);
 
 /// y = x̂ ⊙ γ + β from the packed rows of [`LayerNormForward`].
 pub struct LayerNormAffine {
@@ -294,118 +258,15 @@ impl LayerNormAffine {
     }
 }
 
-impl CustomOp1 for LayerNormAffine {
-    fn name(&self) -> &'static str {
-        "layer-norm-affine"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+impl Map1 for LayerNormAffine {
+    const NAME: &'static str = "layer-norm-affine";
+    fn f<T: Real>(&self, packed: &[T], l: &Layout) -> Result<(Vec<T>, Shape)> {
         let mut dims = l.shape().dims().to_vec();
         *dims.last_mut().unwrap() = self.gamma.len();
-        Ok(match s {
-            CpuStorage::F32(a) => (CpuStorage::F32(self.run(contiguous(a, l, "packed")?)), Shape::from(dims)),
-            CpuStorage::F64(a) => (CpuStorage::F64(self.run(contiguous(a, l, "packed")?)), Shape::from(dims)),
-            _ => candle_core::bail!("layer-norm-affine: F32 or F64 input"),
-        })
+        Ok((self.run(packed), Shape::from(dims)))
     }
 }
-
-/// A 1-D parameter (γ or β) as f64 values, for the kernels.
-pub fn gamma_values(gamma: &Tensor) -> Result<Vec<f64>> {
-    gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()
-}
-
-/// The values of a contiguous F32 CPU tensor, borrowed for `f`.
-pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (s, l) = t.storage_and_layout();
-    match &*s {
-        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Ok(f(contiguous(v, l, "tensor")?)),
-        _ => candle_core::bail!("expected an F32 CPU tensor, got {:?}", t.dtype()),
-    }
-}
-
-/// A strided matrix view for [`gemm_into`]: element (i, j) at `ptr + i·rs + j·cs`.
-#[derive(Clone, Copy)]
-pub(crate) struct View<T> {
-    ptr: *const T,
-    rs: isize,
-    cs: isize,
-}
-
-impl<T> View<T> {
-    pub(crate) fn new(ptr: *const T, rs: usize, cs: usize) -> Self {
-        Self { ptr, rs: rs as isize, cs: cs as isize }
-    }
-    /// The view starting at row `r` (same columns).
-    pub(crate) fn rows(self, r: usize) -> Self {
-        Self { ptr: self.ptr.wrapping_offset(r as isize * self.rs), ..self }
-    }
-    /// The view starting at column `c` (same rows).
-    pub(crate) fn cols(self, c: usize) -> Self {
-        Self { ptr: self.ptr.wrapping_offset(c as isize * self.cs), ..self }
-    }
-    /// The transposed view (no data moves).
-    pub(crate) fn t(self) -> Self {
-        Self { ptr: self.ptr, rs: self.cs, cs: self.rs }
-    }
-}
-
-// SAFETY: views are read-only windows into buffers that outlive the parallel loops using them.
-unsafe impl<T: Sync> Send for View<T> {}
-unsafe impl<T: Sync> Sync for View<T> {}
-
-/// A raw output pointer shared by parallel tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr<T>(pub *mut T);
-unsafe impl<T: Send> Send for SyncPtr<T> {}
-unsafe impl<T: Send> Sync for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    pub(crate) fn at(self, offset: usize) -> *mut T {
-        // SAFETY (of callers): offset stays inside the buffer.
-        unsafe { self.0.add(offset) }
-    }
-}
-
-/// dst (m × n, row stride `dst_rs`) = beta · a (m × k) · b (k × n), single-threaded; dst is
-/// written, not read.
-///
-/// # Safety
-/// The views and dst must address valid m × k, k × n and m × n matrices.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_into<T: 'static>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut T,
-    dst_rs: usize,
-    a: View<T>,
-    b: View<T>,
-    beta: T,
-) where
-    T: Copy + Real,
-{
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        a.ptr,
-        a.cs,
-        a.rs,
-        b.ptr,
-        b.cs,
-        b.rs,
-        T::from(0.0),
-        beta,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    )
-}
+custom_op!(1, LayerNormAffine);
 
 /// Batched matrix product C_i = op(A_i)·op(B_i), op = identity or transpose, on contiguous
 /// inputs: A is (batch, r, c); B is (batch, r, c) or 2-D (shared by every batch element, e.g. a
@@ -495,66 +356,41 @@ impl BatchMatMul {
     }
 }
 
-impl CustomOp2 for BatchMatMul {
-    fn name(&self) -> &'static str {
-        "batch-matmul"
+fn check_bmm_dims(ad: &[usize], bd: &[usize]) -> Result<()> {
+    if ad.len() != 3 || !(bd.len() == 2 || bd.len() == 3) {
+        candle_core::bail!("batch-matmul: expected (batch, r, c) and (batch, r, c) or (r, c), got {ad:?} and {bd:?}");
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (ad, bd) = (l1.shape().dims(), l2.shape().dims());
-        if ad.len() != 3 || !(bd.len() == 2 || bd.len() == 3) {
-            candle_core::bail!(
-                "batch-matmul: expected (batch, r, c) and (batch, r, c) or (r, c), got {ad:?} and {bd:?}"
-            );
-        }
-        Ok(match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd, None)?;
-                (CpuStorage::F32(v), s)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd, None)?;
-                (CpuStorage::F64(v), s)
-            }
-            _ => candle_core::bail!("batch-matmul: F32 or F64 inputs of one dtype"),
-        })
-    }
+    Ok(())
 }
 
-/// With a bias (third input, one value per output column) added inside the GEMM.
-impl CustomOp3 for BatchMatMul {
-    fn name(&self) -> &'static str {
-        "batch-matmul-bias"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (ad, bd) = (l1.shape().dims(), l2.shape().dims());
-        if ad.len() != 3 || !(bd.len() == 2 || bd.len() == 3) {
-            candle_core::bail!(
-                "batch-matmul: expected (batch, r, c) and (batch, r, c) or (r, c), got {ad:?} and {bd:?}"
-            );
-        }
-        Ok(match (s1, s2, s3) {
-            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => {
-                let bias = contiguous(c, l3, "bias")?;
-                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd, Some(bias))?;
-                (CpuStorage::F32(v), s)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => {
-                let bias = contiguous(c, l3, "bias")?;
-                let (v, s) = self.run(contiguous(a, l1, "a")?, ad, contiguous(b, l2, "b")?, bd, Some(bias))?;
-                (CpuStorage::F64(v), s)
-            }
-            _ => candle_core::bail!("batch-matmul-bias: F32 or F64 inputs of one dtype"),
-        })
+impl Map2 for BatchMatMul {
+    const NAME: &'static str = "batch-matmul";
+    fn f<T: Real>(&self, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Result<(Vec<T>, Shape)> {
+        let (ad, bd) = (la.shape().dims(), lb.shape().dims());
+        check_bmm_dims(ad, bd)?;
+        self.run(a, ad, b, bd, None)
     }
 }
+custom_op!(2, BatchMatMul);
+
+/// With a bias (third input, one value per output column) added inside the GEMM.
+impl Map3 for BatchMatMul {
+    const NAME: &'static str = "batch-matmul-bias";
+    fn f<T: Real>(
+        &self,
+        a: &[T],
+        la: &Layout,
+        b: &[T],
+        lb: &Layout,
+        bias: &[T],
+        _: &Layout,
+    ) -> Result<(Vec<T>, Shape)> {
+        let (ad, bd) = (la.shape().dims(), lb.shape().dims());
+        check_bmm_dims(ad, bd)?;
+        self.run(a, ad, b, bd, Some(bias))
+    }
+}
+custom_op!(3, BatchMatMul);
 
 /// op(a)·op(b) + bias, see [`bmm`].
 pub fn bmm_bias(a: &Tensor, b: &Tensor, bias: &Tensor) -> Result<Tensor> {

@@ -1,10 +1,8 @@
-//! The weight matrices ("modules") of SPEC.md §2: their names, operand and output dimensions,
-//! which side of the gradient outer product a GOP file stores, and their weight blocks.
+//! The weight matrices ("modules") of SPEC.md §2: their names (the one source of module names:
+//! [`Kind::ALL`] and [`Kind::as_str`]), operand and output dimensions, which side of the gradient
+//! outer product a GOP file stores, and their weight blocks.
 
-use anyhow::Result;
-use candle_core::Tensor;
-
-use crate::model::{Gpt2, Gpt2Config};
+use super::config::Gpt2Config;
 
 /// The kind of a module; `Q`, `K`, `V` are per attention head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +17,14 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in SPEC.md (and display) order.
+    pub const ALL: [Kind; 7] = [Kind::CAttn, Kind::Q, Kind::K, Kind::V, Kind::AttnCProj, Kind::CFc, Kind::MlpCProj];
+
+    /// Whether the kind is per attention head.
+    pub fn per_head(self) -> bool {
+        matches!(self, Kind::Q | Kind::K | Kind::V)
+    }
+
     /// The `module` column of correlations.parquet.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -100,23 +106,6 @@ impl Module {
             Side::Output => self.d_out(cfg),
         }
     }
-
-    /// The module's weight in stored Conv1D layout (d_in × d_out); for a head, its column block.
-    pub fn weight(&self, model: &Gpt2) -> Result<Tensor> {
-        let blk = &model.blocks[self.layer];
-        let c = model.cfg.n_embd;
-        let hs = model.cfg.head_size();
-        let head_cols = |part: usize| blk.c_attn_w.narrow(1, part * c + self.head.unwrap_or(0) * hs, hs);
-        Ok(match self.kind {
-            Kind::CAttn => blk.c_attn_w.clone(),
-            Kind::Q => head_cols(0)?,
-            Kind::K => head_cols(1)?,
-            Kind::V => head_cols(2)?,
-            Kind::AttnCProj => blk.c_proj_w.clone(),
-            Kind::CFc => blk.fc_w.clone(),
-            Kind::MlpCProj => blk.mp_w.clone(),
-        })
-    }
 }
 
 /// Every module of the model, block by block in SPEC.md order: c_attn, q.0.., k.0.., v.0..,
@@ -124,14 +113,12 @@ impl Module {
 pub fn all_modules(cfg: &Gpt2Config) -> Vec<Module> {
     let mut out = Vec::new();
     for layer in 0..cfg.n_layer {
-        out.push(Module { layer, kind: Kind::CAttn, head: None });
-        for kind in [Kind::Q, Kind::K, Kind::V] {
-            for h in 0..cfg.n_head {
-                out.push(Module { layer, kind, head: Some(h) });
+        for kind in Kind::ALL {
+            if kind.per_head() {
+                out.extend((0..cfg.n_head).map(|h| Module { layer, kind, head: Some(h) }));
+            } else {
+                out.push(Module { layer, kind, head: None });
             }
-        }
-        for kind in [Kind::AttnCProj, Kind::CFc, Kind::MlpCProj] {
-            out.push(Module { layer, kind, head: None });
         }
     }
     out

@@ -4,10 +4,11 @@
 //! or backward. Work is split by (window, head), each GEMM on one thread, so a window's numbers
 //! never depend on the batch it is in or on the thread count.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
+use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::kernels::{contiguous, gemm_into, Real, SyncPtr, View};
+use super::{Map1, Map2, Map3, Real};
+use crate::math::gemm::{gemm_into, SyncPtr, View};
 
 /// att (B, H, T, T) = causal softmax(scale · Q Kᵀ) per window and head; zero above the diagonal.
 pub struct AttentionProbs {
@@ -93,20 +94,14 @@ impl AttentionProbs {
     }
 }
 
-impl CustomOp1 for AttentionProbs {
-    fn name(&self) -> &'static str {
-        "attention-probs"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let d = dims(l, self.heads, "attention-probs")?;
-        let shape = Shape::from((d.0, self.heads, d.1, d.1));
-        Ok(match s {
-            CpuStorage::F32(a) => (CpuStorage::F32(self.run(contiguous(a, l, "qkv")?, d)), shape),
-            CpuStorage::F64(a) => (CpuStorage::F64(self.run(contiguous(a, l, "qkv")?, d)), shape),
-            _ => candle_core::bail!("attention-probs: F32 or F64 input"),
-        })
+impl Map1 for AttentionProbs {
+    const NAME: &'static str = "attention-probs";
+    fn f<T: Real>(&self, qkv: &[T], l: &Layout) -> Result<(Vec<T>, Shape)> {
+        let d = dims(l, self.heads, Self::NAME)?;
+        Ok((self.run(qkv, d), Shape::from((d.0, self.heads, d.1, d.1))))
     }
 }
+custom_op!(1, AttentionProbs);
 
 impl AttentionMix {
     fn run<T: Real>(&self, att: &[T], qkv: &[T], (b, t, c, hs): (usize, usize, usize, usize)) -> Vec<T> {
@@ -128,27 +123,17 @@ impl AttentionMix {
     }
 }
 
-impl CustomOp2 for AttentionMix {
-    fn name(&self) -> &'static str {
-        "attention-mix"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let d = dims(l2, self.heads, "attention-mix")?;
+impl Map2 for AttentionMix {
+    const NAME: &'static str = "attention-mix";
+    fn f<T: Real>(&self, att: &[T], l1: &Layout, qkv: &[T], l2: &Layout) -> Result<(Vec<T>, Shape)> {
+        let d = dims(l2, self.heads, Self::NAME)?;
         if l1.shape().dims() != [d.0, self.heads, d.1, d.1] {
             candle_core::bail!("attention-mix: att has shape {:?}, qkv {:?}", l1.shape(), l2.shape());
         }
-        let shape = Shape::from((d.0, d.1, d.2));
-        Ok(match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(q)) => {
-                (CpuStorage::F32(self.run(contiguous(a, l1, "att")?, contiguous(q, l2, "qkv")?, d)), shape)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(q)) => {
-                (CpuStorage::F64(self.run(contiguous(a, l1, "att")?, contiguous(q, l2, "qkv")?, d)), shape)
-            }
-            _ => candle_core::bail!("attention-mix: F32 or F64 inputs of one dtype"),
-        })
+        Ok((self.run(att, qkv, d), Shape::from((d.0, d.1, d.2))))
     }
 }
+custom_op!(2, AttentionMix);
 
 impl AttentionBackward {
     fn run<T: Real>(&self, dy: &[T], att: &[T], qkv: &[T], (b, t, c, hs): (usize, usize, usize, usize)) -> Vec<T> {
@@ -196,37 +181,25 @@ impl AttentionBackward {
     }
 }
 
-impl CustomOp3 for AttentionBackward {
-    fn name(&self) -> &'static str {
-        "attention-backward"
-    }
-    fn cpu_fwd(
+impl Map3 for AttentionBackward {
+    const NAME: &'static str = "attention-backward";
+    fn f<T: Real>(
         &self,
-        s1: &CpuStorage,
+        dy: &[T],
         l1: &Layout,
-        s2: &CpuStorage,
+        att: &[T],
         l2: &Layout,
-        s3: &CpuStorage,
+        qkv: &[T],
         l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = dims(l3, self.heads, "attention-backward")?;
+    ) -> Result<(Vec<T>, Shape)> {
+        let d = dims(l3, self.heads, Self::NAME)?;
         if l1.shape().dims() != [d.0, d.1, d.2] || l2.shape().dims() != [d.0, self.heads, d.1, d.1] {
             candle_core::bail!("attention-backward: dy {:?}, att {:?}, qkv {:?}", l1.shape(), l2.shape(), l3.shape());
         }
-        let shape = l3.shape().clone();
-        Ok(match (s1, s2, s3) {
-            (CpuStorage::F32(g), CpuStorage::F32(a), CpuStorage::F32(q)) => {
-                let v = self.run(contiguous(g, l1, "dy")?, contiguous(a, l2, "att")?, contiguous(q, l3, "qkv")?, d);
-                (CpuStorage::F32(v), shape)
-            }
-            (CpuStorage::F64(g), CpuStorage::F64(a), CpuStorage::F64(q)) => {
-                let v = self.run(contiguous(g, l1, "dy")?, contiguous(a, l2, "att")?, contiguous(q, l3, "qkv")?, d);
-                (CpuStorage::F64(v), shape)
-            }
-            _ => candle_core::bail!("attention-backward: F32 or F64 inputs of one dtype"),
-        })
+        Ok((self.run(dy, att, qkv, d), l3.shape().clone()))
     }
 }
+custom_op!(3, AttentionBackward);
 
 #[cfg(test)]
 mod tests {

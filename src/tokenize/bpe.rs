@@ -11,15 +11,12 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::corpus::Document;
-use crate::agop::Window;
+use super::tokens::Window;
+use crate::model::checkpoint::{GPT2_MERGES, GPT2_VOCAB};
 use crate::{bad, bail_bad};
 
 /// GPT-2's end-of-text token.
 pub const EOS_TEXT: &str = "<|endoftext|>";
-
-/// The GPT-2 vocabulary shipped with agop (the same files the `gpt2` hub repositories serve).
-pub const GPT2_VOCAB: &str = include_str!("../../assets/gpt2-tokenizer/vocab.json");
-pub const GPT2_MERGES: &str = include_str!("../../assets/gpt2-tokenizer/merges.txt");
 
 /// A loaded tokenizer and its EOS id.
 pub struct Gpt2Tokenizer {

@@ -4,9 +4,9 @@ use anyhow::{Context, Result};
 use faer::Mat;
 
 use super::gram::{agop_mean, nfm, weight};
-use crate::agop::Gop;
+use crate::measure::Gop;
 use crate::model::Gpt2;
-use crate::modules::{all_modules, Module};
+use crate::model::{all_modules, Module};
 
 /// One row of correlations.parquet, without the run-level columns.
 #[derive(Debug, Clone, PartialEq)]

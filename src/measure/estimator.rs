@@ -12,84 +12,22 @@
 //! Probe randomness is a pure function of (seed, global window index, probe index).
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use super::gop::Gop;
+use super::settings::{Estimator, Output, Settings};
 use crate::bail_bad;
-use crate::model::kernels::bmm;
-use crate::model::Gpt2;
-use crate::nfa::linalg;
+use crate::math::linalg;
+use crate::model::ops::bmm;
+use crate::model::Network;
+use crate::tokenize::Window;
 
-/// The output function f whose gradients are measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Output {
-    /// Every logit at every position (the published choice).
-    Logits,
-    /// Per-position next-token cross-entropy.
-    Loss,
-}
-
-/// How the sum over outputs is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Estimator {
-    /// Exactly, T·C (logits) or T−1 (loss) backward passes per window. For small models.
-    Exact,
-    /// k random probes per window, unbiased.
-    Sketch,
-}
-
-impl Output {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Output::Logits => "logits",
-            Output::Loss => "loss",
-        }
-    }
-}
-
-impl Estimator {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Estimator::Exact => "exact",
-            Estimator::Sketch => "sketch",
-        }
-    }
-}
-
-/// One window of token ids with its global index.
-#[derive(Debug, Clone)]
-pub struct Window {
-    pub index: u64,
-    pub tokens: Vec<u32>,
-}
-
-/// Measurement settings.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    pub output: Output,
-    pub estimator: Estimator,
-    pub probes: u32,
-    pub seed: u64,
-}
-
-impl Settings {
-    /// The `probes` recorded in GOP files: the probe count for the sketch, 0 for exact.
-    pub fn recorded_probes(&self) -> u32 {
-        match self.estimator {
-            Estimator::Exact => 0,
-            Estimator::Sketch => self.probes,
-        }
-    }
-}
-
-/// Runs forward and backward passes and adds their outer products to a [`Gop`].
-pub struct Measurer<'a> {
-    model: &'a Gpt2,
+/// Runs forward and backward passes of a [`Network`] and adds their outer products to a [`Gop`].
+pub struct Measurer<'a, N: Network> {
+    model: &'a N,
     settings: Settings,
     /// L (C × C), L Lᵀ = wteᵀwte; columns with zero eigenvalue are zero.
     factor: Tensor,
@@ -110,15 +48,15 @@ pub fn probe_rng(seed: u64, window: u64, probe: u32) -> ChaCha8Rng {
 /// Exact estimator: how many seeds are sent back together in one batched pass.
 const EXACT_CHUNK: usize = 64;
 
-impl<'a> Measurer<'a> {
-    pub fn new(model: &'a Gpt2, settings: Settings) -> Result<Self> {
+impl<'a, N: Network> Measurer<'a, N> {
+    pub fn new(model: &'a N, settings: Settings) -> Result<Self> {
         if settings.estimator == Estimator::Sketch && settings.probes == 0 {
             bail_bad!("--probes must be at least 1 for the sketch estimator");
         }
-        let wte = model.wte.to_dtype(DType::F64)?;
+        let wte = model.unembedding().to_dtype(DType::F64)?;
         let gram = linalg::from_tensor(&wte.t()?.matmul(&wte)?)?;
         let (vals, vecs) = linalg::sym_eigen(&gram)?;
-        let c = model.cfg.n_embd;
+        let c = wte.dim(1)?;
         let max = vals.iter().cloned().fold(0.0, f64::max);
         let directions: Vec<usize> = (0..c).filter(|&i| vals[i] > max * 1e-12).collect();
         let l: Vec<f32> = (0..c)
@@ -128,7 +66,7 @@ impl<'a> Measurer<'a> {
                 (0..c).map(move |i| (vecs[(r, i)] * vals[i].max(0.0).sqrt()) as f32)
             })
             .collect();
-        let factor = Tensor::from_vec(l, (c, c), &Device::Cpu)?;
+        let factor = Tensor::from_vec(l, (c, c), model.device())?;
         Ok(Self { model, settings, factor, directions })
     }
 
@@ -151,17 +89,17 @@ impl<'a> Measurer<'a> {
     fn ids(&self, windows: &[&[u32]]) -> Result<Tensor> {
         let t = windows[0].len();
         let flat: Vec<u32> = windows.iter().flat_map(|w| w.iter().copied()).collect();
-        Ok(Tensor::from_vec(flat, (windows.len(), t), &Device::Cpu)?)
+        Ok(Tensor::from_vec(flat, (windows.len(), t), self.model.device())?)
     }
 
     fn sketch(&self, windows: &[Window], gop: &mut Gop) -> Result<()> {
         let model = self.model;
-        let cfg = &model.cfg;
-        let (b, t, c) = (windows.len(), windows[0].tokens.len(), cfg.n_embd);
+        let dev = model.device();
+        let (b, t, c) = (windows.len(), windows[0].tokens.len(), self.factor.dim(0)?);
         let toks: Vec<&[u32]> = windows.iter().map(|w| w.tokens.as_slice()).collect();
         let fwd = model.forward(&self.ids(&toks)?)?;
         let loss_dirs = match self.settings.output {
-            Output::Loss => Some(self.loss_directions(&fwd.hidden, &toks)?),
+            Output::Loss => Some(self.loss_directions(model.hidden(&fwd), &toks)?),
             Output::Logits => None,
         };
         let scale = self.scale();
@@ -173,7 +111,7 @@ impl<'a> Measurer<'a> {
                         let mut rng = probe_rng(self.settings.seed, w.index, p);
                         z.extend((0..t * c).map(|_| rng.sample::<f32, _>(StandardNormal)));
                     }
-                    let z = Tensor::from_vec(z, (b, t, c), &Device::Cpu)?;
+                    let z = Tensor::from_vec(z, (b, t, c), dev)?;
                     bmm(&z, &self.factor, false, true)?
                 }
                 Some(dirs) => {
@@ -182,18 +120,17 @@ impl<'a> Measurer<'a> {
                         let mut rng = probe_rng(self.settings.seed, w.index, p);
                         eps.extend((0..t).map(|_| if rng.random::<bool>() { 1.0f32 } else { -1.0 }));
                     }
-                    dirs.broadcast_mul(&Tensor::from_vec(eps, (b, t, 1), &Device::Cpu)?)?
+                    dirs.broadcast_mul(&Tensor::from_vec(eps, (b, t, 1), dev)?)?
                 }
             };
-            model.backward(&fwd, &seed, |l, g| gop.add_block(cfg, l, g, scale))?;
+            model.backward(&fwd, &seed, &mut |g| gop.add(g, scale))?;
         }
         Ok(())
     }
 
     fn exact(&self, w: &Window, gop: &mut Gop) -> Result<()> {
         let model = self.model;
-        let cfg = &model.cfg;
-        let (t, c) = (w.tokens.len(), cfg.n_embd);
+        let (t, c) = (w.tokens.len(), self.factor.dim(0)?);
         // (position, seed vector) pairs, each sent back on its own.
         let mut seeds: Vec<(usize, Vec<f32>)> = Vec::new();
         match self.settings.output {
@@ -207,7 +144,7 @@ impl<'a> Measurer<'a> {
             }
             Output::Loss => {
                 let fwd = model.forward(&self.ids(&[&w.tokens])?)?;
-                let dirs = self.loss_directions(&fwd.hidden, &[&w.tokens])?.get(0)?.to_vec2::<f32>()?;
+                let dirs = self.loss_directions(model.hidden(&fwd), &[&w.tokens])?.get(0)?.to_vec2::<f32>()?;
                 for (pos, d) in dirs.into_iter().enumerate().take(t.saturating_sub(1)) {
                     seeds.push((pos, d));
                 }
@@ -221,18 +158,18 @@ impl<'a> Measurer<'a> {
             for (k, (pos, v)) in chunk.iter().enumerate() {
                 s[(k * t + pos) * c..(k * t + pos + 1) * c].copy_from_slice(v);
             }
-            let seed = Tensor::from_vec(s, (n, t, c), &Device::Cpu)?;
-            model.backward(&fwd, &seed, |l, g| gop.add_block(cfg, l, g, 1.0))?;
+            let seed = Tensor::from_vec(s, (n, t, c), model.device())?;
+            model.backward(&fwd, &seed, &mut |g| gop.add(g, 1.0))?;
         }
         Ok(())
     }
 
     /// ∇ℓ_t at the ln_f output, wteᵀ(softmax(z_t) − e_{y_t}), for t < T−1; zero at t = T−1. (B, T, C).
     fn loss_directions(&self, hidden: &Tensor, toks: &[&[u32]]) -> Result<Tensor> {
-        let model = self.model;
+        let unembedding = self.model.unembedding();
         let (b, t, _) = hidden.dims3()?;
-        let v = model.cfg.vocab_size;
-        let probs = candle_nn::ops::softmax_last_dim(&model.logits(hidden)?)?;
+        let v = unembedding.dim(0)?;
+        let probs = candle_nn::ops::softmax_last_dim(&bmm(hidden, unembedding, false, true)?)?;
         let mut p = probs.flatten_all()?.to_vec1::<f32>()?;
         for (bi, w) in toks.iter().enumerate() {
             for pos in 0..t {
@@ -244,7 +181,7 @@ impl<'a> Measurer<'a> {
                 }
             }
         }
-        let g = Tensor::from_vec(p, (b, t, v), &Device::Cpu)?;
-        Ok(bmm(&g, &model.wte, false, false)?)
+        let g = Tensor::from_vec(p, (b, t, v), self.model.device())?;
+        Ok(bmm(&g, unembedding, false, false)?)
     }
 }

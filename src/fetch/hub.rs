@@ -14,8 +14,9 @@ use anyhow::Result;
 use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
 use hf_hub::{HFClientSync, HFError, HFRepositorySync, RepoType};
 
+use super::resolve::ResolvedModel;
 use crate::model::Gpt2Config;
-use crate::stages::ResolvedModel;
+use crate::util::{progress_bar, sha256_file};
 use crate::{bad, bail_bad};
 
 /// Is `HF_HUB_OFFLINE` set to a true value?
@@ -72,7 +73,7 @@ impl ProgressHandler for Bar {
         let mut slot = self.0.lock().unwrap();
         match ev {
             DownloadEvent::Start { total_bytes, .. } => {
-                *slot = Some(crate::stages::progress_bar(*total_bytes, true, &self.1, "bytes"));
+                *slot = Some(progress_bar(*total_bytes, true, &self.1, "bytes"));
             }
             DownloadEvent::Progress { files } => {
                 if let Some(b) = slot.as_ref() {
@@ -107,7 +108,7 @@ fn verify(snapshot_file: &Path) -> Result<std::result::Result<(), String>> {
     if etag.len() != 64 || !etag.chars().all(|c| c.is_ascii_hexdigit()) {
         return Ok(Ok(()));
     }
-    let got = crate::stages::sha256_file(snapshot_file)?;
+    let got = sha256_file(snapshot_file)?;
     Ok(if got == etag.to_ascii_lowercase() {
         Ok(())
     } else {
@@ -208,7 +209,7 @@ pub fn resolve_model(id: &str, revision: Option<&str>) -> Result<ResolvedModel> 
     if !tokenizer_ok {
         eprintln!("note: {what} has no tokenizer files; `tokenize` will need another model directory");
     }
-    Ok(ResolvedModel { id: id.to_string(), revision: commit, dir })
+    Ok(ResolvedModel::new(id.to_string(), commit, dir))
 }
 
 /// A parsed `hf://datasets/{owner}/{name}[@revision]/{path or glob}`.

@@ -4,10 +4,10 @@
 use anyhow::Result;
 use faer::Mat;
 
-use super::linalg;
-use crate::agop::Gop;
+use crate::math::linalg;
+use crate::measure::Gop;
 use crate::model::Gpt2;
-use crate::modules::{Module, Side};
+use crate::model::{Module, Side};
 
 /// The mean AGOP of one module, as stored: full operand-space matrix, or W and K with AGOP = W K Wᵀ.
 pub enum Agop {
@@ -35,7 +35,7 @@ impl Agop {
 
 /// The module's weight (d_in × d_out, stored layout) in f64.
 pub fn weight(model: &Gpt2, m: &Module) -> Result<Mat<f64>> {
-    linalg::from_tensor(&m.weight(model)?)
+    linalg::from_tensor(&model.module_weight(m)?)
 }
 
 /// NFM = W Wᵀ in operand space (d_in × d_in).

@@ -45,13 +45,13 @@ pub fn read_sources(sources: &[String], opts: &CorpusOptions) -> Result<(Vec<Doc
             if name != "shakespeare" {
                 bail_bad!("corpus source {src}: unknown built-in corpus (available: builtin:shakespeare)");
             }
-            for (file, text) in crate::data::builtin::SHAKESPEARE {
+            for (file, text) in super::builtin::SHAKESPEARE {
                 docs.push(Document { origin: format!("builtin:shakespeare/{file}"), text: text.to_string() });
             }
             continue;
         }
         let files: Vec<PathBuf> = if src.starts_with("hf://") {
-            crate::data::hub::resolve_dataset_files(src)?
+            crate::fetch::hub::resolve_dataset_files(src)?
         } else {
             let p = Path::new(src);
             if p.is_dir() {
@@ -135,7 +135,7 @@ fn read_file(path: &Path, opts: &CorpusOptions, docs: &mut Vec<Document>) -> Res
             Ok(skipped)
         }
         "parquet" => {
-            let df = crate::outputs::read_parquet(path)?;
+            let df = crate::util::parquet::read_parquet(path)?;
             let col = df.column(&opts.text_column).map_err(|_| {
                 let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
                 bad!(

@@ -8,26 +8,28 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::model::kernels::{gemm_into, with_f32, SyncPtr, View};
-use crate::model::{BlockGrads, Gpt2Config};
-use crate::modules::{all_modules, Kind, Module};
+use super::settings::{Estimator, Output};
+use crate::math::gemm::{gemm_into, SyncPtr, View};
+use crate::model::{all_modules, Gpt2Config, Grad, Module, WeightsKind};
 use crate::{bad, bail_bad};
 
-/// What a GOP file was measured from; stored as safetensors metadata (string values).
+/// What a GOP file was measured from; stored as safetensors metadata (the JSON of this struct
+/// under `agop`, and each field but `config` as its own string key). The enums serialize to the
+/// strings files have always held (`pretrained`, `logits`, `sketch`, ...).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GopMeta {
     pub agop_version: String,
     pub model: String,
     pub revision: String,
     pub model_sha256: String,
-    pub weights: String,
-    pub output: String,
-    pub estimator: String,
+    pub weights: WeightsKind,
+    pub output: Output,
+    pub estimator: Estimator,
     pub probes: u32,
     pub seed: u64,
     pub seq_len: usize,
@@ -49,16 +51,17 @@ pub struct GopMeta {
 }
 
 impl GopMeta {
-    /// Metadata with only the model config filled in (for library use without files).
+    /// Metadata with only the model config filled in (for library use without files): pretrained
+    /// weights, logits, sketch; set the fields that matter with struct update syntax.
     pub fn for_config(config: Gpt2Config) -> Self {
         Self {
             agop_version: env!("CARGO_PKG_VERSION").into(),
             model: String::new(),
             revision: String::new(),
             model_sha256: String::new(),
-            weights: String::new(),
-            output: String::new(),
-            estimator: String::new(),
+            weights: WeightsKind::Pretrained,
+            output: Output::Logits,
+            estimator: Estimator::Sketch,
             probes: 0,
             seed: 0,
             seq_len: 0,
@@ -99,34 +102,45 @@ impl Gop {
         self.sums.get(&m.gop_tensor()).ok_or_else(|| bad!("GOP file has no tensor {}", m.gop_tensor()))
     }
 
-    /// Add one backward pass's gradients for block `layer` with weight `scale`: for every window
-    /// b of the batch, in order, the f32 per-window Gram Gᵀ G (summed over the window's T
-    /// positions) is added in f64. Windows are added one at a time, in batch order, so the result
-    /// does not depend on how windows are grouped into batches.
-    pub fn add_block(&mut self, cfg: &Gpt2Config, layer: usize, g: &BlockGrads, scale: f64) -> Result<()> {
-        let (h, hs) = (cfg.n_head, cfg.head_size());
-        let whole =
-            [(Kind::CAttn, g.attn_in), (Kind::AttnCProj, g.proj_in), (Kind::CFc, g.fc_in), (Kind::MlpCProj, g.mlp_out)];
-        for (kind, grad) in whole {
-            let (b, t, d) = grad.dims3()?;
-            let grams = with_f32(grad, |x| window_grams(x, b, t, d))?;
-            let m = Module { layer, kind, head: None };
-            let (_, acc) = self.sums.get_mut(&m.gop_tensor()).expect("all modules allocated");
-            add_windows(acc, &grams, b, d * d, 0, scale);
-        }
-        // Per-head blocks of δ at the c_attn output, read in place from (B, T, 3C) = [Q | K | V].
-        let (b, t, c3) = g.qkv_out.dims3()?;
-        let grams = with_f32(g.qkv_out, |x| head_grams(x, b, t, c3, hs))?; // (B, 3H, hs, hs)
-        let hs2 = hs * hs;
-        for (part, kind) in [Kind::Q, Kind::K, Kind::V].into_iter().enumerate() {
-            for head in 0..h {
-                let m = Module { layer, kind, head: Some(head) };
-                let (_, acc) = self.sums.get_mut(&m.gop_tensor()).expect("all modules allocated");
-                // Window w's block sits at ((w·3H + part·H + head)·hs²).
-                add_windows(acc, &grams, b, 3 * h * hs2, (part * h + head) * hs2, scale);
+    /// Add one backward pass's gradients (one layer's, as [`crate::model::Network::backward`]
+    /// hands them over) with weight `scale`: for every window b of the batch, in order, the f32
+    /// per-window Gram Gᵀ G (summed over the window's T positions) is added in f64. Windows are
+    /// added one at a time, in batch order, so the result does not depend on how windows are
+    /// grouped into batches.
+    pub fn add(&mut self, grads: &[Grad], scale: f64) -> Result<()> {
+        for g in grads {
+            match g {
+                Grad::Module(m, grad) => {
+                    let (b, t, d) = grad.dims3()?;
+                    let grams = with_f32(grad, |x| window_grams(x, b, t, d))?;
+                    add_windows(self.acc(m, d)?, &grams, b, d * d, 0, scale);
+                }
+                Grad::Packed { modules, width, tensor } => {
+                    // Column blocks of width w read in place from (B, T, n·w).
+                    let (b, t, cols) = tensor.dims3()?;
+                    let w = *width;
+                    if cols != modules.len() * w {
+                        bail!("packed gradient of {cols} columns for {} modules of width {w}", modules.len());
+                    }
+                    let grams = with_f32(tensor, |x| head_grams(x, b, t, cols, w))?; // (B, n, w, w)
+                    for (i, m) in modules.iter().enumerate() {
+                        // Window b's block i sits at ((b·n + i)·w²).
+                        add_windows(self.acc(m, w)?, &grams, b, cols * w, i * w * w, scale);
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// The accumulator of module `m`, checked to be d × d.
+    fn acc(&mut self, m: &Module, d: usize) -> Result<&mut [f64]> {
+        let name = m.gop_tensor();
+        match self.sums.get_mut(&name) {
+            Some((dim, acc)) if *dim == d => Ok(acc),
+            Some((dim, _)) => bail!("gradient of width {d} for {name}, whose sum is {dim} × {dim}"),
+            None => bail!("no sum for {name}"),
+        }
     }
 
     /// Write the file atomically (temporary name, then rename).
@@ -148,7 +162,7 @@ impl Gop {
             }
         }
         let data = safetensors::serialize(views, Some(meta))?;
-        crate::outputs::write_atomic(path, &data)
+        crate::util::write_atomic(path, &data)
     }
 
     /// Read a GOP file written by [`Gop::save`].
@@ -227,8 +241,8 @@ pub fn window_grams(g: &[f32], b: usize, t: usize, d: usize) -> Vec<f32> {
     out
 }
 
-/// Per-window, per-head Grams of the (T × hs) column blocks of a packed (B, T, 3C) = [Q | K | V]
-/// gradient: (B, 3H, hs, hs), block (w, p) = Xᵀ X for columns p·hs..(p+1)·hs of window w.
+/// Per-window Grams of the (T × hs) column blocks of a packed (B, T, n·hs) gradient (per-head
+/// q, k, v: [Q | K | V]): (B, n, hs, hs), block (w, p) = Xᵀ X for columns p·hs..(p+1)·hs of window w.
 pub fn head_grams(g: &[f32], b: usize, t: usize, c3: usize, hs: usize) -> Vec<f32> {
     let parts = c3 / hs;
     let mut out = vec![0f32; b * parts * hs * hs];
@@ -259,6 +273,16 @@ fn add_windows(acc: &mut [f64], grams: &[f32], windows: usize, stride: usize, of
     });
 }
 
+/// The values of a contiguous F32 tensor in host memory, borrowed for `f`. This is the CPU
+/// accumulation path; a device accumulator would add per-window Grams where the tensor lives.
+fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (s, l) = t.storage_and_layout();
+    match (&*s, l.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
+        _ => bail!("expected a contiguous F32 tensor in host memory, got {:?} on {:?}", t.dtype(), t.device()),
+    }
+}
+
 /// Sorted, merged half-open ranges from a list of window indices.
 pub fn ranges_of(mut idx: Vec<u64>) -> Vec<(u64, u64)> {
     idx.sort_unstable();
@@ -277,103 +301,6 @@ pub fn normalize_ranges(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         }
     }
     out
-}
-
-/// Add GOP parts (shards). Refuses parts whose model, weights, output, estimator, probes, seed
-/// or seq_len differ, or whose window ranges overlap. The sum is exact f64 addition in the
-/// order given.
-pub fn merge(parts: &[(String, Gop)]) -> Result<Gop> {
-    let Some((first_name, first)) = parts.first() else { bail_bad!("merge: no input files") };
-    let mut out = first.clone();
-    let key = |m: &GopMeta| {
-        (
-            m.model.clone(),
-            m.revision.clone(),
-            m.model_sha256.clone(),
-            m.weights.clone(),
-            m.output.clone(),
-            m.estimator.clone(),
-            m.probes,
-            m.seed,
-            m.seq_len,
-            m.tokens_sha256.clone(),
-            m.total_windows,
-            m.config.clone(),
-        )
-    };
-    let mut all: Vec<(u64, u64, String)> =
-        first.meta.windows.iter().map(|&(s, e)| (s, e, first_name.clone())).collect();
-    for (name, g) in &parts[1..] {
-        if key(&g.meta) != key(&first.meta) {
-            let (a, b) = (&first.meta, &g.meta);
-            bail_bad!(
-                "merge: {name} conflicts with {first_name}: model {}@{} vs {}@{}, weights {} vs {}, output {} vs {}, \
-                 estimator {} vs {}, probes {} vs {}, seed {} vs {}, seq_len {} vs {}, tokens {} vs {}",
-                b.model,
-                b.revision,
-                a.model,
-                a.revision,
-                b.weights,
-                a.weights,
-                b.output,
-                a.output,
-                b.estimator,
-                a.estimator,
-                b.probes,
-                a.probes,
-                b.seed,
-                a.seed,
-                b.seq_len,
-                a.seq_len,
-                short(&b.tokens_sha256),
-                short(&a.tokens_sha256)
-            );
-        }
-        all.extend(g.meta.windows.iter().map(|&(s, e)| (s, e, name.clone())));
-        for (t, (_, v)) in out.sums.iter_mut() {
-            let (_, w) = g.sums.get(t).ok_or_else(|| bad!("merge: {name} has no tensor {t}"))?;
-            for (a, b) in v.iter_mut().zip(w) {
-                *a += b;
-            }
-        }
-        out.meta.n_windows += g.meta.n_windows;
-        out.meta.n_tokens += g.meta.n_tokens;
-    }
-    all.sort();
-    for pair in all.windows(2) {
-        let ((s0, e0, f0), (s1, e1, f1)) = (&pair[0], &pair[1]);
-        if s1 < e0 {
-            bail_bad!("merge: window ranges overlap: {f0} has {s0}..{e0}, {f1} has {s1}..{e1}");
-        }
-    }
-    out.meta.windows = normalize_ranges(all.iter().map(|(s, e, _)| (*s, *e)).collect());
-    out.meta.shard = String::new();
-    Ok(out)
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
-
-/// Ranges of [0, total) not covered by `have` (sorted, non-overlapping).
-pub fn missing_ranges(have: &[(u64, u64)], total: u64) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut next = 0;
-    for &(s, e) in have {
-        if s > next {
-            out.push((next, s.min(total)));
-        }
-        next = next.max(e);
-    }
-    if next < total {
-        out.push((next, total));
-    }
-    out
-}
-
-/// `0..10, 20..25` style text for ranges.
-pub fn format_ranges(r: &[(u64, u64)]) -> String {
-    r.iter().map(|(s, e)| format!("{s}..{e}")).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -1,0 +1,148 @@
+//! The command layer (in the manner of ripgrep's `HiArgs`): each subcommand's arguments become
+//! the library's settings here, once; the model is resolved (and its weights hashed) once and
+//! handed down; then the library's stage function runs and a one-line summary is printed.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use polars::prelude::DataFrame;
+
+use agop::correlate::{self, RunContext};
+use agop::fetch::{resolve_model, ResolvedModel};
+use agop::measure::{self, MeasureOptions, Settings};
+use agop::pipeline::{run, slurm, Pipeline};
+use agop::tokenize::corpus::CorpusOptions;
+use agop::tokenize::{self, TokenizeOptions};
+
+use crate::cli::{Command, CorrelateArgs, MeasureArgs, ModelArgs, Stage, TokenizeArgs};
+
+/// The pipeline `agop run` runs without a file.
+const DEFAULT_PIPELINE: &str = include_str!("../pipelines/gpt2-shakespeare.toml");
+
+impl ModelArgs {
+    fn resolve(&self) -> Result<ResolvedModel> {
+        resolve_model(&self.model, self.revision.as_deref())
+    }
+}
+
+impl MeasureArgs {
+    fn options(&self) -> MeasureOptions {
+        MeasureOptions {
+            shard: self.shard,
+            progress: true,
+            checkpoint_windows: self.checkpoint_windows,
+            checkpoint_secs: self.checkpoint_secs,
+            ..MeasureOptions::new(
+                self.weights,
+                Settings { output: self.output, estimator: self.estimator, probes: self.probes, seed: self.seed },
+                self.batch,
+            )
+        }
+    }
+}
+
+impl TokenizeArgs {
+    fn options(&self) -> TokenizeOptions {
+        TokenizeOptions {
+            sources: self.corpus.clone(),
+            seq_len: self.seq_len,
+            max_tokens: self.max_tokens,
+            corpus: CorpusOptions { text_column: self.text_column.clone(), skip_invalid_utf8: self.skip_invalid_utf8 },
+            progress: true,
+            inputs: String::new(),
+        }
+    }
+}
+
+/// Run one command.
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Run { pipeline, out, stage, weights, shard, shards } => {
+            let p = match pipeline {
+                Some(path) => Pipeline::from_file(&path)?,
+                None => {
+                    Pipeline::from_str(DEFAULT_PIPELINE, PathBuf::from("pipelines"), "the built-in default pipeline")?
+                }
+            };
+            let dir = run::out_dir(&p, out.as_deref());
+            match stage {
+                None => {
+                    run::run(&p, Some(&dir), false)?;
+                }
+                Some(Stage::Prepare) => {
+                    run::prepare(&p, &dir, false)?;
+                }
+                Some(Stage::Measure) => {
+                    let prep = run::prepared(&p, &dir)?;
+                    let ws = weights.map(|w| vec![w]).unwrap_or_else(|| p.measure.weights.clone());
+                    for w in ws {
+                        run::measure(&p, &prep, w, shard, false)?;
+                    }
+                }
+                Some(Stage::Reduce) => {
+                    let prep = run::prepared(&p, &dir)?;
+                    run::reduce(&p, &prep, shards, false)?;
+                }
+            }
+            eprintln!("done: {}", dir.display());
+        }
+        Command::Slurm { pipeline, shards, out, submit, partition, time, cpus, mem, gpus } => {
+            let p = Pipeline::from_file(&pipeline)?;
+            let dir = run::out_dir(&p, out.as_deref());
+            let o = slurm::SlurmOptions { shards, partition, time, cpus, mem, gpus };
+            let scripts = slurm::write_scripts(&pipeline, &p, &dir, &o)?;
+            eprintln!("sbatch scripts in {}", scripts.prepare.parent().unwrap().display());
+            if submit {
+                for (name, id) in slurm::submit(&scripts)? {
+                    println!("{name} {id}");
+                }
+            }
+        }
+        Command::Fetch(m) => {
+            let m = m.resolve()?;
+            println!("{}", m.dir.display());
+            eprintln!("{} @ {}", m.id, m.revision);
+        }
+        Command::Tokenize(a) => {
+            let n = tokenize::tokenize(&a.model.resolve()?, &a.options(), &a.out)?;
+            eprintln!("{n} windows of {} tokens → {}", a.seq_len, a.out.display());
+        }
+        Command::Report { dir } => {
+            println!("{}", agop::report::report(&dir)?);
+        }
+        Command::Measure(a) => {
+            let (gop, secs) = measure::run::measure_timed(&a.model.resolve()?, &a.tokens, &a.out, &a.options())?;
+            eprintln!(
+                "measured {} windows ({} tokens) → {}; {secs:.1} s in passes, {:.1} tokens/s",
+                gop.meta.n_windows,
+                gop.meta.n_tokens,
+                a.out.display(),
+                gop.meta.n_tokens as f64 / secs.max(1e-9)
+            );
+        }
+        Command::Merge { parts, out } => {
+            let gop = measure::merge_files(&parts, &out)?;
+            eprintln!(
+                "merged {} files: {} windows ({} tokens) → {}",
+                parts.len(),
+                gop.meta.n_windows,
+                gop.meta.n_tokens,
+                out.display()
+            );
+        }
+        Command::Correlate(a) => {
+            let df = correlate_command(&a)?;
+            eprintln!("{} correlations → {}", df.height(), a.out.display());
+        }
+        Command::InitModel { config, seed, out } => {
+            agop::model::init_model(&config, seed, &out)?;
+            eprintln!("random-init checkpoint (seed {seed}) → {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn correlate_command(a: &CorrelateArgs) -> Result<DataFrame> {
+    let model = a.model.resolve()?;
+    correlate::correlate_files(&model, &a.gop, &a.out, &a.powers, a.agop_out.as_deref(), &RunContext::default())
+}

@@ -1,0 +1,64 @@
+//! `correlations.parquet` (SPEC.md §5): one row per (run, module, power, metric).
+
+use std::path::Path;
+
+use anyhow::Result;
+use polars::prelude::*;
+
+use super::metrics::Correlation;
+use crate::measure::{Estimator, Output};
+use crate::model::WeightsKind;
+use crate::util::parquet::write_parquet;
+
+/// Run-level columns of correlations.parquet.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub pipeline: String,
+    pub model: String,
+    pub revision: String,
+    pub weights: WeightsKind,
+    pub corpus: String,
+    pub n_tokens: u64,
+    pub output: Output,
+    pub estimator: Estimator,
+    pub probes: u32,
+}
+
+/// Build the correlations table (SPEC.md §5) for one or more runs.
+pub fn correlations_frame(runs: &[(RunInfo, Vec<Correlation>)]) -> Result<DataFrame> {
+    let rows: Vec<(&RunInfo, &Correlation)> = runs.iter().flat_map(|(r, cs)| cs.iter().map(move |c| (r, c))).collect();
+    let s = |f: &dyn Fn(&RunInfo) -> String| rows.iter().map(|(r, _)| f(r)).collect::<Vec<String>>();
+    let cols: Vec<Column> = vec![
+        Series::new("pipeline".into(), s(&|r| r.pipeline.clone())).into(),
+        Series::new("model".into(), s(&|r| r.model.clone())).into(),
+        Series::new("revision".into(), s(&|r| r.revision.clone())).into(),
+        Series::new("weights".into(), s(&|r| r.weights.to_string())).into(),
+        Series::new("corpus".into(), s(&|r| r.corpus.clone())).into(),
+        Series::new("n_tokens".into(), rows.iter().map(|(r, _)| r.n_tokens).collect::<Vec<u64>>()).into(),
+        Series::new("output".into(), s(&|r| r.output.to_string())).into(),
+        Series::new("estimator".into(), s(&|r| r.estimator.to_string())).into(),
+        Series::new("probes".into(), rows.iter().map(|(r, _)| r.probes).collect::<Vec<u32>>()).into(),
+        Series::new("layer".into(), rows.iter().map(|(_, c)| c.layer).collect::<Vec<u32>>()).into(),
+        Series::new("module".into(), rows.iter().map(|(_, c)| c.module).collect::<Vec<&str>>()).into(),
+        Series::new("head".into(), rows.iter().map(|(_, c)| c.head).collect::<Vec<Option<u32>>>()).into(),
+        Series::new("dim".into(), rows.iter().map(|(_, c)| c.dim).collect::<Vec<u32>>()).into(),
+        Series::new("power".into(), rows.iter().map(|(_, c)| c.power).collect::<Vec<f64>>()).into(),
+        Series::new("metric".into(), rows.iter().map(|(_, c)| c.metric).collect::<Vec<&str>>()).into(),
+        Series::new("value".into(), rows.iter().map(|(_, c)| c.value).collect::<Vec<f64>>()).into(),
+    ];
+    Ok(DataFrame::new_infer_height(cols)?)
+}
+
+/// Write correlations.parquet atomically with its key-value metadata.
+pub fn write_correlations(path: &Path, df: &mut DataFrame, pipeline_text: &str, seed: u64, inputs: &str) -> Result<()> {
+    write_parquet(
+        path,
+        df,
+        &[
+            ("agop_version", env!("CARGO_PKG_VERSION").to_string()),
+            ("pipeline", pipeline_text.to_string()),
+            ("seed", seed.to_string()),
+            ("inputs", inputs.to_string()),
+        ],
+    )
+}

@@ -1,0 +1,21 @@
+//! Getting a model: `--model` resolved to a local checkpoint folder, from a directory or the
+//! Hugging Face hub (pinned revision, offline cache), with its identity (id, commit, weights
+//! sha256) for output metadata. Datasets on the hub (`hf://datasets/...`) are fetched here too.
+
+pub mod hub;
+pub mod resolve;
+
+use std::path::Path;
+
+use anyhow::Result;
+
+pub use resolve::{ModelRecord, ResolvedModel};
+
+/// Resolve `--model`: a local directory, or a hub id (through [`hub`]).
+pub fn resolve_model(spec: &str, revision: Option<&str>) -> Result<ResolvedModel> {
+    let p = Path::new(spec);
+    if p.is_dir() {
+        return ResolvedModel::local(p);
+    }
+    hub::resolve_model(spec, revision)
+}

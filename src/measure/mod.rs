@@ -1,0 +1,15 @@
+//! AGOP measurement: what is measured ([`settings`]), the estimators ([`estimator`]), the f64 GOP sums they fill
+//! and their file ([`gop`]), the checkpointed, sharded measure loop ([`run`]) and merging of
+//! shards ([`merge`]).
+
+pub mod estimator;
+pub mod gop;
+pub mod merge;
+pub mod run;
+pub mod settings;
+
+pub use estimator::Measurer;
+pub use gop::{Gop, GopMeta};
+pub use merge::{merge, merge_files};
+pub use run::{measure, measure_model, MeasureOptions};
+pub use settings::{Estimator, Output, Settings};

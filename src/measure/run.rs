@@ -1,0 +1,208 @@
+//! The measure loop: windows in batches through a [`Measurer`], GOP sums checkpointed atomically
+//! so a killed run resumes with identical results, sharding in global window order, and the
+//! `agop measure` stage (tokens file + resolved model → GOP file).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candle_core::Device;
+
+use super::estimator::Measurer;
+use super::gop::{self, Gop, GopMeta};
+use super::settings::Settings;
+use crate::bail_bad;
+use crate::fetch::ResolvedModel;
+use crate::model::{self, Gpt2Config, Network, WeightsKind};
+use crate::tokenize::{read_tokens, Window};
+use crate::util::{progress_bar, sha256_file};
+
+/// Shard `i` of `n`: a contiguous block of the windows (in global window order).
+pub fn shard_windows(mut windows: Vec<Window>, shard: Option<(usize, usize)>) -> Result<Vec<Window>> {
+    windows.sort_by_key(|w| w.index);
+    let Some((i, n)) = shard else { return Ok(windows) };
+    if n == 0 || i >= n {
+        bail_bad!("--shard {i}/{n}: expected I/N with 0 ≤ I < N");
+    }
+    let len = windows.len();
+    let (s, e) = (i * len / n, (i + 1) * len / n);
+    Ok(windows.drain(s..e).collect())
+}
+
+/// Options of the measure stage beyond [`Settings`].
+#[derive(Debug, Clone)]
+pub struct MeasureOptions {
+    pub weights: WeightsKind,
+    pub settings: Settings,
+    pub batch: usize,
+    pub shard: Option<(usize, usize)>,
+    pub progress: bool,
+    /// Write a checkpoint after this many windows (0: only by time).
+    pub checkpoint_windows: usize,
+    /// Write a checkpoint when this many seconds have passed since the last one.
+    pub checkpoint_secs: f64,
+    /// Where the model runs (not recorded: results do not depend on it beyond rounding).
+    pub device: Device,
+}
+
+impl MeasureOptions {
+    pub fn new(weights: WeightsKind, settings: Settings, batch: usize) -> Self {
+        Self {
+            weights,
+            settings,
+            batch,
+            shard: None,
+            progress: false,
+            checkpoint_windows: 0,
+            checkpoint_secs: 60.0,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// Check windows against the model: length within n_positions, ids within the vocabulary.
+pub fn check_windows(windows: &[Window], cfg: &Gpt2Config, source: &str) -> Result<()> {
+    for w in windows {
+        if w.tokens.len() > cfg.n_positions {
+            bail_bad!(
+                "{source}: seq_len {} is larger than the model's n_positions {}",
+                w.tokens.len(),
+                cfg.n_positions
+            );
+        }
+        if let Some(t) = w.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            bail_bad!(
+                "{source}: window {} has token id {t}, outside the model's vocabulary of {}",
+                w.index,
+                cfg.vocab_size
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Measure GOP sums for `windows` with a loaded model, starting from `start` (a checkpoint:
+/// the windows it covers are skipped). With `checkpoint`, partial sums are written there
+/// atomically after whole batches, so a killed run can resume with identical results.
+pub fn measure_model<N: Network>(
+    model: &N,
+    windows: &[Window],
+    start: Gop,
+    opts: &MeasureOptions,
+    checkpoint: Option<&Path>,
+) -> Result<Gop> {
+    let measurer = Measurer::new(model, opts.settings)?;
+    let mut gop = start;
+    let done: Vec<(u64, u64)> = gop.meta.windows.clone();
+    let is_done = |i: u64| done.iter().any(|&(s, e)| s <= i && i < e);
+    let mut done_idx: Vec<u64> = windows.iter().map(|w| w.index).filter(|&i| is_done(i)).collect();
+    let todo: Vec<&Window> = windows.iter().filter(|w| !is_done(w.index)).collect();
+    let total: u64 = windows.iter().map(|w| w.tokens.len() as u64).sum();
+    let bar = progress_bar(total, opts.progress, "measure", "tokens");
+    bar.set_position(gop.meta.n_tokens);
+    let batch = opts.batch.max(1);
+    let mut last = std::time::Instant::now();
+    let mut since = 0usize;
+    for chunk in todo.chunks(batch) {
+        let chunk: Vec<Window> = chunk.iter().map(|w| (*w).clone()).collect();
+        measurer.measure_batch(&chunk, &mut gop)?;
+        let tokens: u64 = chunk.iter().map(|w| w.tokens.len() as u64).sum();
+        gop.meta.n_windows += chunk.len() as u64;
+        gop.meta.n_tokens += tokens;
+        done_idx.extend(chunk.iter().map(|w| w.index));
+        bar.inc(tokens);
+        since += chunk.len();
+        if let Some(path) = checkpoint {
+            let by_count = opts.checkpoint_windows > 0 && since >= opts.checkpoint_windows;
+            let by_time = last.elapsed().as_secs_f64() >= opts.checkpoint_secs;
+            if by_count || by_time {
+                gop.meta.windows = gop::ranges_of(done_idx.clone());
+                gop.save(path)?;
+                last = std::time::Instant::now();
+                since = 0;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    gop.meta.windows = gop::ranges_of(done_idx);
+    Ok(gop)
+}
+
+/// The checkpoint file of a measure output: `<out>.partial`.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// `agop measure`: read tokens, load the model, measure (resuming from `<out>.partial` when one
+/// from the same command exists), write the GOP file, remove the checkpoint.
+pub fn measure(model: &ResolvedModel, tokens: &Path, out: &Path, opts: &MeasureOptions) -> Result<Gop> {
+    measure_timed(model, tokens, out, opts).map(|(g, _)| g)
+}
+
+/// [`measure`], also returning the seconds spent in forward/backward passes (not loading).
+pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: &MeasureOptions) -> Result<(Gop, f64)> {
+    let cfg = resolved.config()?;
+    let (windows, tmeta) = read_tokens(tokens)?;
+    if windows.is_empty() {
+        bail_bad!("{}: no windows to measure", tokens.display());
+    }
+    check_windows(&windows, &cfg, &tokens.display().to_string())?;
+    let total_windows = windows.len() as u64;
+    let windows = shard_windows(windows, opts.shard)?;
+    let model = model::load_model(&resolved.dir, &cfg, opts.weights, opts.settings.seed, &opts.device)?;
+    let meta = GopMeta {
+        agop_version: env!("CARGO_PKG_VERSION").into(),
+        model: resolved.id.clone(),
+        revision: resolved.revision.clone(),
+        model_sha256: resolved.weights_sha256()?.to_string(),
+        weights: opts.weights,
+        output: opts.settings.output,
+        estimator: opts.settings.estimator,
+        probes: opts.settings.recorded_probes(),
+        seed: opts.settings.seed,
+        seq_len: tmeta.seq_len,
+        tokens_sha256: sha256_file(tokens)?,
+        total_windows,
+        shard: opts.shard.map(|(i, n)| format!("{i}/{n}")).unwrap_or_default(),
+        n_windows: 0,
+        n_tokens: 0,
+        windows: vec![],
+        config: cfg,
+    };
+    let ckpt = checkpoint_path(out);
+    let start = if ckpt.is_file() {
+        let part = Gop::load(&ckpt)?;
+        let mut expect = meta.clone();
+        expect.windows = part.meta.windows.clone();
+        expect.n_windows = part.meta.n_windows;
+        expect.n_tokens = part.meta.n_tokens;
+        if part.meta != expect {
+            bail_bad!(
+                "{}: this checkpoint was written by a different measure command (model, tokens, settings or \
+                 shard differ: it has model {} weights {} output {} estimator {} probes {} seed {} shard {:?}); \
+                 delete it to start over",
+                ckpt.display(),
+                part.meta.model,
+                part.meta.weights,
+                part.meta.output,
+                part.meta.estimator,
+                part.meta.probes,
+                part.meta.seed,
+                part.meta.shard
+            );
+        }
+        if opts.progress {
+            eprintln!("resuming from {} ({} windows done)", ckpt.display(), part.meta.n_windows);
+        }
+        part
+    } else {
+        Gop::zeros(meta)
+    };
+    let t0 = std::time::Instant::now();
+    let gop = measure_model(&model, &windows, start, opts, Some(&ckpt))?;
+    let secs = t0.elapsed().as_secs_f64();
+    gop.save(out)?;
+    let _ = std::fs::remove_file(&ckpt);
+    Ok((gop, secs))
+}

@@ -1,0 +1,49 @@
+//! Writing a checkpoint folder in HF layout (`config.json`, `model.safetensors` and, for
+//! GPT-2-vocabulary models, the GPT-2 tokenizer files), and `agop init-model`: a random-init
+//! checkpoint from a config.json.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+
+use super::config::Gpt2Config;
+use super::gpt2::Gpt2;
+use super::weights::random_init;
+use crate::util::write_atomic;
+
+/// The GPT-2 vocabulary shipped with agop (the same files the `gpt2` hub repositories serve).
+pub const GPT2_VOCAB: &str = include_str!("../../assets/gpt2-tokenizer/vocab.json");
+pub const GPT2_MERGES: &str = include_str!("../../assets/gpt2-tokenizer/merges.txt");
+
+/// Write `model` as an HF-layout checkpoint: `config.json` and `model.safetensors` (names of the
+/// parameter schema, without prefix, Conv1D layout), each written to a temporary name and renamed.
+pub fn save_checkpoint(model: &Gpt2, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tensors: HashMap<String, candle_core::Tensor> = model.params.named(&model.cfg).into_iter().collect();
+    let st = dir.join("model.safetensors");
+    let tmp = dir.join("model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, &st)?;
+    let mut cfg = serde_json::to_value(&model.cfg)?;
+    if let Some(o) = cfg.as_object_mut() {
+        o.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"]));
+        o.insert("tie_word_embeddings".into(), serde_json::json!(true));
+    }
+    write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    Ok(())
+}
+
+/// `agop init-model`: a random-init checkpoint in HF layout from a config.json (plus the GPT-2
+/// tokenizer files when the vocabulary is GPT-2's, so that it can tokenize corpora).
+pub fn init_model(config: &Path, seed: u64, out: &Path) -> Result<()> {
+    let cfg = Gpt2Config::from_file(config)?;
+    let model = random_init(&cfg, seed, &Device::Cpu)?;
+    save_checkpoint(&model, out)?;
+    if cfg.vocab_size == 50257 {
+        write_atomic(&out.join("vocab.json"), GPT2_VOCAB.as_bytes())?;
+        write_atomic(&out.join("merges.txt"), GPT2_MERGES.as_bytes())?;
+    }
+    Ok(())
+}

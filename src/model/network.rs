@@ -1,0 +1,44 @@
+//! The seam between a network and the measurement: what `measure` needs from a model. GPT-2
+//! ([`super::Gpt2`]) is the one implementation; a second architecture implements this trait
+//! (and lists its modules) and the estimators, GOP sums and checkpointed measure loop work
+//! unchanged. The device is the network's: every tensor the measurement makes is put there.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+
+use super::modules::Module;
+
+/// Gradients of one backward pass, as the measurement accumulates them: each is the stored side
+/// (operand or output, [`Module::side`]) of one or more modules, all (B, T, ·).
+pub enum Grad<'a> {
+    /// (B, T, d): the stored-side gradient of one module.
+    Module(Module, &'a Tensor),
+    /// (B, T, n·width): column block i (`width` columns) is the stored-side gradient of
+    /// `modules[i]`; read in place (per-head modules of a packed projection).
+    Packed { modules: Vec<Module>, width: usize, tensor: &'a Tensor },
+}
+
+/// A language model whose AGOPs agop can measure.
+pub trait Network: Sync {
+    /// What the forward pass keeps for one or more backward passes.
+    type Forward;
+
+    /// Where the parameters (and so every activation) live.
+    fn device(&self) -> &Device;
+
+    /// Every weight matrix measured, in SPEC.md order.
+    fn modules(&self) -> Vec<Module>;
+
+    /// The unembedding E (V × C): logits = hidden · Eᵀ.
+    fn unembedding(&self) -> &Tensor;
+
+    /// The forward pass over token ids (B, T).
+    fn forward(&self, ids: &Tensor) -> Result<Self::Forward>;
+
+    /// The final hidden state (B, T, C) the logits are computed from.
+    fn hidden<'a>(&self, fwd: &'a Self::Forward) -> &'a Tensor;
+
+    /// Backward from `seed` = ∂f/∂hidden (B, T, C), handing every layer's stored-side gradients
+    /// to `visit` (no weight gradients are computed).
+    fn backward(&self, fwd: &Self::Forward, seed: &Tensor, visit: &mut dyn FnMut(&[Grad]) -> Result<()>) -> Result<()>;
+}
