@@ -64,9 +64,12 @@ fn wrong_shape_is_named() {
     assert!(msg.contains("h.0.attn.c_attn.weight") && msg.contains("[23, 72]") && msg.contains("[24, 72]"), "{msg}");
 }
 
+/// An edit of config.json.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
 #[test]
 fn config_errors_name_the_field() {
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|c| c["n_head"] = 5.into()), "n_embd (24) is not divisible by n_head (5)"),
         (Box::new(|c| c["model_type"] = "llama".into()), "model_type is \"llama\""),
         (Box::new(|c| c["n_layer"] = 0.into()), "n_layer must be positive"),

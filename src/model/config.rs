@@ -76,7 +76,7 @@ impl Gpt2Config {
                 bail_bad!("config field {field} must be positive, got 0");
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             bail_bad!("config field n_embd ({}) is not divisible by n_head ({})", self.n_embd, self.n_head);
         }
         if self.n_inner == Some(0) {

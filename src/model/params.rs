@@ -66,6 +66,18 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
 }
 
+impl<T> Linear<T> {
+    fn try_map<'a, U>(&'a self, f: &mut impl FnMut(&'a T) -> Result<U>) -> Result<Linear<U>> {
+        Ok(Linear { weight: f(&self.weight)?, bias: f(&self.bias)? })
+    }
+}
+
+impl<T> LayerNorm<T> {
+    fn try_map<'a, U>(&'a self, f: &mut impl FnMut(&'a T) -> Result<U>) -> Result<LayerNorm<U>> {
+        Ok(LayerNorm { weight: f(&self.weight)?, bias: f(&self.bias)? })
+    }
+}
+
 impl<T> Block<T> {
     /// The layer whose weight is module `kind` (per-head kinds are column blocks of c_attn).
     pub fn linear(&self, kind: Kind) -> &Linear<T> {
@@ -118,28 +130,17 @@ impl<T> Params<T> {
     /// The same structure with `f` applied to every parameter (no names: the structure is the
     /// schema's, field for field).
     pub fn try_map<'a, U>(&'a self, mut f: impl FnMut(&'a T) -> Result<U>) -> Result<Params<U>> {
-        let mut ln = |l: &'a LayerNorm<T>| -> Result<LayerNorm<U>> {
-            Ok(LayerNorm { weight: f(&l.weight)?, bias: f(&l.bias)? })
-        };
-        let ln_f = ln(&self.ln_f)?;
+        let f = &mut f;
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for b in &self.blocks {
-            blocks.push((ln(&b.ln_1)?, ln(&b.ln_2)?));
-        }
-        drop(ln);
-        let mut linear =
-            |l: &'a Linear<T>| -> Result<Linear<U>> { Ok(Linear { weight: f(&l.weight)?, bias: f(&l.bias)? }) };
-        let mut out = Vec::with_capacity(self.blocks.len());
-        for (b, (ln_1, ln_2)) in self.blocks.iter().zip(blocks) {
-            out.push(Block {
-                ln_1,
-                attn: Attn { c_attn: linear(&b.attn.c_attn)?, c_proj: linear(&b.attn.c_proj)? },
-                ln_2,
-                mlp: Mlp { c_fc: linear(&b.mlp.c_fc)?, c_proj: linear(&b.mlp.c_proj)? },
+            blocks.push(Block {
+                ln_1: b.ln_1.try_map(f)?,
+                attn: Attn { c_attn: b.attn.c_attn.try_map(f)?, c_proj: b.attn.c_proj.try_map(f)? },
+                ln_2: b.ln_2.try_map(f)?,
+                mlp: Mlp { c_fc: b.mlp.c_fc.try_map(f)?, c_proj: b.mlp.c_proj.try_map(f)? },
             });
         }
-        drop(linear);
-        Ok(Params { wte: f(&self.wte)?, wpe: f(&self.wpe)?, blocks: out, ln_f })
+        Ok(Params { wte: f(&self.wte)?, wpe: f(&self.wpe)?, blocks, ln_f: self.ln_f.try_map(f)? })
     }
 
     /// Every parameter, in [`Params::try_map`] order.
