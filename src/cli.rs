@@ -137,7 +137,7 @@ pub struct MeasureArgs {
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
     /// Windows per forward pass.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = parse_positive)]
     pub batch: usize,
     /// Checkpoint partial sums to <out>.partial after this many windows (0: by time only).
     /// Re-running the same command resumes from the checkpoint.
@@ -164,6 +164,10 @@ pub struct CorrelateArgs {
     /// Also write the operand-space mean AGOP of every module (F32 safetensors).
     #[arg(long)]
     pub agop_out: Option<PathBuf>,
+    /// Correlate even when --model's weights are not those the GOP files were measured on
+    /// (their sha256 differs). For experts: the result describes neither model.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -196,4 +200,12 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
         return Err(format!("shard {s:?}: need 0 ≤ I < N"));
     }
     Ok((i, n))
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("expected a positive integer, got {s:?}")),
+    }
 }

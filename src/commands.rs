@@ -144,5 +144,6 @@ pub fn run(command: Command) -> Result<()> {
 
 fn correlate_command(a: &CorrelateArgs) -> Result<DataFrame> {
     let model = a.model.resolve()?;
-    correlate::correlate_files(&model, &a.gop, &a.out, &a.powers, a.agop_out.as_deref(), &RunContext::default())
+    let opts = correlate::CorrelateOptions { powers: a.powers.clone(), agop_out: a.agop_out.clone(), force: a.force };
+    correlate::correlate_files(&model, &a.gop, &a.out, &opts, &RunContext::default())
 }

@@ -74,10 +74,20 @@ fn legacy_shards_merge_and_correlate_as_before() {
     let model = ResolvedModel::local(&fixture_model()).unwrap();
     let out = tmp.path().join("correlations.parquet");
     let gops = [merged, legacy("gop-random-init.safetensors")];
-    let new = correlate::correlate_files(&model, &gops, &out, &[0.5, 1.0], None, &RunContext::default()).unwrap();
+    let new = correlate::correlate_files(
+        &model,
+        &gops,
+        &out,
+        &correlate::CorrelateOptions::new(&[0.5, 1.0]),
+        &RunContext::default(),
+    )
+    .unwrap();
     let old = read_parquet(&legacy("correlations.parquet")).unwrap();
     assert_eq!(new.height(), old.height());
-    assert_eq!(new.get_column_names(), old.get_column_names());
+    // The old columns, in order, then the `note` column added since.
+    let (new_cols, old_cols) = (new.get_column_names(), old.get_column_names());
+    assert_eq!(new_cols[..old_cols.len()], old_cols[..]);
+    assert_eq!(new_cols[old_cols.len()..].iter().map(|c| c.as_str()).collect::<Vec<_>>(), ["note"]);
     for col in ["weights", "module", "metric", "output", "estimator"] {
         assert!(new.column(col).unwrap().equals(old.column(col).unwrap()), "column {col} differs");
     }

@@ -46,6 +46,7 @@ fn tiny_pipeline_end_to_end() {
         ("power", DataType::Float64),
         ("metric", DataType::String),
         ("value", DataType::Float64),
+        ("note", DataType::String),
     ];
     let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
     assert_eq!(names, schema.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>());
@@ -78,7 +79,7 @@ fn tiny_pipeline_end_to_end() {
             ws.iter().zip(vals.iter()).filter(|(w, _)| *w == Some(weights.as_str())).map(|(_, v)| v.unwrap()).collect();
         assert_eq!(got.len(), rows.len());
         for (g, r) in got.iter().zip(&rows) {
-            assert!((g - r.value).abs() < 1e-12, "{r:?} vs {g}");
+            assert!((g - r.value.unwrap()).abs() < 1e-12, "{r:?} vs {g}");
         }
     }
     // Plots exist and are PNGs.

@@ -17,8 +17,14 @@ pub struct Correlation {
     pub dim: u32,
     pub power: f64,
     pub metric: &'static str,
-    pub value: f64,
+    /// `None` when the correlation is undefined (see `note`).
+    pub value: Option<f64>,
+    /// Why `value` is null: a zero (or, for Pearson, constant) matrix has no correlation.
+    pub note: Option<&'static str>,
 }
+
+/// The `note` of a null correlation.
+pub const UNDEFINED: &str = "undefined: the NFM or AGOP^power is zero (or, for pearson, has constant entries)";
 
 /// Cosine similarity of the matrix entries: ⟨A,B⟩ / (‖A‖‖B‖).
 pub fn cosine(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
@@ -53,6 +59,7 @@ pub fn correlate_module(model: &Gpt2, gop: &Gop, m: &Module, powers: &[f64]) -> 
     for &power in powers {
         let a = agop.power(power).with_context(|| format!("AGOP^{power} of {}", m.name()))?;
         for (metric, value) in [("pearson", pearson(&nfm, &a)), ("cosine", cosine(&nfm, &a))] {
+            let (value, note) = if value.is_finite() { (Some(value), None) } else { (None, Some(UNDEFINED)) };
             rows.push(Correlation {
                 layer: m.layer as u32,
                 module: m.kind.as_str(),
@@ -61,6 +68,7 @@ pub fn correlate_module(model: &Gpt2, gop: &Gop, m: &Module, powers: &[f64]) -> 
                 power,
                 metric,
                 value,
+                note,
             });
         }
     }

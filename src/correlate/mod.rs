@@ -17,17 +17,49 @@ use crate::bail_bad;
 use crate::fetch::ResolvedModel;
 use crate::math::linalg;
 use crate::measure::Gop;
-use crate::model::{self, all_modules, Gpt2};
+use crate::model::{self, all_modules, Gpt2, WeightsKind};
 use crate::util::write_atomic;
 
 /// Load the weights a GOP file was measured with (pretrained from `dir`, or random-init from
-/// the file's seed), checking that the config matches.
-pub fn model_for_gop(resolved: &ResolvedModel, gop: &Gop) -> Result<Gpt2> {
+/// the file's seed), checking that they are the ones the file records: the same config, and for
+/// pretrained weights the same sha256 (unless `force`).
+pub fn model_for_gop(resolved: &ResolvedModel, gop: &Gop, force: bool) -> Result<Gpt2> {
     let cfg = resolved.config()?;
     if cfg != gop.meta.config {
         bail_bad!("the GOP file was measured on a model with a different config than {}", resolved.id);
     }
+    if gop.meta.weights == WeightsKind::Pretrained && !force {
+        let sha = resolved.weights_sha256()?;
+        if sha != gop.meta.model_sha256 {
+            bail_bad!(
+                "the GOP file was measured on weights with sha256 {} ({}@{}), but --model {} has weights with \
+                 sha256 {sha}: these are different weights, and correlating them would describe neither. Give \
+                 the model the file was measured on (--force correlates anyway)",
+                gop.meta.model_sha256,
+                gop.meta.model,
+                gop.meta.revision,
+                resolved.id
+            );
+        }
+    }
     model::load_model(&resolved.dir, &cfg, gop.meta.weights, gop.meta.seed, &Device::Cpu)
+}
+
+/// What `correlate` computes beyond the model and GOP files.
+#[derive(Debug, Clone)]
+pub struct CorrelateOptions {
+    /// Powers α of AGOP^α.
+    pub powers: Vec<f64>,
+    /// Also write the operand-space mean AGOPs here.
+    pub agop_out: Option<PathBuf>,
+    /// Correlate even when the model's weights are not those the GOP file was measured on.
+    pub force: bool,
+}
+
+impl CorrelateOptions {
+    pub fn new(powers: &[f64]) -> Self {
+        Self { powers: powers.to_vec(), agop_out: None, force: false }
+    }
 }
 
 /// Run-level context recorded in correlations.parquet (empty outside a pipeline).
@@ -47,10 +79,10 @@ pub fn correlate_files(
     resolved: &ResolvedModel,
     gop_paths: &[PathBuf],
     out: &Path,
-    powers: &[f64],
-    agop_out: Option<&Path>,
+    opts: &CorrelateOptions,
     ctx: &RunContext,
 ) -> Result<polars::prelude::DataFrame> {
+    let (powers, agop_out) = (&opts.powers[..], opts.agop_out.as_deref());
     if powers.is_empty() || powers.iter().any(|p| !p.is_finite() || *p <= 0.0) {
         bail_bad!("--powers must be positive numbers, got {powers:?}");
     }
@@ -59,7 +91,11 @@ pub fn correlate_files(
     let mut seed = 0;
     for path in gop_paths {
         let gop = Gop::load(path)?;
-        let model = model_for_gop(resolved, &gop).map_err(|e| e.context(format!("with {}", path.display())))?;
+        if gop.meta.n_windows == 0 || gop.meta.n_tokens == 0 {
+            bail_bad!("{}: holds no measured windows (an empty shard?); there is nothing to correlate", path.display());
+        }
+        let model =
+            model_for_gop(resolved, &gop, opts.force).map_err(|e| e.context(format!("with {}", path.display())))?;
         let rows = metrics::correlate(&model, &gop, powers)?;
         let info = RunInfo {
             pipeline: ctx.pipeline.clone(),

@@ -44,7 +44,8 @@ pub fn correlations_frame(runs: &[(RunInfo, Vec<Correlation>)]) -> Result<DataFr
         Series::new("dim".into(), rows.iter().map(|(_, c)| c.dim).collect::<Vec<u32>>()).into(),
         Series::new("power".into(), rows.iter().map(|(_, c)| c.power).collect::<Vec<f64>>()).into(),
         Series::new("metric".into(), rows.iter().map(|(_, c)| c.metric).collect::<Vec<&str>>()).into(),
-        Series::new("value".into(), rows.iter().map(|(_, c)| c.value).collect::<Vec<f64>>()).into(),
+        Series::new("value".into(), rows.iter().map(|(_, c)| c.value).collect::<Vec<Option<f64>>>()).into(),
+        Series::new("note".into(), rows.iter().map(|(_, c)| c.note).collect::<Vec<Option<&str>>>()).into(),
     ];
     Ok(DataFrame::new_infer_height(cols)?)
 }

@@ -17,5 +17,10 @@ pub fn resolve_model(spec: &str, revision: Option<&str>) -> Result<ResolvedModel
     if p.is_dir() {
         return ResolvedModel::local(p);
     }
+    if p.is_file() {
+        crate::bail_bad!(
+            "--model {spec} is a file; give the model folder (with config.json and model.safetensors) or a hub id"
+        );
+    }
     hub::resolve_model(spec, revision)
 }

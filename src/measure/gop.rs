@@ -143,6 +143,11 @@ impl Gop {
         }
     }
 
+    /// The name of the first stored sum holding a NaN or ±Inf, if any.
+    pub fn first_non_finite(&self) -> Option<&str> {
+        self.sums.iter().find(|(_, (_, v))| v.iter().any(|x| !x.is_finite())).map(|(n, _)| n.as_str())
+    }
+
     /// Write the file atomically (temporary name, then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes: Vec<(String, Vec<u8>, usize)> = self
@@ -191,6 +196,9 @@ impl Gop {
             sums.insert(name, (shape[0], v));
         }
         let gop = Gop { meta, sums };
+        if let Some(t) = gop.first_non_finite() {
+            bail_bad!("{}: tensor {t} holds NaN or infinite values; this GOP file cannot be used", path.display());
+        }
         for m in all_modules(&gop.meta.config) {
             let (d, _) = gop.get(&m).map_err(|e| e.context(format!("in {}", path.display())))?;
             if *d != m.stored_dim(&gop.meta.config) {

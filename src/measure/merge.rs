@@ -25,55 +25,19 @@ pub fn merge_files(parts: &[PathBuf], out: &Path) -> Result<Gop> {
     Ok(merged)
 }
 
-/// Add GOP parts (shards). Refuses parts whose model, weights, output, estimator, probes, seed
-/// or seq_len differ, or whose window ranges overlap. The sum is exact f64 addition in the
-/// order given.
+/// Add GOP parts (shards). Refuses parts measured differently (weights sha256, weights kind,
+/// output, estimator, probes, seed, seq_len, tokens, config: what the numbers depend on, not
+/// how the model was named: `./m` and `m` merge), or whose window ranges overlap. The sum is
+/// exact f64 addition in the order given.
 pub fn merge(parts: &[(String, Gop)]) -> Result<Gop> {
     let Some((first_name, first)) = parts.first() else { bail_bad!("merge: no input files") };
     let mut out = first.clone();
-    let key = |m: &GopMeta| {
-        (
-            m.model.clone(),
-            m.revision.clone(),
-            m.model_sha256.clone(),
-            m.weights,
-            m.output,
-            m.estimator,
-            m.probes,
-            m.seed,
-            m.seq_len,
-            m.tokens_sha256.clone(),
-            m.total_windows,
-            m.config.clone(),
-        )
-    };
     let mut all: Vec<(u64, u64, String)> =
         first.meta.windows.iter().map(|&(s, e)| (s, e, first_name.clone())).collect();
     for (name, g) in &parts[1..] {
-        if key(&g.meta) != key(&first.meta) {
-            let (a, b) = (&first.meta, &g.meta);
-            bail_bad!(
-                "merge: {name} conflicts with {first_name}: model {}@{} vs {}@{}, weights {} vs {}, output {} vs {}, \
-                 estimator {} vs {}, probes {} vs {}, seed {} vs {}, seq_len {} vs {}, tokens {} vs {}",
-                b.model,
-                b.revision,
-                a.model,
-                a.revision,
-                b.weights,
-                a.weights,
-                b.output,
-                a.output,
-                b.estimator,
-                a.estimator,
-                b.probes,
-                a.probes,
-                b.seed,
-                a.seed,
-                b.seq_len,
-                a.seq_len,
-                short(&b.tokens_sha256),
-                short(&a.tokens_sha256)
-            );
+        let diff = differences(&g.meta, &first.meta);
+        if !diff.is_empty() {
+            bail_bad!("merge: {name} was measured differently from {first_name}: {}", diff.join("; "));
         }
         all.extend(g.meta.windows.iter().map(|&(s, e)| (s, e, name.clone())));
         for (t, (_, v)) in out.sums.iter_mut() {
@@ -95,6 +59,39 @@ pub fn merge(parts: &[(String, Gop)]) -> Result<Gop> {
     out.meta.windows = normalize_ranges(all.iter().map(|(s, e, _)| (*s, *e)).collect());
     out.meta.shard = String::new();
     Ok(out)
+}
+
+/// The settings two GOP files differ in, as `field: a vs b` (empty when they can be merged).
+pub fn differences(a: &GopMeta, b: &GopMeta) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.model_sha256 != b.model_sha256 {
+        out.push(format!(
+            "weights sha256 {} ({}@{}) vs {} ({}@{})",
+            short(&a.model_sha256),
+            a.model,
+            a.revision,
+            short(&b.model_sha256),
+            b.model,
+            b.revision
+        ));
+    }
+    let mut field = |name: &str, x: String, y: String| {
+        if x != y {
+            out.push(format!("{name} {x} vs {y}"));
+        }
+    };
+    field("weights", a.weights.to_string(), b.weights.to_string());
+    field("output", a.output.to_string(), b.output.to_string());
+    field("estimator", a.estimator.to_string(), b.estimator.to_string());
+    field("probes", a.probes.to_string(), b.probes.to_string());
+    field("seed", a.seed.to_string(), b.seed.to_string());
+    field("seq_len", a.seq_len.to_string(), b.seq_len.to_string());
+    field("tokens sha256", short(&a.tokens_sha256).into(), short(&b.tokens_sha256).into());
+    field("total windows", a.total_windows.to_string(), b.total_windows.to_string());
+    if a.config != b.config {
+        out.push("model config differs".into());
+    }
+    out
 }
 
 fn short(sha: &str) -> &str {

@@ -99,22 +99,29 @@ pub fn measure_model<N: Network>(
     let total: u64 = windows.iter().map(|w| w.tokens.len() as u64).sum();
     let bar = progress_bar(total, opts.progress, "measure", "tokens");
     bar.set_position(gop.meta.n_tokens);
-    let batch = opts.batch.max(1);
+    if opts.batch == 0 {
+        bail_bad!("--batch must be at least 1");
+    }
     let mut last = std::time::Instant::now();
     let mut since = 0usize;
-    for chunk in todo.chunks(batch) {
+    // Windows added since the sums were last checked to be finite (at each checkpoint and at
+    // the end), named when a NaN or Inf turns up.
+    let mut unchecked: Vec<u64> = Vec::new();
+    for chunk in todo.chunks(opts.batch) {
         let chunk: Vec<Window> = chunk.iter().map(|w| (*w).clone()).collect();
         measurer.measure_batch(&chunk, &mut gop)?;
         let tokens: u64 = chunk.iter().map(|w| w.tokens.len() as u64).sum();
         gop.meta.n_windows += chunk.len() as u64;
         gop.meta.n_tokens += tokens;
         done_idx.extend(chunk.iter().map(|w| w.index));
+        unchecked.extend(chunk.iter().map(|w| w.index));
         bar.inc(tokens);
         since += chunk.len();
         if let Some(path) = checkpoint {
             let by_count = opts.checkpoint_windows > 0 && since >= opts.checkpoint_windows;
             let by_time = last.elapsed().as_secs_f64() >= opts.checkpoint_secs;
             if by_count || by_time {
+                check_sums(&gop, &mut unchecked)?;
                 gop.meta.windows = gop::ranges_of(done_idx.clone());
                 gop.save(path)?;
                 last = std::time::Instant::now();
@@ -123,8 +130,23 @@ pub fn measure_model<N: Network>(
         }
     }
     bar.finish_and_clear();
+    check_sums(&gop, &mut unchecked)?;
     gop.meta.windows = gop::ranges_of(done_idx);
     Ok(gop)
+}
+
+/// Refuse sums that are no longer finite, naming the module and the windows added since the
+/// last check (nothing is written: the last checkpoint, if any, stays as it was).
+fn check_sums(gop: &Gop, unchecked: &mut Vec<u64>) -> Result<()> {
+    if let Some(tensor) = gop.first_non_finite() {
+        bail_bad!(
+            "the GOP sum {tensor} became NaN or infinite while measuring windows {}; the model or the \
+             tokens produce non-finite gradients there (nothing was written)",
+            super::merge::format_ranges(&gop::ranges_of(std::mem::take(unchecked)))
+        );
+    }
+    unchecked.clear();
+    Ok(())
 }
 
 /// The checkpoint file of a measure output: `<out>.partial`.

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::bail_bad;
 use crate::error::BadInputExt;
 
+/// The largest model agop accepts, in parameters: 60 times gpt2-xl, so that an absurd size in a
+/// config (n_positions 1e12) is refused before anything is allocated.
+pub const MAX_PARAMS: u64 = 100_000_000_000;
+
 /// The fields of an HF GPT-2 config that the model needs. Unknown fields are ignored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Gpt2Config {
@@ -85,6 +89,19 @@ impl Gpt2Config {
         if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
             bail_bad!("config field layer_norm_epsilon must be positive, got {}", self.layer_norm_epsilon);
         }
+        match self.n_params() {
+            Some(n) if n <= MAX_PARAMS => {}
+            n => bail_bad!(
+                "config describes {} parameters (n_layer {}, n_embd {}, n_inner {}, vocab_size {}, n_positions {}), \
+                 more than agop's limit of {MAX_PARAMS} (gpt2-xl has 1.6e9); check the sizes",
+                n.map(|n| format!("{n:.3e}", n = n as f64)).unwrap_or_else(|| "more than 2^64".into()),
+                self.n_layer,
+                self.n_embd,
+                self.n_inner(),
+                self.vocab_size,
+                self.n_positions
+            ),
+        }
         if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu_pytorch_tanh" | "gelu") {
             bail_bad!(
                 "config field activation_function is \"{}\"; supported: gelu_new, gelu_pytorch_tanh, gelu",
@@ -92,6 +109,23 @@ impl Gpt2Config {
             );
         }
         Ok(())
+    }
+
+    /// The number of parameters (the schema's tensors), or `None` when it overflows u64.
+    pub fn n_params(&self) -> Option<u64> {
+        let (c, f, v, p, l) = (
+            self.n_embd as u64,
+            self.n_inner() as u64,
+            self.vocab_size as u64,
+            self.n_positions as u64,
+            self.n_layer as u64,
+        );
+        let embed = v.checked_mul(c)?.checked_add(p.checked_mul(c)?)?;
+        // ln_1, ln_2: 4C; c_attn: 3C² + 3C; attn.c_proj: C² + C; c_fc: C·F + F; mlp.c_proj: F·C + C.
+        let c2 = c.checked_mul(c)?;
+        let cf = c.checked_mul(f)?;
+        let block = c2.checked_mul(4)?.checked_add(cf.checked_mul(2)?)?.checked_add(9 * c + f)?;
+        embed.checked_add(block.checked_mul(l)?)?.checked_add(2 * c)
     }
 
     /// MLP width F.

@@ -68,6 +68,15 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
         files.sort();
         files.dedup();
+        for f in &files {
+            // A shard must be a plain file name in this folder: no absolute path, no `..`.
+            let p = Path::new(f);
+            let plain =
+                p.components().count() == 1 && matches!(p.components().next(), Some(std::path::Component::Normal(_)));
+            if !plain {
+                bail_bad!("{}: weight_map names {f:?}, which is not a file in the model folder", index.display());
+            }
+        }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
     bail_bad!("{}: no model.safetensors (or model.safetensors.index.json) in this directory", dir.display())
@@ -75,18 +84,19 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Load the checkpoint in `dir` with the given (already validated) config onto `device`.
 pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<Gpt2> {
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut tensors: HashMap<String, (Tensor, PathBuf)> = HashMap::new();
     for file in safetensors_files(dir)? {
         let loaded = candle_core::safetensors::load(&file, device)
             .map_err(|e| bad!("{}: not a readable safetensors file (truncated or corrupted?): {e}", file.display()))?;
         for (name, t) in loaded {
             let name = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
-            tensors.insert(name, t);
+            tensors.insert(name, (t, file.clone()));
         }
     }
-    let file = dir.join("model.safetensors");
+    let default_file = dir.join("model.safetensors");
     let take = |name: &str, shape: &[usize]| -> Result<Tensor> {
-        let t = tensors.remove(name).ok_or_else(|| bad!("{}: tensor {name} is missing", file.display()))?;
+        let (t, file) =
+            tensors.remove(name).ok_or_else(|| bad!("{}: tensor {name} is missing", default_file.display()))?;
         if t.dims() != shape {
             bail_bad!("{}: tensor {name} has shape {:?}, expected {:?}", file.display(), t.dims(), shape);
         }
@@ -94,9 +104,47 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<
             DType::F32 | DType::F16 | DType::BF16 | DType::F64 => {}
             other => bail_bad!("{}: tensor {name} has dtype {other:?}; expected a float type", file.display()),
         }
-        Ok(t.to_dtype(DType::F32)?)
+        let t = t.to_dtype(DType::F32)?;
+        check_finite(&t).map_err(|e| bad!("{}: tensor {name} {e}", file.display()))?;
+        Ok(t)
     };
-    Ok(Gpt2::new(cfg.clone(), Params::build(cfg, take)?))
+    let params = Params::build(cfg, take)?;
+    // What the schema did not take must be a known buffer, not a parameter of a bigger model.
+    let mut extra: Vec<(&String, &PathBuf)> =
+        tensors.iter().filter(|(n, _)| !is_known_buffer(n, cfg)).map(|(n, (_, f))| (n, f)).collect();
+    extra.sort();
+    if let Some((name, file)) = extra.first() {
+        bail_bad!(
+            "{}: tensor {name} is not a parameter of this config (n_layer {}){}; is config.json the checkpoint's?",
+            file.display(),
+            cfg.n_layer,
+            if extra.len() > 1 { format!(", and {} more", extra.len() - 1) } else { String::new() }
+        );
+    }
+    Ok(Gpt2::new(cfg.clone(), params))
+}
+
+/// Tensors HF GPT-2 checkpoints carry beside the parameters: the causal-mask buffers
+/// `h.{l}.attn.bias` / `h.{l}.attn.masked_bias` of older files, and the tied `lm_head.weight`.
+fn is_known_buffer(name: &str, cfg: &Gpt2Config) -> bool {
+    if name == "lm_head.weight" {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("h.") else { return false };
+    let Some((layer, tail)) = rest.split_once('.') else { return false };
+    layer.parse::<usize>().is_ok_and(|l| l < cfg.n_layer) && matches!(tail, "attn.bias" | "attn.masked_bias")
+}
+
+/// Ok when every value is finite; else the first bad value and its flat index. (x − x is NaN
+/// exactly where x is NaN or ±Inf, so one reduction answers on any device.)
+pub fn check_finite(t: &Tensor) -> Result<()> {
+    let probe = (t - t)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if probe.is_finite() {
+        return Ok(());
+    }
+    let v = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let (i, x) = v.iter().enumerate().find(|(_, x)| !x.is_finite()).map(|(i, x)| (i, *x)).unwrap_or((0, f64::NAN));
+    bail_bad!("has a non-finite value ({x} at flat index {i}); refusing weights that would make every result NaN")
 }
 
 /// The random-init control of SPEC.md §4: weights and embeddings N(0, initializer_range), both

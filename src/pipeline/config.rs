@@ -176,8 +176,14 @@ impl Pipeline {
         if self.measure.weights.is_empty() {
             bail_bad!("[measure] weights is empty");
         }
-        if self.correlate.powers.iter().any(|p| !p.is_finite() || *p <= 0.0) {
-            bail_bad!("[correlate] powers must be positive");
+        if self.measure.batch == 0 {
+            bail_bad!("[measure] batch must be at least 1");
+        }
+        if self.correlate.powers.is_empty() {
+            bail_bad!("[correlate] powers is empty; give at least one power (e.g. [0.5, 1.0])");
+        }
+        if let Some(p) = self.correlate.powers.iter().find(|p| !p.is_finite() || **p <= 0.0) {
+            bail_bad!("[correlate] powers must be positive numbers, got {p}");
         }
         Ok(())
     }

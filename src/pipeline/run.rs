@@ -266,7 +266,8 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
             text: p.text.clone(),
             inputs: key,
         };
-        correlate::correlate_files(&prep.model, &gops, &corr, &p.correlate.powers, None, &ctx)?;
+        let opts = correlate::CorrelateOptions::new(&p.correlate.powers);
+        correlate::correlate_files(&prep.model, &gops, &corr, &opts, &ctx)?;
     }
     let report = crate::report::report(&prep.out)?;
     if !quiet {

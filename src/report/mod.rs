@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::Result;
 use polars::prelude::*;
 
-use crate::bail_bad;
 use crate::model::Kind;
+use crate::{bad, bail_bad};
 
 /// One row of correlations.parquet, as the report needs it.
 #[derive(Debug, Clone)]
@@ -30,14 +30,24 @@ pub fn read_rows(dir: &Path) -> Result<(Vec<Row>, DataFrame)> {
         bail_bad!("{}: no correlations.parquet here (run `agop run` or `agop correlate` first)", dir.display());
     }
     let df = crate::util::parquet::read_parquet(&path)?;
+    // Every column read is checked, so a table of another schema is bad input naming the file.
+    let column = |n: &str| {
+        df.column(n).map_err(|_| bad!("{}: no column `{n}` (not an agop correlations table?)", path.display()))
+    };
+    let wrong = |n: &str, want: &str| {
+        bad!("{}: column `{n}` should be {want} (not an agop correlations table?)", path.display())
+    };
     let s = |n: &str| -> Result<Vec<String>> {
-        Ok(df.column(n)?.str()?.iter().map(|x| x.unwrap_or("").to_string()).collect())
+        Ok(column(n)?.str().map_err(|_| wrong(n, "a string"))?.iter().map(|x| x.unwrap_or("").to_string()).collect())
     };
     let (weights, module, metric) = (s("weights")?, s("module")?, s("metric")?);
-    let layer: Vec<u32> = df.column("layer")?.u32()?.iter().map(|x| x.unwrap_or(0)).collect();
-    let head: Vec<Option<u32>> = df.column("head")?.u32()?.iter().collect();
-    let power: Vec<f64> = df.column("power")?.f64()?.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
-    let value: Vec<f64> = df.column("value")?.f64()?.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
+    let layer: Vec<u32> =
+        column("layer")?.u32().map_err(|_| wrong("layer", "UInt32"))?.iter().map(|x| x.unwrap_or(0)).collect();
+    let head: Vec<Option<u32>> = column("head")?.u32().map_err(|_| wrong("head", "UInt32"))?.iter().collect();
+    let f64s = |n: &str| -> Result<Vec<f64>> {
+        Ok(column(n)?.f64().map_err(|_| wrong(n, "Float64"))?.iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+    };
+    let (power, value) = (f64s("power")?, f64s("value")?);
     let rows = (0..df.height())
         .map(|i| Row {
             weights: weights[i].clone(),
@@ -93,6 +103,7 @@ pub fn cell(rows: &[Row], weights: &str, layer: u32, module: &str, power: f64, m
             r.weights == weights && r.layer == layer && r.module == module && r.power == power && r.metric == metric
         })
         .map(|r| r.value)
+        .filter(|v| v.is_finite())
         .collect();
     (!v.is_empty()).then(|| median(v))
 }

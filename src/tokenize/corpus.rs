@@ -5,6 +5,12 @@
 //!
 //! Empty records (a JSONL `""`, an empty or null Parquet cell, common in WikiText's blank
 //! lines) are not documents: they get no EOS.
+//!
+//! Every real local file is read once: files are identified by their canonical path, so a file
+//! reached twice (listed twice, or through a symbolic link) is skipped the second time with a
+//! warning, and a folder reached again through a link (a link to itself or to a parent: a loop)
+//! is not entered again, also with a warning. (Files of `hf://datasets` sources are distinct
+//! repository files and are all read.)
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +46,7 @@ impl Default for CorpusOptions {
 pub fn read_sources(sources: &[String], opts: &CorpusOptions) -> Result<(Vec<Document>, usize)> {
     let mut docs = Vec::new();
     let mut skipped = 0;
+    let mut seen = std::collections::HashSet::new();
     for src in sources {
         if let Some(name) = src.strip_prefix("builtin:") {
             if name != "shakespeare" {
@@ -50,9 +57,15 @@ pub fn read_sources(sources: &[String], opts: &CorpusOptions) -> Result<(Vec<Doc
             }
             continue;
         }
-        let files: Vec<PathBuf> = if src.starts_with("hf://") {
-            crate::fetch::hub::resolve_dataset_files(src)?
-        } else {
+        if src.starts_with("hf://") {
+            // Distinct files of a dataset repository (the cache links identical contents to one
+            // blob, so canonical paths would merge them: they are not deduplicated).
+            for f in crate::fetch::hub::resolve_dataset_files(src)? {
+                skipped += read_file(&f, opts, &mut docs)?;
+            }
+            continue;
+        }
+        let files: Vec<PathBuf> = {
             let p = Path::new(src);
             if p.is_dir() {
                 folder_files(p)?
@@ -63,17 +76,37 @@ pub fn read_sources(sources: &[String], opts: &CorpusOptions) -> Result<(Vec<Doc
             }
         };
         for f in files {
+            let real = std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone());
+            if !seen.insert(real.clone()) {
+                eprintln!(
+                    "warning: corpus file {} is {} again (listed twice or reached through a link); read once",
+                    f.display(),
+                    real.display()
+                );
+                continue;
+            }
             skipped += read_file(&f, opts, &mut docs)?;
         }
     }
     Ok((docs, skipped))
 }
 
-/// The .txt/.jsonl/.parquet files under a folder, recursively, in sorted path order.
+/// The .txt/.jsonl/.parquet files under a folder, recursively, in sorted path order. A folder
+/// already visited (a link loop) is not entered again.
 fn folder_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    let mut visited = std::collections::HashSet::new();
     while let Some(d) = stack.pop() {
+        let real = std::fs::canonicalize(&d).bad_input(|| format!("cannot resolve folder {}", d.display()))?;
+        if !visited.insert(real.clone()) {
+            eprintln!(
+                "warning: corpus folder {} is {} again (a link loop); not read twice",
+                d.display(),
+                real.display()
+            );
+            continue;
+        }
         for entry in std::fs::read_dir(&d).bad_input(|| format!("cannot read folder {}", d.display()))? {
             let p = entry?.path();
             if p.is_dir() {

@@ -50,31 +50,54 @@ pub fn write_tokens(path: &Path, windows: &[Window], meta: &TokensMeta) -> Resul
     )
 }
 
-/// Read any `tokens.parquet` of the SPEC.md §5 schema; checks column types and equal lengths.
+/// Window indices must be below this bound (2^63), so that ranges `start..end` of indices never
+/// wrap and fit every integer type readers use.
+pub const MAX_WINDOW_INDEX: u64 = 1 << 63;
+
+/// Read any `tokens.parquet` of the SPEC.md §5 schema. Checked: `window` is an integer column
+/// with unique values in 0..2^63, `tokens` a list of integers in 0..2^32 (no floats: 1.5 is not
+/// silently truncated), no nulls, all windows of one length; each problem names the row and
+/// the value.
 pub fn read_tokens(path: &Path) -> Result<(Vec<Window>, TokensMeta)> {
     let f = File::open(path).bad_input(|| format!("cannot open tokens file {}", path.display()))?;
     let df =
         ParquetReader::new(f).finish().map_err(|e| bad!("{}: not a readable Parquet file: {e}", path.display()))?;
+    let name = path.display();
     let col = |name: &str| df.column(name).map_err(|_| bad!("{}: no column `{name}`", path.display()));
-    let window = col("window")?;
+    let window = col("window")?.as_materialized_series().clone();
     let tokens = col("tokens")?;
-    let window = window
-        .cast(&DataType::UInt64)
-        .map_err(|_| bad!("{}: column `window` must be an unsigned integer", path.display()))?;
-    let window = window.u64()?;
-    let tokens = tokens
-        .cast(&DataType::List(Box::new(DataType::UInt32)))
-        .map_err(|_| bad!("{}: column `tokens` must be List(UInt32), found {}", path.display(), tokens.dtype()))?;
+    let indices = integers(&window)
+        .ok_or_else(|| bad!("{name}: column `window` must be an integer column, found {}", window.dtype()))?;
+    let inner_ok = matches!(tokens.dtype(), DataType::List(inner) if inner.is_integer());
+    if !inner_ok {
+        bail_bad!("{name}: column `tokens` must be a list of integers (List(UInt32)), found {}", tokens.dtype());
+    }
     let tokens = tokens.list()?;
     let mut out = Vec::with_capacity(df.height());
-    for (i, w) in window.iter().enumerate() {
-        let (Some(w), Some(t)) = (w, tokens.get_as_series(i)) else {
-            bail_bad!("{}: row {i} has a null window or tokens", path.display())
+    let mut first_row = std::collections::HashMap::new();
+    for (i, w) in indices.into_iter().enumerate() {
+        let w = match w {
+            None => bail_bad!("{name}: row {i} has a null window"),
+            Some(w) if !(0..MAX_WINDOW_INDEX as i128).contains(&w) => {
+                bail_bad!("{name}: row {i} has window index {w}, outside 0..2^63")
+            }
+            Some(w) => w as u64,
         };
-        let t: Vec<u32> = t
-            .u32()?
-            .iter()
-            .map(|x| x.ok_or_else(|| bad!("{}: row {i} has a null token", path.display())))
+        if let Some(prev) = first_row.insert(w, i) {
+            bail_bad!("{name}: rows {prev} and {i} both have window index {w}; window indices must be unique");
+        }
+        let Some(t) = tokens.get_as_series(i) else { bail_bad!("{name}: row {i} (window {w}) has null tokens") };
+        let values = integers(&t).expect("checked: a list of integers");
+        let t: Vec<u32> = values
+            .into_iter()
+            .enumerate()
+            .map(|(j, x)| match x {
+                None => Err(bad!("{name}: row {i} (window {w}) has a null token at position {j}")),
+                Some(x) if !(0..=u32::MAX as i128).contains(&x) => {
+                    Err(bad!("{name}: row {i} (window {w}) has token id {x} at position {j}, outside 0..2^32"))
+                }
+                Some(x) => Ok(x as u32),
+            })
             .collect::<Result<_>>()?;
         out.push(Window { index: w, tokens: t });
     }
@@ -96,4 +119,19 @@ pub fn read_tokens(path: &Path) -> Result<(Vec<Window>, TokensMeta)> {
     let get = |k: &str| meta.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone()).unwrap_or_default();
     let seq_len = out.first().map(|w| w.tokens.len()).unwrap_or(0);
     Ok((out, TokensMeta { tokenizer: get("tokenizer"), corpus: get("corpus"), seq_len, inputs: get("inputs") }))
+}
+
+/// The values of an integer series, widened to i128 (so every integer type fits); `None` for a
+/// series that is not of an integer type.
+fn integers(s: &Series) -> Option<Vec<Option<i128>>> {
+    if !s.dtype().is_integer() {
+        return None;
+    }
+    if s.dtype().is_signed_integer() {
+        let v = s.cast(&DataType::Int64).ok()?;
+        Some(v.i64().ok()?.iter().map(|x| x.map(i128::from)).collect())
+    } else {
+        let v = s.cast(&DataType::UInt64).ok()?;
+        Some(v.u64().ok()?.iter().map(|x| x.map(i128::from)).collect())
+    }
 }
