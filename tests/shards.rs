@@ -93,7 +93,9 @@ fn overlapping_or_conflicting_merge_is_refused_and_gaps_reported() {
     let o = run(&[&p("a.safetensors"), &p("b-seed10.safetensors")]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("conflicts") && err.contains("seed 10 vs 9"), "{err}");
+    assert!(err.contains("measured differently") && err.contains("seed 10 vs 9"), "{err}");
+    // Only what differs is listed.
+    assert!(!err.contains("weights") && !err.contains("probes"), "{err}");
 
     let o = run(&[&p("b.safetensors")]);
     let err = String::from_utf8_lossy(&o.stderr);
