@@ -50,7 +50,7 @@ fn operand_sums(m: &Gpt2, gop: &Gop) -> Vec<(String, Vec<f64>)> {
         .iter()
         .map(|md| {
             let w = gram::weight(m, md).unwrap();
-            let a = gram::agop_mean(gop, md, &w).unwrap().dense();
+            let a = gram::agop_mean(gop.get(md).unwrap(), gop.meta.n_tokens, md, &w).dense();
             let n = gop.meta.n_tokens as f64;
             (md.name(), linalg::to_row_major(&a).into_iter().map(|x| x * n).collect())
         })

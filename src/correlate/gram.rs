@@ -5,7 +5,6 @@ use anyhow::Result;
 use faer::Mat;
 
 use crate::math::linalg;
-use crate::measure::Gop;
 use crate::model::Gpt2;
 use crate::model::{Module, Side};
 
@@ -43,13 +42,11 @@ pub fn nfm(w: &Mat<f64>) -> Mat<f64> {
     w * w.transpose()
 }
 
-/// Mean AGOP (sum / n_tokens) of module `m` from a GOP file.
-pub fn agop_mean(gop: &Gop, m: &Module, w: &Mat<f64>) -> Result<Agop> {
-    let (d, v) = gop.get(m)?;
-    let scale = 1.0 / gop.meta.n_tokens.max(1) as f64;
-    let s = linalg::from_square(*d, v, scale);
-    Ok(match m.side() {
+/// Mean AGOP (sum / n_tokens) of module `m` from its stored sum (dim, row-major values).
+pub fn agop_mean(sum: &(usize, Vec<f64>), n_tokens: u64, m: &Module, w: &Mat<f64>) -> Agop {
+    let s = linalg::from_square(sum.0, &sum.1, 1.0 / n_tokens.max(1) as f64);
+    match m.side() {
         Side::Operand => Agop::Full(s),
         Side::Output => Agop::Factored { w: w.clone(), k: s },
-    })
+    }
 }

@@ -4,9 +4,10 @@ use anyhow::{Context, Result};
 use faer::Mat;
 
 use super::gram::{agop_mean, nfm, weight};
+use super::spectral::module_moments;
+use crate::math::linalg;
 use crate::measure::Gop;
-use crate::model::Gpt2;
-use crate::model::{all_modules, Module};
+use crate::model::{all_modules, Gpt2, Gpt2Config, Module};
 
 /// One row of correlations.parquet, without the run-level columns.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,21 +51,18 @@ pub fn pearson(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
     cosine(&ca, &cb)
 }
 
-/// Correlations for one module at every power, plus (if asked) its dense mean AGOP.
-pub fn correlate_module(model: &Gpt2, gop: &Gop, m: &Module, powers: &[f64]) -> Result<Vec<Correlation>> {
-    let w = weight(model, m)?;
-    let nfm = nfm(&w);
-    let agop = agop_mean(gop, m, &w)?;
-    let mut rows = Vec::new();
-    for &power in powers {
-        let a = agop.power(power).with_context(|| format!("AGOP^{power} of {}", m.name()))?;
-        for (metric, value) in [("pearson", pearson(&nfm, &a)), ("cosine", cosine(&nfm, &a))] {
+/// The rows of one module: every power × (pearson, cosine); a non-finite value becomes null
+/// with the reason.
+fn rows(m: &Module, cfg: &Gpt2Config, powers: &[f64], values: &[(f64, f64)]) -> Vec<Correlation> {
+    let mut out = Vec::new();
+    for (&power, &(p, c)) in powers.iter().zip(values) {
+        for (metric, value) in [("pearson", p), ("cosine", c)] {
             let (value, note) = if value.is_finite() { (Some(value), None) } else { (None, Some(UNDEFINED)) };
-            rows.push(Correlation {
+            out.push(Correlation {
                 layer: m.layer as u32,
                 module: m.kind.as_str(),
                 head: m.head.map(|h| h as u32),
-                dim: m.d_in(&model.cfg) as u32,
+                dim: m.d_in(cfg) as u32,
                 power,
                 metric,
                 value,
@@ -72,14 +70,45 @@ pub fn correlate_module(model: &Gpt2, gop: &Gop, m: &Module, powers: &[f64]) -> 
             });
         }
     }
-    Ok(rows)
+    out
+}
+
+/// Correlations of one module at every power from its stored sum (`dim` × `dim`, row-major)
+/// over `n_tokens` tokens, through one eigendecomposition shared by all powers
+/// ([`super::spectral`]).
+pub fn correlate_module(
+    model: &Gpt2,
+    m: &Module,
+    sum: &(usize, Vec<f64>),
+    n_tokens: u64,
+    powers: &[f64],
+) -> Result<Vec<Correlation>> {
+    let w = weight(model, m)?;
+    let stored = linalg::from_square(sum.0, &sum.1, 1.0 / n_tokens.max(1) as f64);
+    let moments = module_moments(&w, &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
+    let values: Vec<(f64, f64)> = moments.iter().map(|x| (x.pearson(), x.cosine())).collect();
+    Ok(rows(m, &model.cfg, powers, &values))
+}
+
+/// The reference path: NFM and AGOP^α formed as dense d_in × d_in matrices, correlated entry by
+/// entry. Slow for big models; the tests check [`correlate_module`] against it.
+pub fn correlate_module_dense(model: &Gpt2, gop: &Gop, m: &Module, powers: &[f64]) -> Result<Vec<Correlation>> {
+    let w = weight(model, m)?;
+    let nfm = nfm(&w);
+    let agop = agop_mean(gop.get(m)?, gop.meta.n_tokens, m, &w);
+    let mut values = Vec::new();
+    for &power in powers {
+        let a = agop.power(power).with_context(|| format!("AGOP^{power} of {}", m.name()))?;
+        values.push((pearson(&nfm, &a), cosine(&nfm, &a)));
+    }
+    Ok(rows(m, &model.cfg, powers, &values))
 }
 
 /// Correlations for every module of the model, in SPEC.md module order.
 pub fn correlate(model: &Gpt2, gop: &Gop, powers: &[f64]) -> Result<Vec<Correlation>> {
-    let mut rows = Vec::new();
+    let mut out = Vec::new();
     for m in all_modules(&model.cfg) {
-        rows.extend(correlate_module(model, gop, &m, powers)?);
+        out.extend(correlate_module(model, &m, gop.get(&m)?, gop.meta.n_tokens, powers)?);
     }
-    Ok(rows)
+    Ok(out)
 }

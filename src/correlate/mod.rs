@@ -3,6 +3,7 @@
 
 pub mod gram;
 pub mod metrics;
+pub mod spectral;
 pub mod table;
 
 use std::path::{Path, PathBuf};
@@ -10,39 +11,39 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use candle_core::Device;
 
-pub use metrics::{correlate, correlate_module, cosine, pearson, Correlation};
+pub use metrics::{correlate, correlate_module, correlate_module_dense, cosine, pearson, Correlation};
 pub use table::RunInfo;
 
 use crate::bail_bad;
 use crate::fetch::ResolvedModel;
 use crate::math::linalg;
-use crate::measure::Gop;
+use crate::measure::gop::{GopFile, GopMeta};
 use crate::model::{self, all_modules, Gpt2, WeightsKind};
 use crate::util::write_atomic;
 
 /// Load the weights a GOP file was measured with (pretrained from `dir`, or random-init from
 /// the file's seed), checking that they are the ones the file records: the same config, and for
 /// pretrained weights the same sha256 (unless `force`).
-pub fn model_for_gop(resolved: &ResolvedModel, gop: &Gop, force: bool) -> Result<Gpt2> {
+pub fn model_for_gop(resolved: &ResolvedModel, meta: &GopMeta, force: bool) -> Result<Gpt2> {
     let cfg = resolved.config()?;
-    if cfg != gop.meta.config {
+    if cfg != meta.config {
         bail_bad!("the GOP file was measured on a model with a different config than {}", resolved.id);
     }
-    if gop.meta.weights == WeightsKind::Pretrained && !force {
+    if meta.weights == WeightsKind::Pretrained && !force {
         let sha = resolved.weights_sha256()?;
-        if sha != gop.meta.model_sha256 {
+        if sha != meta.model_sha256 {
             bail_bad!(
                 "the GOP file was measured on weights with sha256 {} ({}@{}), but --model {} has weights with \
                  sha256 {sha}: these are different weights, and correlating them would describe neither. Give \
                  the model the file was measured on (--force correlates anyway)",
-                gop.meta.model_sha256,
-                gop.meta.model,
-                gop.meta.revision,
+                meta.model_sha256,
+                meta.model,
+                meta.revision,
                 resolved.id
             );
         }
     }
-    model::load_model(&resolved.dir, &cfg, gop.meta.weights, gop.meta.seed, &Device::Cpu)
+    model::load_model(&resolved.dir, &cfg, meta.weights, meta.seed, &Device::Cpu)
 }
 
 /// What `correlate` computes beyond the model and GOP files.
@@ -90,13 +91,24 @@ pub fn correlate_files(
     let mut agops = Vec::new();
     let mut seed = 0;
     for path in gop_paths {
-        let gop = Gop::load(path)?;
+        // One module's sum in memory at a time.
+        let gop = GopFile::open(path)?;
         if gop.meta.n_windows == 0 || gop.meta.n_tokens == 0 {
             bail_bad!("{}: holds no measured windows (an empty shard?); there is nothing to correlate", path.display());
         }
-        let model =
-            model_for_gop(resolved, &gop, opts.force).map_err(|e| e.context(format!("with {}", path.display())))?;
-        let rows = metrics::correlate(&model, &gop, powers)?;
+        let model = model_for_gop(resolved, &gop.meta, opts.force)
+            .map_err(|e| e.context(format!("with {}", path.display())))?;
+        let prefix = if gop_paths.len() > 1 { format!("{}/", gop.meta.weights) } else { String::new() };
+        let mut rows = Vec::new();
+        for m in all_modules(&model.cfg) {
+            let sum = gop.sum(&m)?;
+            rows.extend(metrics::correlate_module(&model, &m, &sum, gop.meta.n_tokens, powers)?);
+            if agop_out.is_some() {
+                let w = gram::weight(&model, &m)?;
+                let a = gram::agop_mean(&sum, gop.meta.n_tokens, &m, &w).dense();
+                agops.push((format!("{prefix}{}", m.name()), a.nrows(), linalg::to_row_major(&a)));
+            }
+        }
         let info = RunInfo {
             pipeline: ctx.pipeline.clone(),
             model: gop.meta.model.clone(),
@@ -109,10 +121,6 @@ pub fn correlate_files(
             probes: gop.meta.probes,
         };
         seed = gop.meta.seed;
-        if agop_out.is_some() {
-            let prefix = if gop_paths.len() > 1 { format!("{}/", gop.meta.weights) } else { String::new() };
-            agops.extend(mean_agops(&model, &gop, &prefix)?);
-        }
         runs.push((info, rows));
     }
     let mut df = table::correlations_frame(&runs)?;
@@ -121,18 +129,6 @@ pub fn correlate_files(
         write_f32_matrices(p, &agops)?;
     }
     Ok(df)
-}
-
-/// The operand-space mean AGOP of every module, named `{prefix}{module name}`.
-pub fn mean_agops(model: &Gpt2, gop: &Gop, prefix: &str) -> Result<Vec<(String, usize, Vec<f64>)>> {
-    all_modules(&model.cfg)
-        .iter()
-        .map(|m| {
-            let w = gram::weight(model, m)?;
-            let a = gram::agop_mean(gop, m, &w)?.dense();
-            Ok((format!("{prefix}{}", m.name()), a.nrows(), linalg::to_row_major(&a)))
-        })
-        .collect()
 }
 
 /// `--agop-out`: square matrices as F32 safetensors, written atomically.

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::settings::{Estimator, Output};
 use crate::math::gemm::{gemm_into, SyncPtr, View};
 use crate::model::{all_modules, Gpt2Config, Grad, Module, WeightsKind};
+use crate::util::tensor_file::TensorFile;
 use crate::{bad, bail_bad};
 
 /// What a GOP file was measured from; stored as safetensors metadata (the JSON of this struct
@@ -170,47 +171,56 @@ impl Gop {
         crate::util::write_atomic(path, &data)
     }
 
-    /// Read a GOP file written by [`Gop::save`].
+    /// Read a GOP file written by [`Gop::save`] whole (see [`GopFile`] to read one module at a
+    /// time).
     pub fn load(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path)
-            .with_context(|| format!("cannot read GOP file {}", path.display()))
-            .map_err(|e| bad!("{e:#}"))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&data)
-            .map_err(|e| bad!("{}: not a safetensors file: {e}", path.display()))?;
-        let meta_json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("agop"))
-            .ok_or_else(|| bad!("{}: not an agop GOP file (no `agop` metadata)", path.display()))?;
-        let meta: GopMeta =
-            serde_json::from_str(meta_json).map_err(|e| bad!("{}: bad agop metadata: {e}", path.display()))?;
-        let st = safetensors::SafeTensors::deserialize(&data)
-            .map_err(|e| bad!("{}: not a safetensors file: {e}", path.display()))?;
+        let f = GopFile::open(path)?;
         let mut sums = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            let shape = view.shape();
-            if view.dtype() != Dtype::F64 || shape.len() != 2 || shape[0] != shape[1] {
-                bail_bad!("{}: tensor {name} is not a square f64 matrix", path.display());
+        for m in all_modules(&f.meta.config) {
+            sums.insert(m.gop_tensor(), f.sum(&m)?);
+        }
+        Ok(Gop { meta: f.meta, sums })
+    }
+}
+
+/// A GOP file opened for reading one module's sum at a time, so that memory holds one module
+/// (correlate streams a gpt2-xl file of 4 GB this way). The header and every module's tensor
+/// (present, square f64 of the module's stored dimension) are checked when it is opened; the
+/// values are checked to be finite when read.
+pub struct GopFile {
+    pub meta: GopMeta,
+    file: TensorFile,
+}
+
+impl GopFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let name = path.display();
+        let file = TensorFile::open(path).map_err(|e| e.context(format!("reading GOP file {name}")))?;
+        let meta_json =
+            file.metadata.get("agop").ok_or_else(|| bad!("{name}: not an agop GOP file (no `agop` metadata)"))?;
+        let meta: GopMeta = serde_json::from_str(meta_json).map_err(|e| bad!("{name}: bad agop metadata: {e}"))?;
+        for m in all_modules(&meta.config) {
+            let t = m.gop_tensor();
+            let e = file.entries.get(&t).ok_or_else(|| bad!("{name}: GOP file has no tensor {t}"))?;
+            let d = m.stored_dim(&meta.config);
+            if e.dtype != "F64" || e.shape != [d, d] {
+                bail_bad!("{name}: tensor {t} is {} {:?}, expected F64 [{d}, {d}]", e.dtype, e.shape);
             }
-            let v: Vec<f64> = view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
-            sums.insert(name, (shape[0], v));
         }
-        let gop = Gop { meta, sums };
-        if let Some(t) = gop.first_non_finite() {
-            bail_bad!("{}: tensor {t} holds NaN or infinite values; this GOP file cannot be used", path.display());
+        Ok(Self { meta, file })
+    }
+
+    /// The stored sum of module `m`: (dim, row-major dim × dim values).
+    pub fn sum(&self, m: &Module) -> Result<(usize, Vec<f64>)> {
+        let t = m.gop_tensor();
+        let v = self.file.read_f64(&t)?;
+        if v.iter().any(|x| !x.is_finite()) {
+            bail_bad!(
+                "{}: tensor {t} holds NaN or infinite values; this GOP file cannot be used",
+                self.file.path.display()
+            );
         }
-        for m in all_modules(&gop.meta.config) {
-            let (d, _) = gop.get(&m).map_err(|e| e.context(format!("in {}", path.display())))?;
-            if *d != m.stored_dim(&gop.meta.config) {
-                bail_bad!(
-                    "{}: tensor {} has dim {d}, expected {}",
-                    path.display(),
-                    m.gop_tensor(),
-                    m.stored_dim(&gop.meta.config)
-                );
-            }
-        }
-        Ok(gop)
+        Ok((m.stored_dim(&self.meta.config), v))
     }
 }
 

@@ -5,6 +5,7 @@ pub mod fs;
 pub mod hash;
 pub mod parquet;
 pub mod progress;
+pub mod tensor_file;
 
 pub use fs::{write_atomic, write_atomic_with};
 pub use hash::{fingerprint, sha256_file, sha256_files};

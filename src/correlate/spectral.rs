@@ -1,0 +1,137 @@
+//! Pearson and cosine of NFM = W Wᵀ against AGOP^α without forming either d_in × d_in matrix
+//! for every power: both correlations are functions of five numbers,
+//!
+//!   ⟨X, Y⟩, ‖X‖², ‖Y‖², sum(X), sum(Y)     (X = NFM, Y = AGOP^α, n = d_in² entries)
+//!
+//!   cosine  = ⟨X,Y⟩ / (‖X‖ ‖Y‖)
+//!   pearson = (⟨X,Y⟩ − sum X · sum Y / n) / √((‖X‖² − (sum X)²/n)(‖Y‖² − (sum Y)²/n))
+//!
+//! and each of them is a sum over one eigendecomposition per module, shared by every α:
+//!
+//! - operand side (AGOP A stored, d × d): A = U Λ Uᵀ (λ < 0 clamped to 0, as in
+//!   [`linalg::sym_power`]); ⟨X, A^α⟩ = Σ λᵢ^α ‖Wᵀuᵢ‖², ‖A^α‖² = Σ λᵢ^{2α},
+//!   sum(A^α) = Σ λᵢ^α (uᵢᵀ1)².
+//! - output side (K stored, r × r, AGOP = W K Wᵀ): with B = W K^½ and BᵀB = K^½ G K^½ = V Λ Vᵀ
+//!   (G = WᵀW, r × r), A^α = B V Λ^{α−1} Vᵀ Bᵀ over the kept λ (as in
+//!   [`linalg::lowrank_power`]); ⟨X, A^α⟩ = Σ λₖ^{α−1} ‖G K^½ vₖ‖², ‖A^α‖² = Σ λₖ^{2α},
+//!   sum(A^α) = Σ λₖ^{α−1} (vₖᵀ K^½ Wᵀ1)². Everything is r × r: for mlp.c_proj the F × F
+//!   matrices of the dense path are never formed.
+//! - NFM: ‖X‖² = ‖W Wᵀ‖² = ‖WᵀW‖² from the smaller Gram; sum(X) = ‖Wᵀ1‖².
+//!
+//! The dense path ([`super::metrics::correlate_module_dense`]) is kept as the reference the
+//! tests compare with.
+
+use anyhow::Result;
+use faer::Mat;
+
+use crate::math::linalg::{sym_eigen, sym_power};
+use crate::model::Side;
+
+/// The five numbers both correlations of one (module, power) are made of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moments {
+    /// ⟨X, Y⟩.
+    pub dot: f64,
+    /// ‖X‖², ‖Y‖².
+    pub xx: f64,
+    pub yy: f64,
+    /// Sums of the entries.
+    pub sx: f64,
+    pub sy: f64,
+    /// Number of entries, d_in².
+    pub n: f64,
+}
+
+impl Moments {
+    pub fn cosine(&self) -> f64 {
+        self.dot / (self.xx.sqrt() * self.yy.sqrt())
+    }
+
+    pub fn pearson(&self) -> f64 {
+        let cov = self.dot - self.sx * self.sy / self.n;
+        let vx = self.xx - self.sx * self.sx / self.n;
+        let vy = self.yy - self.sy * self.sy / self.n;
+        cov / (vx.sqrt() * vy.sqrt())
+    }
+}
+
+/// ‖M‖²_F.
+fn frob2(m: &Mat<f64>) -> f64 {
+    (0..m.ncols()).map(|j| (0..m.nrows()).map(|i| m[(i, j)] * m[(i, j)]).sum::<f64>()).sum()
+}
+
+/// Squared norm of each column.
+fn col_norms2(m: &Mat<f64>) -> Vec<f64> {
+    (0..m.ncols()).map(|j| (0..m.nrows()).map(|i| m[(i, j)] * m[(i, j)]).sum()).collect()
+}
+
+/// xᵀ of each column: Mᵀ v.
+fn t_mul_vec(m: &Mat<f64>, v: &[f64]) -> Vec<f64> {
+    (0..m.ncols()).map(|j| (0..m.nrows()).map(|i| m[(i, j)] * v[i]).sum()).collect()
+}
+
+fn pow0(x: f64, a: f64) -> f64 {
+    if x <= 0.0 {
+        0.0
+    } else {
+        x.powf(a)
+    }
+}
+
+/// Moments of one module for every power: `w` its weight (d_in × r, stored layout), `stored`
+/// its mean stored-side matrix (operand side: d_in × d_in AGOP; output side: r × r K).
+pub fn module_moments(w: &Mat<f64>, stored: &Mat<f64>, side: Side, powers: &[f64]) -> Result<Vec<Moments>> {
+    let (d, r) = (w.nrows(), w.ncols());
+    let n = (d * d) as f64;
+    let ones = vec![1.0; d];
+    let wt1 = t_mul_vec(w, &ones); // Wᵀ1 (r)
+    let sx: f64 = wt1.iter().map(|x| x * x).sum();
+    Ok(match side {
+        Side::Operand => {
+            let xx = frob2(&if d <= r { w * w.transpose() } else { w.transpose() * w });
+            let (vals, u) = sym_eigen(stored)?;
+            let m = col_norms2(&(w.transpose() * &u)); // ‖Wᵀuᵢ‖²
+            let s1: Vec<f64> = t_mul_vec(&u, &ones).into_iter().map(|x| x * x).collect(); // (uᵢᵀ1)²
+            powers
+                .iter()
+                .map(|&a| {
+                    let la: Vec<f64> = vals.iter().map(|&l| pow0(l, a)).collect();
+                    Moments {
+                        dot: la.iter().zip(&m).map(|(l, m)| l * m).sum(),
+                        xx,
+                        yy: la.iter().map(|l| l * l).sum(),
+                        sx,
+                        sy: la.iter().zip(&s1).map(|(l, s)| l * s).sum(),
+                        n,
+                    }
+                })
+                .collect()
+        }
+        Side::Output => {
+            let g = w.transpose() * w; // r × r
+            let xx = frob2(&g);
+            let kh = sym_power(stored, 0.5)?;
+            let btb = &kh * &g * &kh;
+            let (vals, v) = sym_eigen(&btb)?;
+            let max = vals.iter().cloned().fold(0.0, f64::max);
+            let keep: Vec<usize> = (0..vals.len()).filter(|&i| vals[i] > max * 1e-13 && vals[i] > 0.0).collect();
+            let p = col_norms2(&(&g * &kh * &v)); // ‖WᵀB vₖ‖²
+            let bt1 = t_mul_vec(&kh, &wt1); // K^½ Wᵀ1 (K^½ is symmetric)
+            let q: Vec<f64> = t_mul_vec(&v, &bt1).into_iter().map(|x| x * x).collect(); // (vₖᵀBᵀ1)²
+            powers
+                .iter()
+                .map(|&a| {
+                    let (mut dot, mut yy, mut sy) = (0.0, 0.0, 0.0);
+                    for &k in &keep {
+                        let l = vals[k];
+                        let lm1 = l.powf(a - 1.0);
+                        dot += lm1 * p[k];
+                        yy += l.powf(2.0 * a);
+                        sy += lm1 * q[k];
+                    }
+                    Moments { dot, xx, yy, sx, sy, n }
+                })
+                .collect()
+        }
+    })
+}

@@ -1,0 +1,106 @@
+//! The correlate stage's fast path (one eigendecomposition per module shared by every power, no
+//! d_in × d_in matrices: `correlate::spectral`) against the dense reference path (NFM and
+//! AGOP^α formed and correlated entry by entry), and streaming one module at a time from the
+//! file against the in-memory table.
+
+mod common;
+
+use agop::correlate::{self, correlate_module, correlate_module_dense, CorrelateOptions, RunContext};
+use agop::fetch::ResolvedModel;
+use agop::measure::{self, Estimator, Gop, GopMeta, MeasureOptions, Output, Settings};
+use agop::model::{self, all_modules, Gpt2, WeightsKind};
+use agop::tokenize::Window;
+use candle_core::Device;
+use common::*;
+
+fn windows(n: u64, t: usize, vocab: u64) -> Vec<Window> {
+    (0..n)
+        .map(|i| Window {
+            index: i,
+            tokens: (0..t as u64).map(|j| ((i * 13 + j * 7 + i * j) % vocab) as u32).collect(),
+        })
+        .collect()
+}
+
+fn sketch(m: &Gpt2, w: &[Window], output: Output, probes: u32) -> Gop {
+    let settings = Settings { output, estimator: Estimator::Sketch, probes, seed: 3 };
+    let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, 2);
+    let meta = GopMeta { probes, seq_len: w[0].tokens.len(), ..GopMeta::for_config(m.cfg.clone()) };
+    measure::measure_model(m, w, Gop::zeros(meta), &opts, None).unwrap()
+}
+
+/// Largest |fast − dense| over every module, power and metric.
+fn worst_difference(m: &Gpt2, gop: &Gop, powers: &[f64]) -> f64 {
+    let mut worst = 0.0f64;
+    for md in all_modules(&m.cfg) {
+        let fast = correlate_module(m, &md, gop.get(&md).unwrap(), gop.meta.n_tokens, powers).unwrap();
+        let dense = correlate_module_dense(m, gop, &md, powers).unwrap();
+        assert_eq!(fast.len(), dense.len());
+        for (f, d) in fast.iter().zip(&dense) {
+            assert_eq!((f.power, f.metric), (d.power, d.metric));
+            let (f, d) = (f.value.unwrap(), d.value.unwrap());
+            worst = worst.max((f - d).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn fast_correlations_equal_the_dense_path() {
+    // The fixture (golden weights, exact AGOPs for both outputs) and a random model whose MLP is
+    // wider than the residual (mlp.c_proj's operand space F = 3C > C), with sketched AGOPs.
+    let fixture = model::load_dir(&fixture_model(), WeightsKind::Pretrained, 0).unwrap();
+    let powers = [0.25, 0.5, 1.0, 2.0];
+    let mut report = Vec::new();
+    for output in [Output::Logits, Output::Loss] {
+        let settings = Settings { output, estimator: Estimator::Exact, probes: 0, seed: 0 };
+        let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, 2);
+        let meta = GopMeta {
+            estimator: Estimator::Exact,
+            output,
+            probes: 0,
+            seq_len: 8,
+            ..GopMeta::for_config(fixture.cfg.clone())
+        };
+        let gop = measure::measure_model(&fixture, &golden_windows(), Gop::zeros(meta), &opts, None).unwrap();
+        report.push(worst_difference(&fixture, &gop, &powers));
+    }
+    let cfg: model::Gpt2Config = serde_json::from_str(
+        r#"{"model_type":"gpt2","n_layer":2,"n_head":4,"n_embd":48,"n_inner":144,"n_positions":40,"vocab_size":97,"initializer_range":0.2}"#,
+    )
+    .unwrap();
+    let m = model::random_init(&cfg, 5, &Device::Cpu).unwrap();
+    for (output, probes) in [(Output::Logits, 3), (Output::Loss, 2)] {
+        report.push(worst_difference(&m, &sketch(&m, &windows(6, 40, 97), output, probes), &powers));
+    }
+    eprintln!(
+        "fast vs dense correlations, max abs difference: {:?}",
+        report.iter().map(|w| format!("{w:.2e}")).collect::<Vec<_>>()
+    );
+    for w in report {
+        assert!(w < 1e-9, "fast and dense correlations differ by {w:e}");
+    }
+}
+
+/// correlate_files (streaming from the file) writes what the in-memory path computes.
+#[test]
+fn streamed_file_equals_in_memory_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model::load_dir(&fixture_model(), WeightsKind::Pretrained, 0).unwrap();
+    let gop = sketch(&m, &windows(5, 8, 50), Output::Logits, 2);
+    let path = tmp.path().join("g.safetensors");
+    let mut g = gop.clone();
+    g.meta.model_sha256 = ResolvedModel::local(&fixture_model()).unwrap().weights_sha256().unwrap().to_string();
+    g.save(&path).unwrap();
+    let model = ResolvedModel::local(&fixture_model()).unwrap();
+    let out = tmp.path().join("c.parquet");
+    let df =
+        correlate::correlate_files(&model, &[path], &out, &CorrelateOptions::new(&[0.5, 1.0]), &RunContext::default())
+            .unwrap();
+    let rows = correlate::correlate(&m, &gop, &[0.5, 1.0]).unwrap();
+    let values: Vec<f64> = df.column("value").unwrap().f64().unwrap().iter().map(|v| v.unwrap()).collect();
+    assert_eq!(values.len(), rows.len());
+    for (v, r) in values.iter().zip(&rows) {
+        assert_eq!(*v, r.value.unwrap());
+    }
+}
