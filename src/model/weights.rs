@@ -14,6 +14,7 @@ use rand_distr::{Distribution, Normal};
 use super::config::Gpt2Config;
 use super::gpt2::Gpt2;
 use super::params::Params;
+use crate::util::tensor_file::TensorFile;
 use crate::{bad, bail_bad};
 
 /// Which weights a measurement uses (SPEC.md §4 controls).
@@ -84,34 +85,40 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Load the checkpoint in `dir` with the given (already validated) config onto `device`.
 pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<Gpt2> {
-    let mut tensors: HashMap<String, (Tensor, PathBuf)> = HashMap::new();
-    for file in safetensors_files(dir)? {
-        let loaded = candle_core::safetensors::load(&file, device)
-            .map_err(|e| bad!("{}: not a readable safetensors file (truncated or corrupted?): {e}", file.display()))?;
-        for (name, t) in loaded {
-            let name = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
-            tensors.insert(name, (t, file.clone()));
+    // Headers first; each tensor's bytes are read when the schema asks for it, so memory holds
+    // the converted tensors plus one file tensor at a time (not a copy of every file).
+    let files = safetensors_files(dir)?.iter().map(|f| TensorFile::open(f)).collect::<Result<Vec<_>>>()?;
+    let mut tensors: HashMap<String, (usize, String)> = HashMap::new();
+    for (i, f) in files.iter().enumerate() {
+        for key in f.entries.keys() {
+            let name = key.strip_prefix("transformer.").unwrap_or(key).to_string();
+            tensors.insert(name, (i, key.clone()));
         }
     }
     let default_file = dir.join("model.safetensors");
     let take = |name: &str, shape: &[usize]| -> Result<Tensor> {
-        let (t, file) =
+        let (i, key) =
             tensors.remove(name).ok_or_else(|| bad!("{}: tensor {name} is missing", default_file.display()))?;
-        if t.dims() != shape {
-            bail_bad!("{}: tensor {name} has shape {:?}, expected {:?}", file.display(), t.dims(), shape);
+        let (f, e) = (&files[i], &files[i].entries[&key]);
+        let file = f.path.display();
+        if e.shape != shape {
+            bail_bad!("{file}: tensor {name} has shape {:?}, expected {:?}", e.shape, shape);
         }
-        match t.dtype() {
-            DType::F32 | DType::F16 | DType::BF16 | DType::F64 => {}
-            other => bail_bad!("{}: tensor {name} has dtype {other:?}; expected a float type", file.display()),
-        }
-        let t = t.to_dtype(DType::F32)?;
-        check_finite(&t).map_err(|e| bad!("{}: tensor {name} {e}", file.display()))?;
+        let dtype = match e.dtype.as_str() {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F64" => DType::F64,
+            other => bail_bad!("{file}: tensor {name} has dtype {other}; expected a float type"),
+        };
+        let t = Tensor::from_raw_buffer(&f.read(&key)?, dtype, shape, device)?.to_dtype(DType::F32)?;
+        check_finite(&t).map_err(|e| bad!("{file}: tensor {name} {e}"))?;
         Ok(t)
     };
     let params = Params::build(cfg, take)?;
     // What the schema did not take must be a known buffer, not a parameter of a bigger model.
     let mut extra: Vec<(&String, &PathBuf)> =
-        tensors.iter().filter(|(n, _)| !is_known_buffer(n, cfg)).map(|(n, (_, f))| (n, f)).collect();
+        tensors.iter().filter(|(n, _)| !is_known_buffer(n, cfg)).map(|(n, (i, _))| (n, &files[*i].path)).collect();
     extra.sort();
     if let Some((name, file)) = extra.first() {
         bail_bad!(
