@@ -149,16 +149,13 @@ impl Gop {
         self.sums.iter().find(|(_, (_, v))| v.iter().any(|x| !x.is_finite())).map(|(n, _)| n.as_str())
     }
 
-    /// Write the file atomically (temporary name, then rename).
+    /// Write the file atomically (temporary name, then rename), tensor by tensor from the sums
+    /// in memory: no second copy of the sums is made (4 GB for gpt2-xl).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes: Vec<(String, Vec<u8>, usize)> = self
+        let views: Vec<(String, TensorView)> = self
             .sums
             .iter()
-            .map(|(n, (d, v))| (n.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), *d))
-            .collect();
-        let views: Vec<(String, TensorView)> = bytes
-            .iter()
-            .map(|(n, b, d)| Ok((n.clone(), TensorView::new(Dtype::F64, vec![*d, *d], b)?)))
+            .map(|(n, (d, v))| Ok((n.clone(), TensorView::new(Dtype::F64, vec![*d, *d], f64_bytes(v))?)))
             .collect::<Result<_>>()?;
         let mut meta = HashMap::new();
         meta.insert("agop".to_string(), serde_json::to_string(&self.meta)?);
@@ -167,8 +164,7 @@ impl Gop {
                 meta.insert(k.clone(), v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
             }
         }
-        let data = safetensors::serialize(views, Some(meta))?;
-        crate::util::write_atomic(path, &data)
+        crate::util::fs::write_atomic_path(path, |tmp| Ok(safetensors::serialize_to_file(views, Some(meta), tmp)?))
     }
 
     /// Read a GOP file written by [`Gop::save`] whole (see [`GopFile`] to read one module at a
@@ -222,6 +218,14 @@ impl GopFile {
         }
         Ok((m.stored_dim(&self.meta.config), v))
     }
+}
+
+/// The little-endian bytes of f64 values, borrowed (safetensors stores little-endian).
+fn f64_bytes(v: &[f64]) -> &[u8] {
+    #[cfg(not(target_endian = "little"))]
+    compile_error!("GOP files are written from memory as little-endian f64");
+    // SAFETY: f64 has no padding and u8 has alignment 1; the slice covers exactly v's bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
 /// Square blocks of this size make up the per-window Grams; only blocks on and below the

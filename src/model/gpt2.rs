@@ -36,8 +36,6 @@ struct BlockCache {
     ln_1: LnCache,
     /// attn.c_attn output (B, T, 3C) = [Q | K | V].
     qkv: Tensor,
-    /// Attention probabilities (B, H, T, T).
-    att: Tensor,
     ln_2: LnCache,
     fc_pre: Tensor,
 }
@@ -127,7 +125,7 @@ impl Gpt2 {
             let fc_pre = linear(&m, &blk.mlp.c_fc)?;
             let u = self.gelu(&fc_pre)?;
             x = (x + hook(l, Site::MlpOut, linear(&u, &blk.mlp.c_proj)?)?)?;
-            caches.push(BlockCache { ln_1, qkv, att, ln_2, fc_pre });
+            caches.push(BlockCache { ln_1, qkv, ln_2, fc_pre });
         }
         let (hidden, ln_f) = layer_norm(&x, &p.ln_f, eps)?;
         Ok(Forward { blocks: caches, ln_f, hidden })
@@ -186,7 +184,11 @@ impl Gpt2 {
             let proj_in = matmul_t(&dx, &blk.attn.c_proj.weight)?;
             // Through att · V and the causal softmax of scale · Q Kᵀ, to the packed (Q | K | V).
             let op = AttentionBackward { heads: h, scale: self.attn_scale(l) };
-            let qkv_out = proj_in.apply_op3_no_bwd(&cache.att, &cache.qkv, &op)?;
+            // The probabilities are recomputed from the cached Q | K | V rather than kept from the
+            // forward: (B, H, T, T) per layer is the largest activation (1.3 GB for gpt2-xl at
+            // batch 4), and the recomputation is the same deterministic op, so bitwise the same.
+            let att = cache.qkv.apply_op1_no_bwd(&AttentionProbs { heads: h, scale: self.attn_scale(l) })?;
+            let qkv_out = proj_in.apply_op3_no_bwd(&att, &cache.qkv, &op)?;
             let attn_in = matmul_t(&qkv_out, &blk.attn.c_attn.weight)?;
             visit(
                 l,
