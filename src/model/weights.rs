@@ -142,10 +142,12 @@ fn is_known_buffer(name: &str, cfg: &Gpt2Config) -> bool {
     layer.parse::<usize>().is_ok_and(|l| l < cfg.n_layer) && matches!(tail, "attn.bias" | "attn.masked_bias")
 }
 
-/// Ok when every value is finite; else the first bad value and its flat index. (x − x is NaN
-/// exactly where x is NaN or ±Inf, so one reduction answers on any device.)
+/// Ok when every value is finite; else the first bad value and its flat index. (One reduction,
+/// on whatever device the tensor is.)
 pub fn check_finite(t: &Tensor) -> Result<()> {
-    let probe = (t - t)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    // t·0 is 0 for finite entries and NaN for ±Inf and NaN (IEEE 754), so the sum is finite
+    // exactly when every entry is.
+    let probe = (t * 0.0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if probe.is_finite() {
         return Ok(());
     }
