@@ -79,6 +79,19 @@ fn with_value(t: &Tensor, v: f32) -> Tensor {
     Tensor::from_vec(data, t.dims(), &Device::Cpu).unwrap()
 }
 
+/// A one-layer random checkpoint with the GPT-2 vocabulary (and tokenizer files), for tokenize.
+fn gpt2_vocab_model(dir: &Path) -> PathBuf {
+    let cfg = dir.join("gpt2-vocab-config.json");
+    std::fs::write(
+        &cfg,
+        r#"{"model_type":"gpt2","n_layer":1,"n_head":1,"n_embd":8,"n_positions":64,"vocab_size":50257}"#,
+    )
+    .unwrap();
+    let out = dir.join("gpt2");
+    agop::model::init_model(&cfg, 0, &out).unwrap();
+    out
+}
+
 fn windows(n: u64, t: usize) -> Vec<Window> {
     (0..n)
         .map(|i| Window { index: i, tokens: (0..t as u64).map(|j| ((i * 13 + j * 7 + i * j) % 50) as u32).collect() })
@@ -144,14 +157,7 @@ fn case2_non_finite_weights_are_refused_at_load_naming_the_tensor() {
 #[test]
 fn case3_a_corpus_folder_linking_to_itself_is_read_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let m = tmp.path().join("gpt2");
-    let cfg = tmp.path().join("config.json");
-    std::fs::write(
-        &cfg,
-        r#"{"model_type":"gpt2","n_layer":1,"n_head":1,"n_embd":8,"n_positions":64,"vocab_size":50257}"#,
-    )
-    .unwrap();
-    agop::model::init_model(&cfg, 0, &m).unwrap();
+    let m = gpt2_vocab_model(tmp.path());
     // base/corpus/{a.txt, b.txt → a.txt, loop → corpus, parent → base}; outputs outside base.
     let base = tmp.path().join("base");
     let corpus = base.join("corpus");
@@ -351,14 +357,7 @@ fn case7_smaller_inputs_that_were_accepted_or_misreported() {
     // max-tokens below one window blames max-tokens.
     let corpus = tmp.path().join("c.txt");
     std::fs::write(&corpus, "a b c d e f g h i j k l m n o p q r s t u v w x y z ".repeat(10)).unwrap();
-    let gpt2 = tmp.path().join("gpt2");
-    let cfg = tmp.path().join("g.json");
-    std::fs::write(
-        &cfg,
-        r#"{"model_type":"gpt2","n_layer":1,"n_head":1,"n_embd":8,"n_positions":64,"vocab_size":50257}"#,
-    )
-    .unwrap();
-    agop::model::init_model(&cfg, 0, &gpt2).unwrap();
+    let gpt2 = gpt2_vocab_model(tmp.path());
     let o = agop(&[
         "tokenize",
         "--model",
@@ -475,13 +474,7 @@ fn class_duplicated_inputs() {
     );
     assert_bad(&measure(&m, &p("dup.parquet"), &p("g"), &[]), &["rows 0 and 3", "window index 5"]);
     // A corpus file listed twice, and once more through a link, is read once.
-    let gpt2 = p("gpt2");
-    std::fs::write(
-        p("g.json"),
-        r#"{"model_type":"gpt2","n_layer":1,"n_head":1,"n_embd":8,"n_positions":64,"vocab_size":50257}"#,
-    )
-    .unwrap();
-    agop::model::init_model(&p("g.json"), 0, &gpt2).unwrap();
+    let gpt2 = gpt2_vocab_model(tmp.path());
     std::fs::write(p("a.txt"), "One two three four five six seven eight nine ten. ".repeat(10)).unwrap();
     std::os::unix::fs::symlink(p("a.txt"), p("link.txt")).unwrap();
     let n = |sources: &[&Path], out: &str| -> usize {
