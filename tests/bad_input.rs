@@ -9,15 +9,8 @@ use std::process::{Command, Output};
 use common::*;
 
 fn model(dir: &Path) -> std::path::PathBuf {
-    let cfg = dir.join("config.json");
-    std::fs::write(
-        &cfg,
-        r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":32,"vocab_size":50257}"#,
-    )
-    .unwrap();
-    let m = dir.join("model");
-    agop::model::init_model(&cfg, 0, &m).unwrap();
-    m
+    let config = r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":32,"vocab_size":50257}"#;
+    init_checkpoint(dir, "model", config, 0)
 }
 
 fn tokenize(model: &Path, corpus: &[&Path], seq_len: &str, extra: &[&str], out: &Path) -> Output {

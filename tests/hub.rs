@@ -147,14 +147,8 @@ fn route(repos: &Repos, rules: &Rules, req: &tiny_http::Request) -> tiny_http::R
 
 /// A small GPT-2-vocabulary checkpoint (with tokenizer files) as hub files.
 fn model_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let cfg = dir.join("config.json");
-    std::fs::write(
-        &cfg,
-        r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#,
-    )
-    .unwrap();
-    let model = dir.join("model");
-    agop::model::init_model(&cfg, 4, &model).unwrap();
+    let config = r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#;
+    let model = init_checkpoint(dir, "model", config, 4);
     ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
         .iter()
         .map(|f| (f.to_string(), std::fs::read(model.join(f)).unwrap()))

@@ -45,11 +45,7 @@ fn s(p: &Path) -> &str {
 
 /// A random-init checkpoint of the tiny config.
 fn init(dir: &Path, name: &str, seed: u64) -> PathBuf {
-    let cfg = dir.join("tiny-config.json");
-    std::fs::write(&cfg, TINY).unwrap();
-    let out = dir.join(name);
-    agop::model::init_model(&cfg, seed, &out).unwrap();
-    out
+    init_checkpoint(dir, name, TINY, seed)
 }
 
 /// A copy of a checkpoint folder with tensors edited: `edit(name, tensor)` returns a
@@ -81,15 +77,8 @@ fn with_value(t: &Tensor, v: f32) -> Tensor {
 
 /// A one-layer random checkpoint with the GPT-2 vocabulary (and tokenizer files), for tokenize.
 fn gpt2_vocab_model(dir: &Path) -> PathBuf {
-    let cfg = dir.join("gpt2-vocab-config.json");
-    std::fs::write(
-        &cfg,
-        r#"{"model_type":"gpt2","n_layer":1,"n_head":1,"n_embd":8,"n_positions":64,"vocab_size":50257}"#,
-    )
-    .unwrap();
-    let out = dir.join("gpt2");
-    agop::model::init_model(&cfg, 0, &out).unwrap();
-    out
+    let config = r#"{"model_type":"gpt2","n_layer":1,"n_head":1,"n_embd":8,"n_positions":64,"vocab_size":50257}"#;
+    init_checkpoint(dir, "gpt2", config, 0)
 }
 
 fn windows(n: u64, t: usize) -> Vec<Window> {
@@ -419,9 +408,7 @@ fn class_mismatched_provenance() {
     }
     // correlate against another checkpoint and against another config.
     assert_bad(&agop(&["correlate", "--model", s(&other), "--gop", s(&p("a")), "--out", s(&p("c"))]), &["sha256"]);
-    let cfg = p("wide.json");
-    std::fs::write(&cfg, TINY.replace("\"n_layer\":2", "\"n_layer\":1")).unwrap();
-    agop::model::init_model(&cfg, 1, &p("one-layer")).unwrap();
+    init_checkpoint(tmp.path(), "one-layer", &TINY.replace("\"n_layer\":2", "\"n_layer\":1"), 1);
     assert_bad(
         &agop(&["correlate", "--model", s(&p("one-layer")), "--gop", s(&p("a")), "--out", s(&p("c"))]),
         &["config"],

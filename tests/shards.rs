@@ -105,14 +105,8 @@ fn overlapping_or_conflicting_merge_is_refused_and_gaps_reported() {
 
 /// A model big enough that measuring takes a few seconds.
 fn slow_setup(dir: &Path) -> (PathBuf, PathBuf) {
-    let model = dir.join("model");
-    let cfg = dir.join("config.json");
-    std::fs::write(
-        &cfg,
-        r#"{"model_type":"gpt2","n_layer":2,"n_head":4,"n_embd":64,"n_positions":128,"vocab_size":500}"#,
-    )
-    .unwrap();
-    agop::model::init_model(&cfg, 3, &model).unwrap();
+    let config = r#"{"model_type":"gpt2","n_layer":2,"n_head":4,"n_embd":64,"n_positions":128,"vocab_size":500}"#;
+    let model = init_checkpoint(dir, "model", config, 3);
     let tokens = dir.join("tokens.parquet");
     write_windows(&tokens, 160, 64, 500);
     (model, tokens)

@@ -55,6 +55,16 @@ pub fn rel_frob(a: &[f64], b: &[f64]) -> f64 {
     (num / den).sqrt()
 }
 
+/// A random-init checkpoint `dir/name`, as `agop init-model` writes it, from a config.json text
+/// (kept as `dir/name.config.json`).
+pub fn init_checkpoint(dir: &std::path::Path, name: &str, config: &str, seed: u64) -> PathBuf {
+    let cfg = dir.join(format!("{name}.config.json"));
+    std::fs::write(&cfg, config).unwrap();
+    let out = dir.join(name);
+    agop::model::init_model(&cfg, seed, &out).unwrap();
+    out
+}
+
 /// Path to the built `agop` binary.
 pub fn agop_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_agop"))
