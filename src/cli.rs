@@ -139,6 +139,11 @@ pub struct MeasureArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 4, value_parser = parse_positive)]
     pub batch: usize,
+    /// Keep the sums of G contiguous groups of windows apart (in <out stem>.groups/), so that
+    /// correlate can give every correlation a jackknife standard error and 95% interval.
+    /// Each group costs one more GOP file of disk (see the README). 1: no groups.
+    #[arg(long, default_value_t = 1)]
+    pub groups: u32,
     /// Checkpoint partial sums to <out>.partial after this many windows (0: by time only).
     /// Re-running the same command resumes from the checkpoint.
     #[arg(long, default_value_t = 0)]

@@ -32,6 +32,7 @@ impl MeasureArgs {
             progress: true,
             checkpoint_windows: self.checkpoint_windows,
             checkpoint_secs: self.checkpoint_secs,
+            groups: self.groups,
             ..MeasureOptions::new(
                 self.weights,
                 Settings { output: self.output, estimator: self.estimator, probes: self.probes, seed: self.seed },

@@ -84,10 +84,21 @@ fn legacy_shards_merge_and_correlate_as_before() {
     .unwrap();
     let old = read_parquet(&legacy("correlations.parquet")).unwrap();
     assert_eq!(new.height(), old.height());
-    // The old columns, in order, then the `note` column added since.
+    // The old columns, in order, then the `note` column and the SPEC.md §8 columns added since,
+    // holding their default values for files measured without groups.
     let (new_cols, old_cols) = (new.get_column_names(), old.get_column_names());
     assert_eq!(new_cols[..old_cols.len()], old_cols[..]);
-    assert_eq!(new_cols[old_cols.len()..].iter().map(|c| c.as_str()).collect::<Vec<_>>(), ["note"]);
+    assert_eq!(
+        new_cols[old_cols.len()..].iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        ["note", "ansatz", "nfm", "step", "se", "ci_low", "ci_high", "groups"]
+    );
+    assert!(new.column("ansatz").unwrap().str().unwrap().iter().all(|x| x == Some("nfa")));
+    assert!(new.column("nfm").unwrap().str().unwrap().iter().all(|x| x == Some("gram")));
+    assert_eq!(new.column("step").unwrap().null_count(), new.height());
+    for c in ["se", "ci_low", "ci_high"] {
+        assert_eq!(new.column(c).unwrap().null_count(), new.height(), "{c} should be null with one group");
+    }
+    assert!(new.column("groups").unwrap().u32().unwrap().iter().all(|x| x == Some(1)));
     for col in ["weights", "module", "metric", "output", "estimator"] {
         assert!(new.column(col).unwrap().equals(old.column(col).unwrap()), "column {col} differs");
     }

@@ -27,6 +27,7 @@ fn tiny_pipeline_end_to_end() {
     };
     let (stdout, _) = run();
     assert!(stdout.contains("attn.c_attn") && stdout.contains("random-init"), "{stdout}");
+    assert!(stdout.contains(" ± ") && stdout.contains("Pretrained − random-init difference"), "{stdout}");
 
     let df = read_parquet(&out.join("correlations.parquet")).unwrap();
     let schema: Vec<(&str, DataType)> = vec![
@@ -47,6 +48,13 @@ fn tiny_pipeline_end_to_end() {
         ("metric", DataType::String),
         ("value", DataType::Float64),
         ("note", DataType::String),
+        ("ansatz", DataType::String),
+        ("nfm", DataType::String),
+        ("step", DataType::UInt64),
+        ("se", DataType::Float64),
+        ("ci_low", DataType::Float64),
+        ("ci_high", DataType::Float64),
+        ("groups", DataType::UInt32),
     ];
     let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
     assert_eq!(names, schema.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>());
@@ -65,6 +73,25 @@ fn tiny_pipeline_end_to_end() {
     }
     assert!(df.column("n_tokens").unwrap().u64().unwrap().iter().all(|n| n == Some(8192)));
     assert!(df.column("pipeline").unwrap().str().unwrap().iter().all(|p| p == Some("tiny")));
+    // tiny.toml measures in 10 window groups: every row has an interval around its value.
+    assert!(df.column("groups").unwrap().u32().unwrap().iter().all(|g| g == Some(10)));
+    let col = |d: &polars::prelude::DataFrame, n: &str| -> Vec<f64> {
+        d.column(n).unwrap().f64().unwrap().iter().map(|v| v.expect("no nulls")).collect()
+    };
+    let (se, lo, hi) = (col(&df, "se"), col(&df, "ci_low"), col(&df, "ci_high"));
+    for i in 0..df.height() {
+        assert!(se[i] > 0.0 && lo[i] < values[i] && values[i] < hi[i], "row {i}: {} [{}, {}]", values[i], lo[i], hi[i]);
+    }
+    // contrasts.parquet: the same keys without `weights`, value = pretrained − random-init.
+    let c = read_parquet(&out.join("contrasts.parquet")).unwrap();
+    assert_eq!(c.height(), df.height() / 2);
+    assert!(c.column("weights").is_err());
+    let (cv, pv) = (col(&c, "value"), &values[..df.height() / 2]);
+    let rv = &values[df.height() / 2..];
+    for i in 0..c.height() {
+        assert!((cv[i] - (pv[i] - rv[i])).abs() < 1e-15, "contrast row {i}");
+    }
+    assert!(c.column("se").unwrap().null_count() == 0);
 
     // The table agrees with the engine's own numbers computed from the GOP files.
     let model_dir = out.join("model");

@@ -4,7 +4,9 @@ use anyhow::{Context, Result};
 use faer::Mat;
 
 use super::gram::{agop_mean, nfm, weight};
+use super::jackknife::{jackknife, Interval};
 use super::spectral::module_moments;
+use super::sums::RunSums;
 use crate::math::linalg;
 use crate::measure::Gop;
 use crate::model::{all_modules, Gpt2, Gpt2Config, Module};
@@ -22,6 +24,18 @@ pub struct Correlation {
     pub value: Option<f64>,
     /// Why `value` is null: a zero (or, for Pearson, constant) matrix has no correlation.
     pub note: Option<&'static str>,
+    /// `nfa` (NFM vs AGOP^power); the `ansatz` column of SPEC.md §8.
+    pub ansatz: &'static str,
+    /// `gram` (WᵀW); the `nfm` column of SPEC.md §8.
+    pub nfm: &'static str,
+    /// Jackknife standard error and 95% interval (None with fewer than two groups or when a
+    /// leave-one-out value is undefined).
+    pub interval: Option<Interval>,
+    /// The number of window groups (1: no interval).
+    pub groups: u32,
+    /// The value with each group left out in turn (empty with one group): what paired
+    /// differences between runs are computed from.
+    pub loo: Vec<f64>,
 }
 
 /// The `note` of a null correlation.
@@ -67,6 +81,11 @@ fn rows(m: &Module, cfg: &Gpt2Config, powers: &[f64], values: &[(f64, f64)]) -> 
                 metric,
                 value,
                 note,
+                ansatz: "nfa",
+                nfm: "gram",
+                interval: None,
+                groups: 1,
+                loo: Vec::new(),
             });
         }
     }
@@ -88,6 +107,39 @@ pub fn correlate_module(
     let moments = module_moments(&w, &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
     let values: Vec<(f64, f64)> = moments.iter().map(|x| (x.pearson(), x.cosine())).collect();
     Ok(rows(m, &model.cfg, powers, &values))
+}
+
+/// [`correlate_module`] with error bars: the correlations from the sums over all windows of a
+/// run, and again with each window group left out (total − group), for the jackknife interval
+/// of every row. Costs G + 1 eigendecompositions per module instead of one.
+pub fn correlate_module_grouped(model: &Gpt2, m: &Module, run: &RunSums, powers: &[f64]) -> Result<Vec<Correlation>> {
+    let w = weight(model, m)?;
+    let (d, total, n) = run.total(m)?;
+    let values = |sum: &[f64], n: u64| -> Result<Vec<(f64, f64)>> {
+        let stored = linalg::from_square(d, sum, 1.0 / n.max(1) as f64);
+        let moments = module_moments(&w, &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
+        Ok(moments.iter().map(|x| (x.pearson(), x.cosine())).collect())
+    };
+    let mut out = rows(m, &model.cfg, powers, &values(&total, n)?);
+    let groups = run.group_count();
+    if groups < 2 {
+        return Ok(out);
+    }
+    let loo = (0..groups)
+        .map(|g| {
+            let (_, s, ng) = run.group(g, m)?;
+            let rest: Vec<f64> = total.iter().zip(&s).map(|(a, b)| a - b).collect();
+            values(&rest, n - ng)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Rows are (power, metric) in the order of `rows`: pearson, then cosine, for each power.
+    for (k, row) in out.iter_mut().enumerate() {
+        let (pi, cosine) = (k / 2, k % 2 == 1);
+        row.loo = loo.iter().map(|v| if cosine { v[pi].1 } else { v[pi].0 }).collect();
+        row.groups = groups as u32;
+        row.interval = row.value.and_then(|v| jackknife(v, &row.loo));
+    }
+    Ok(out)
 }
 
 /// The reference path: NFM and AGOP^α formed as dense d_in × d_in matrices, correlated entry by

@@ -1,9 +1,12 @@
 //! The NFA side: per module, the NFM WᵀW against AGOP^α from a GOP file (Pearson and cosine),
 //! into `correlations.parquet`; optionally the mean AGOPs themselves (`--agop-out`).
 
+pub mod contrasts;
 pub mod gram;
+pub mod jackknife;
 pub mod metrics;
 pub mod spectral;
+pub mod sums;
 pub mod table;
 
 use std::path::{Path, PathBuf};
@@ -12,12 +15,13 @@ use anyhow::Result;
 use candle_core::Device;
 
 pub use metrics::{correlate, correlate_module, correlate_module_dense, cosine, pearson, Correlation};
+pub use sums::RunSums;
 pub use table::RunInfo;
 
 use crate::bail_bad;
 use crate::fetch::ResolvedModel;
 use crate::math::linalg;
-use crate::measure::gop::{GopFile, GopMeta};
+use crate::measure::gop::GopMeta;
 use crate::model::{self, all_modules, Gpt2, WeightsKind};
 use crate::util::write_atomic;
 
@@ -74,8 +78,10 @@ pub struct RunContext {
     pub inputs: String,
 }
 
-/// `agop correlate`: correlations of every module for each GOP file (e.g. pretrained and
-/// random-init), in one table written to `out`; optionally the mean AGOPs.
+/// `agop correlate`: correlations of every module for each run (e.g. pretrained and
+/// random-init), in one table written to `out`, each with its jackknife interval when the run
+/// has window groups ([`sums`]); the pretrained − random-init differences in
+/// [`contrasts_path`]`(out)` when both are there; optionally the mean AGOPs.
 pub fn correlate_files(
     resolved: &ResolvedModel,
     gop_paths: &[PathBuf],
@@ -87,48 +93,71 @@ pub fn correlate_files(
     if powers.is_empty() || powers.iter().any(|p| !p.is_finite() || *p <= 0.0) {
         bail_bad!("--powers must be positive numbers, got {powers:?}");
     }
+    let sums = RunSums::open_all(gop_paths)?;
     let mut runs = Vec::new();
     let mut agops = Vec::new();
     let mut seed = 0;
-    for path in gop_paths {
-        // One module's sum in memory at a time.
-        let gop = GopFile::open(path)?;
-        if gop.meta.n_windows == 0 || gop.meta.n_tokens == 0 {
-            bail_bad!("{}: holds no measured windows (an empty shard?); there is nothing to correlate", path.display());
+    for run in &sums {
+        let files = run.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        if run.meta.n_windows == 0 || run.meta.n_tokens == 0 {
+            bail_bad!("{files}: holds no measured windows (an empty shard?); there is nothing to correlate");
         }
-        let model = model_for_gop(resolved, &gop.meta, opts.force)
-            .map_err(|e| e.context(format!("with {}", path.display())))?;
-        let prefix = if gop_paths.len() > 1 { format!("{}/", gop.meta.weights) } else { String::new() };
+        let model = model_for_gop(resolved, &run.meta, opts.force).map_err(|e| e.context(format!("with {files}")))?;
+        let prefix = if sums.len() > 1 { format!("{}/", run.meta.weights) } else { String::new() };
         let mut rows = Vec::new();
         for m in all_modules(&model.cfg) {
-            let sum = gop.sum(&m)?;
-            rows.extend(metrics::correlate_module(&model, &m, &sum, gop.meta.n_tokens, powers)?);
+            rows.extend(metrics::correlate_module_grouped(&model, &m, run, powers)?);
             if agop_out.is_some() {
+                let (d, v, n) = run.total(&m)?;
                 let w = gram::weight(&model, &m)?;
-                let a = gram::agop_mean(&sum, gop.meta.n_tokens, &m, &w).dense();
+                let a = gram::agop_mean(&(d, v), n, &m, &w).dense();
                 agops.push((format!("{prefix}{}", m.name()), a.nrows(), linalg::to_row_major(&a)));
             }
         }
         let info = RunInfo {
             pipeline: ctx.pipeline.clone(),
-            model: gop.meta.model.clone(),
-            revision: gop.meta.revision.clone(),
-            weights: gop.meta.weights,
+            model: run.meta.model.clone(),
+            revision: run.meta.revision.clone(),
+            weights: run.meta.weights,
             corpus: ctx.corpus.clone(),
-            n_tokens: gop.meta.n_tokens,
-            output: gop.meta.output,
-            estimator: gop.meta.estimator,
-            probes: gop.meta.probes,
+            n_tokens: run.meta.n_tokens,
+            output: run.meta.output,
+            estimator: run.meta.estimator,
+            probes: run.meta.probes,
+            step: None,
         };
-        seed = gop.meta.seed;
+        seed = run.meta.seed;
         runs.push((info, rows));
     }
     let mut df = table::correlations_frame(&runs)?;
     table::write_correlations(out, &mut df, &ctx.text, seed, &ctx.inputs)?;
+    let cpath = contrasts_path(out);
+    match contrasts::contrasts(&sums, &runs)? {
+        Some(rows) => {
+            let mut cdf = table::contrasts_frame(&rows)?;
+            table::write_correlations(&cpath, &mut cdf, &ctx.text, seed, &ctx.inputs)?;
+        }
+        // A contrasts file from an earlier run would no longer describe these correlations.
+        None => {
+            if cpath.is_file() {
+                std::fs::remove_file(&cpath)?;
+            }
+        }
+    }
     if let Some(p) = agop_out {
         write_f32_matrices(p, &agops)?;
     }
     Ok(df)
+}
+
+/// Where correlate writes the contrasts of `out`: `contrasts.parquet` beside a
+/// `correlations.parquet`, else `<stem>.contrasts.parquet`.
+pub fn contrasts_path(out: &Path) -> PathBuf {
+    if out.file_name().is_some_and(|n| n == "correlations.parquet") {
+        out.with_file_name("contrasts.parquet")
+    } else {
+        out.with_extension("contrasts.parquet")
+    }
 }
 
 /// `--agop-out`: square matrices as F32 safetensors, written atomically.

@@ -22,10 +22,15 @@ pub struct RunInfo {
     pub output: Output,
     pub estimator: Estimator,
     pub probes: u32,
+    /// Training step of a checkpoint in a series (SPEC.md §8); None otherwise.
+    pub step: Option<u64>,
 }
 
+/// The rows of one run: its run-level columns and its correlations.
+pub type RunRows = (RunInfo, Vec<Correlation>);
+
 /// Build the correlations table (SPEC.md §5) for one or more runs.
-pub fn correlations_frame(runs: &[(RunInfo, Vec<Correlation>)]) -> Result<DataFrame> {
+pub fn correlations_frame(runs: &[RunRows]) -> Result<DataFrame> {
     let rows: Vec<(&RunInfo, &Correlation)> = runs.iter().flat_map(|(r, cs)| cs.iter().map(move |c| (r, c))).collect();
     let s = |f: &dyn Fn(&RunInfo) -> String| rows.iter().map(|(r, _)| f(r)).collect::<Vec<String>>();
     let cols: Vec<Column> = vec![
@@ -46,8 +51,21 @@ pub fn correlations_frame(runs: &[(RunInfo, Vec<Correlation>)]) -> Result<DataFr
         Series::new("metric".into(), rows.iter().map(|(_, c)| c.metric).collect::<Vec<&str>>()).into(),
         Series::new("value".into(), rows.iter().map(|(_, c)| c.value).collect::<Vec<Option<f64>>>()).into(),
         Series::new("note".into(), rows.iter().map(|(_, c)| c.note).collect::<Vec<Option<&str>>>()).into(),
+        Series::new("ansatz".into(), rows.iter().map(|(_, c)| c.ansatz).collect::<Vec<&str>>()).into(),
+        Series::new("nfm".into(), rows.iter().map(|(_, c)| c.nfm).collect::<Vec<&str>>()).into(),
+        Series::new("step".into(), rows.iter().map(|(r, _)| r.step).collect::<Vec<Option<u64>>>()).into(),
+        Series::new("se".into(), rows.iter().map(|(_, c)| c.interval.map(|i| i.se)).collect::<Vec<_>>()).into(),
+        Series::new("ci_low".into(), rows.iter().map(|(_, c)| c.interval.map(|i| i.low)).collect::<Vec<_>>()).into(),
+        Series::new("ci_high".into(), rows.iter().map(|(_, c)| c.interval.map(|i| i.high)).collect::<Vec<_>>()).into(),
+        Series::new("groups".into(), rows.iter().map(|(_, c)| c.groups).collect::<Vec<u32>>()).into(),
     ];
     Ok(DataFrame::new_infer_height(cols)?)
+}
+
+/// The contrasts table (SPEC.md §8): the columns of correlations.parquet without `weights`, one
+/// row per pretrained − random-init difference.
+pub fn contrasts_frame(rows: &[RunRows]) -> Result<DataFrame> {
+    Ok(correlations_frame(rows)?.drop("weights")?)
 }
 
 /// Write correlations.parquet atomically with its key-value metadata.

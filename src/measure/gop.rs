@@ -49,6 +49,26 @@ pub struct GopMeta {
     pub windows: Vec<(u64, u64)>,
     /// The model config, so that a GOP file can be checked against the model it is used with.
     pub config: Gpt2Config,
+    /// Window groups of the measurement (`--groups`, for the delete-one-group jackknife): the
+    /// sums of each group are kept in group files beside this one ([`super::groups`]). 1: none.
+    #[serde(default = "one")]
+    pub groups: u32,
+    /// Set in a group file: which group it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupPart>,
+}
+
+/// Which group a group file holds: its index (0-based, in global window order) and how many
+/// windows the whole group has (a shard may hold only part of a group; merging the shards'
+/// pieces of it puts the group back together).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupPart {
+    pub index: u32,
+    pub windows: u64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl GopMeta {
@@ -73,6 +93,8 @@ impl GopMeta {
             n_tokens: 0,
             windows: vec![],
             config,
+            groups: 1,
+            group: None,
         }
     }
 }
@@ -142,6 +164,21 @@ impl Gop {
             Some((dim, _)) => bail!("gradient of width {d} for {name}, whose sum is {dim} × {dim}"),
             None => bail!("no sum for {name}"),
         }
+    }
+
+    /// Add the sums of another measurement of other windows (a group or a shard), with its window
+    /// and token counts. The caller checks that it was measured the same way.
+    pub fn add_gop(&mut self, other: &Gop) {
+        for (t, (_, v)) in self.sums.iter_mut() {
+            if let Some((_, w)) = other.sums.get(t) {
+                v.iter_mut().zip(w).for_each(|(a, b)| *a += b);
+            }
+        }
+        self.meta.n_windows += other.meta.n_windows;
+        self.meta.n_tokens += other.meta.n_tokens;
+        let mut r = self.meta.windows.clone();
+        r.extend(other.meta.windows.iter().copied());
+        self.meta.windows = normalize_ranges(r);
     }
 
     /// The name of the first stored sum holding a NaN or ±Inf, if any.
@@ -323,6 +360,49 @@ pub fn normalize_ranges(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// The settings two GOP files differ in, as `field: a vs b` (empty when they can be merged).
+pub fn differences(a: &GopMeta, b: &GopMeta) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.model_sha256 != b.model_sha256 {
+        out.push(format!(
+            "weights sha256 {} ({}@{}) vs {} ({}@{})",
+            short(&a.model_sha256),
+            a.model,
+            a.revision,
+            short(&b.model_sha256),
+            b.model,
+            b.revision
+        ));
+    }
+    let mut field = |name: &str, x: String, y: String| {
+        if x != y {
+            out.push(format!("{name} {x} vs {y}"));
+        }
+    };
+    field("weights", a.weights.to_string(), b.weights.to_string());
+    field("output", a.output.to_string(), b.output.to_string());
+    field("estimator", a.estimator.to_string(), b.estimator.to_string());
+    field("probes", a.probes.to_string(), b.probes.to_string());
+    field("seed", a.seed.to_string(), b.seed.to_string());
+    field("seq_len", a.seq_len.to_string(), b.seq_len.to_string());
+    field("tokens sha256", short(&a.tokens_sha256).into(), short(&b.tokens_sha256).into());
+    field("total windows", a.total_windows.to_string(), b.total_windows.to_string());
+    field("groups", a.groups.to_string(), b.groups.to_string());
+    if a.config != b.config {
+        out.push("model config differs".into());
+    }
+    out
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// `0..10, 20..25` style text for ranges.
+pub fn format_ranges(r: &[(u64, u64)]) -> String {
+    r.iter().map(|(s, e)| format!("{s}..{e}")).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -5,13 +5,40 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::gop::{normalize_ranges, Gop, GopMeta};
+pub use super::gop::{differences, format_ranges};
+use super::gop::{normalize_ranges, Gop};
+use super::groups::{group_path, groups_dir, remove_other_groups, GroupedFile};
 use crate::{bad, bail_bad};
 
-/// `agop merge`: add shard files, write the sum.
+/// `agop merge`: add shard files, write the sum. Parts measured with groups have their group
+/// files merged too, group by group (the pieces of a group that a shard boundary cut are added
+/// back together); the group files are written before the merged file.
 pub fn merge_files(parts: &[PathBuf], out: &Path) -> Result<Gop> {
     let loaded = parts.iter().map(|p| Ok((p.display().to_string(), Gop::load(p)?))).collect::<Result<Vec<_>>>()?;
     let merged = merge(&loaded)?;
+    drop(loaded);
+    let n = merged.meta.groups;
+    if n > 1 {
+        let grouped = parts.iter().map(|p| GroupedFile::open(p)).collect::<Result<Vec<_>>>()?;
+        let mut written = Vec::new();
+        for g in 0..n {
+            let pieces = grouped
+                .iter()
+                .filter(|f| f.group(g).is_some())
+                .map(|f| {
+                    let p = group_path(&f.path, g, n);
+                    Ok((p.display().to_string(), Gop::load(&p)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if pieces.is_empty() {
+                continue;
+            }
+            std::fs::create_dir_all(groups_dir(out))?;
+            merge(&pieces)?.save(&group_path(out, g, n))?;
+            written.push(g);
+        }
+        remove_other_groups(out, n, &written)?;
+    }
     let missing = missing_ranges(&merged.meta.windows, merged.meta.total_windows);
     if !missing.is_empty() {
         eprintln!(
@@ -61,43 +88,6 @@ pub fn merge(parts: &[(String, Gop)]) -> Result<Gop> {
     Ok(out)
 }
 
-/// The settings two GOP files differ in, as `field: a vs b` (empty when they can be merged).
-pub fn differences(a: &GopMeta, b: &GopMeta) -> Vec<String> {
-    let mut out = Vec::new();
-    if a.model_sha256 != b.model_sha256 {
-        out.push(format!(
-            "weights sha256 {} ({}@{}) vs {} ({}@{})",
-            short(&a.model_sha256),
-            a.model,
-            a.revision,
-            short(&b.model_sha256),
-            b.model,
-            b.revision
-        ));
-    }
-    let mut field = |name: &str, x: String, y: String| {
-        if x != y {
-            out.push(format!("{name} {x} vs {y}"));
-        }
-    };
-    field("weights", a.weights.to_string(), b.weights.to_string());
-    field("output", a.output.to_string(), b.output.to_string());
-    field("estimator", a.estimator.to_string(), b.estimator.to_string());
-    field("probes", a.probes.to_string(), b.probes.to_string());
-    field("seed", a.seed.to_string(), b.seed.to_string());
-    field("seq_len", a.seq_len.to_string(), b.seq_len.to_string());
-    field("tokens sha256", short(&a.tokens_sha256).into(), short(&b.tokens_sha256).into());
-    field("total windows", a.total_windows.to_string(), b.total_windows.to_string());
-    if a.config != b.config {
-        out.push("model config differs".into());
-    }
-    out
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
-
 /// Ranges of [0, total) not covered by `have` (sorted, non-overlapping).
 pub fn missing_ranges(have: &[(u64, u64)], total: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
@@ -112,9 +102,4 @@ pub fn missing_ranges(have: &[(u64, u64)], total: u64) -> Vec<(u64, u64)> {
         out.push((next, total));
     }
     out
-}
-
-/// `0..10, 20..25` style text for ranges.
-pub fn format_ranges(r: &[(u64, u64)]) -> String {
-    r.iter().map(|(s, e)| format!("{s}..{e}")).collect::<Vec<_>>().join(", ")
 }

@@ -4,6 +4,7 @@
 
 pub mod estimator;
 pub mod gop;
+pub mod groups;
 pub mod merge;
 pub mod run;
 pub mod settings;

@@ -9,6 +9,7 @@ use candle_core::Device;
 
 use super::estimator::Measurer;
 use super::gop::{self, Gop, GopMeta};
+use super::groups::{group_path, groups_dir, remove_other_groups, GroupPlan};
 use super::settings::Settings;
 use crate::bail_bad;
 use crate::fetch::ResolvedModel;
@@ -42,6 +43,8 @@ pub struct MeasureOptions {
     pub checkpoint_secs: f64,
     /// Where the model runs (not recorded: results do not depend on it beyond rounding).
     pub device: Device,
+    /// Window groups whose sums are kept apart for error bars ([`super::groups`]); 1: none.
+    pub groups: u32,
 }
 
 impl MeasureOptions {
@@ -55,6 +58,7 @@ impl MeasureOptions {
             checkpoint_windows: 0,
             checkpoint_secs: 60.0,
             device: Device::Cpu,
+            groups: 1,
         }
     }
 }
@@ -91,14 +95,29 @@ pub fn measure_model<N: Network>(
     checkpoint: Option<&Path>,
 ) -> Result<Gop> {
     let measurer = Measurer::new(model, opts.settings)?;
+    let total: u64 = windows.iter().map(|w| w.tokens.len() as u64).sum();
+    let bar = progress_bar(total, opts.progress, "measure", "tokens");
+    bar.set_position(start.meta.n_tokens);
+    let gop = measure_windows(&measurer, windows, start, opts, checkpoint, &bar)?;
+    bar.finish_and_clear();
+    Ok(gop)
+}
+
+/// The loop of [`measure_model`]: the windows of `windows` that `start` does not cover, in
+/// batches, into `start`, advancing `bar` by their tokens.
+fn measure_windows<N: Network>(
+    measurer: &Measurer<N>,
+    windows: &[Window],
+    start: Gop,
+    opts: &MeasureOptions,
+    checkpoint: Option<&Path>,
+    bar: &indicatif::ProgressBar,
+) -> Result<Gop> {
     let mut gop = start;
     let done: Vec<(u64, u64)> = gop.meta.windows.clone();
     let is_done = |i: u64| done.iter().any(|&(s, e)| s <= i && i < e);
     let mut done_idx: Vec<u64> = windows.iter().map(|w| w.index).filter(|&i| is_done(i)).collect();
     let todo: Vec<&Window> = windows.iter().filter(|w| !is_done(w.index)).collect();
-    let total: u64 = windows.iter().map(|w| w.tokens.len() as u64).sum();
-    let bar = progress_bar(total, opts.progress, "measure", "tokens");
-    bar.set_position(gop.meta.n_tokens);
     if opts.batch == 0 {
         bail_bad!("--batch must be at least 1");
     }
@@ -129,7 +148,6 @@ pub fn measure_model<N: Network>(
             }
         }
     }
-    bar.finish_and_clear();
     check_sums(&gop, &mut unchecked)?;
     gop.meta.windows = gop::ranges_of(done_idx);
     Ok(gop)
@@ -142,7 +160,7 @@ fn check_sums(gop: &Gop, unchecked: &mut Vec<u64>) -> Result<()> {
         bail_bad!(
             "the GOP sum {tensor} became NaN or infinite while measuring windows {}; the model or the \
              tokens produce non-finite gradients there (nothing was written)",
-            super::merge::format_ranges(&gop::ranges_of(std::mem::take(unchecked)))
+            gop::format_ranges(&gop::ranges_of(std::mem::take(unchecked)))
         );
     }
     unchecked.clear();
@@ -165,12 +183,14 @@ pub fn measure(model: &ResolvedModel, tokens: &Path, out: &Path, opts: &MeasureO
 /// [`measure`], also returning the seconds spent in forward/backward passes (not loading).
 pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: &MeasureOptions) -> Result<(Gop, f64)> {
     let cfg = resolved.config()?;
-    let (windows, tmeta) = read_tokens(tokens)?;
+    let (mut windows, tmeta) = read_tokens(tokens)?;
     if windows.is_empty() {
         bail_bad!("{}: no windows to measure", tokens.display());
     }
     check_windows(&windows, &cfg, &tokens.display().to_string())?;
     let total_windows = windows.len() as u64;
+    windows.sort_by_key(|w| w.index);
+    let plan = GroupPlan::new(&windows.iter().map(|w| w.index).collect::<Vec<_>>(), opts.groups)?;
     let windows = shard_windows(windows, opts.shard)?;
     let model = model::load_model(&resolved.dir, &cfg, opts.weights, opts.settings.seed, &opts.device)?;
     let meta = GopMeta {
@@ -191,41 +211,94 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
         n_tokens: 0,
         windows: vec![],
         config: cfg,
+        groups: plan.len(),
+        group: None,
     };
     let ckpt = checkpoint_path(out);
-    let start = if ckpt.is_file() {
-        let part = Gop::load(&ckpt)?;
-        let mut expect = meta.clone();
-        expect.windows = part.meta.windows.clone();
-        expect.n_windows = part.meta.n_windows;
-        expect.n_tokens = part.meta.n_tokens;
-        if part.meta != expect {
-            bail_bad!(
-                "{}: this checkpoint was written by a different measure command (model, tokens, settings or \
-                 shard differ: it has model {} weights {} output {} estimator {} probes {} seed {} shard {:?}); \
-                 delete it to start over",
-                ckpt.display(),
-                part.meta.model,
-                part.meta.weights,
-                part.meta.output,
-                part.meta.estimator,
-                part.meta.probes,
-                part.meta.seed,
-                part.meta.shard
-            );
-        }
-        if opts.progress {
-            eprintln!("resuming from {} ({} windows done)", ckpt.display(), part.meta.n_windows);
-        }
-        part
-    } else {
-        Gop::zeros(meta)
-    };
+    let resume = if ckpt.is_file() { Some(load_checkpoint(&ckpt, &meta, &plan, opts.progress)?) } else { None };
+    let measurer = Measurer::new(&model, opts.settings)?;
+    let bar = progress_bar(windows.iter().map(|w| w.tokens.len() as u64).sum(), opts.progress, "measure", "tokens");
     let t0 = std::time::Instant::now();
-    let gop = measure_model(&model, &windows, start, opts, Some(&ckpt))?;
+    let gop = if plan.len() == 1 {
+        let start = resume.unwrap_or_else(|| Gop::zeros(meta));
+        bar.set_position(start.meta.n_tokens);
+        measure_windows(&measurer, &windows, start, opts, Some(&ckpt), &bar)?
+    } else {
+        // Group by group; each finished group is written to its file and added into the total
+        // in group order. A group whose file already holds exactly these windows, measured the
+        // same way, is read back instead of measured again (a resumed run).
+        let open = resume.as_ref().and_then(|r| r.meta.group).map(|p| p.index);
+        let mut resume = resume;
+        let mut total = Gop::zeros(meta.clone());
+        let mut touched = Vec::new();
+        for (g, ws) in plan.split(windows) {
+            touched.push(g);
+            let path = group_path(out, g, plan.len());
+            let gmeta = GopMeta { group: Some(plan.part(g)), ..meta.clone() };
+            let done = GopMeta {
+                n_windows: ws.len() as u64,
+                n_tokens: ws.iter().map(|w| w.tokens.len() as u64).sum(),
+                windows: gop::ranges_of(ws.iter().map(|w| w.index).collect()),
+                ..gmeta.clone()
+            };
+            let piece = match (open == Some(g)).then(|| resume.take()).flatten() {
+                Some(start) => {
+                    bar.inc(start.meta.n_tokens);
+                    measure_windows(&measurer, &ws, start, opts, Some(&ckpt), &bar)?
+                }
+                None => match Gop::load(&path).ok().filter(|f| f.meta == done) {
+                    Some(f) => {
+                        bar.inc(f.meta.n_tokens);
+                        total.add_gop(&f);
+                        continue;
+                    }
+                    None => measure_windows(&measurer, &ws, Gop::zeros(gmeta), opts, Some(&ckpt), &bar)?,
+                },
+            };
+            std::fs::create_dir_all(groups_dir(out))?;
+            piece.save(&path)?;
+            total.add_gop(&piece);
+        }
+        remove_other_groups(out, plan.len(), &touched)?;
+        total
+    };
+    bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     drop(model); // the weights are not needed to write the sums
     gop.save(out)?;
     let _ = std::fs::remove_file(&ckpt);
     Ok((gop, secs))
+}
+
+/// Read a measure checkpoint and check that the same command wrote it (for a grouped run: the
+/// partial sums of one group).
+fn load_checkpoint(ckpt: &Path, meta: &GopMeta, plan: &GroupPlan, progress: bool) -> Result<Gop> {
+    let part = Gop::load(ckpt)?;
+    let expect = GopMeta {
+        windows: part.meta.windows.clone(),
+        n_windows: part.meta.n_windows,
+        n_tokens: part.meta.n_tokens,
+        group: part.meta.group.filter(|p| p.index < plan.len()).map(|p| plan.part(p.index)),
+        ..meta.clone()
+    };
+    if part.meta != expect {
+        bail_bad!(
+            "{}: this checkpoint was written by a different measure command (model, tokens, settings, groups or \
+             shard differ: it has model {} weights {} output {} estimator {} probes {} seed {} shard {:?} groups {}); \
+             delete it to start over",
+            ckpt.display(),
+            part.meta.model,
+            part.meta.weights,
+            part.meta.output,
+            part.meta.estimator,
+            part.meta.probes,
+            part.meta.seed,
+            part.meta.shard,
+            part.meta.groups
+        );
+    }
+    if progress {
+        eprintln!("resuming from {} ({} windows done)", ckpt.display(), part.meta.n_windows);
+    }
+    Ok(part)
 }

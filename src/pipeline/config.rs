@@ -88,6 +88,9 @@ pub struct MeasureSpec {
     /// Which weights to measure; `random-init` is the control.
     #[serde(default = "default_weights")]
     pub weights: Vec<WeightsKind>,
+    /// Window groups for the jackknife error bars (`measure --groups`); 1: none.
+    #[serde(default = "default_groups")]
+    pub groups: u32,
 }
 
 fn default_output() -> Output {
@@ -102,6 +105,9 @@ fn default_probes() -> u32 {
 fn default_batch() -> usize {
     4
 }
+fn default_groups() -> u32 {
+    1
+}
 fn default_weights() -> Vec<WeightsKind> {
     vec![WeightsKind::Pretrained, WeightsKind::RandomInit]
 }
@@ -115,6 +121,7 @@ impl Default for MeasureSpec {
             seed: 0,
             batch: default_batch(),
             weights: default_weights(),
+            groups: default_groups(),
         }
     }
 }
@@ -175,6 +182,9 @@ impl Pipeline {
         }
         if self.measure.weights.is_empty() {
             bail_bad!("[measure] weights is empty");
+        }
+        if self.measure.groups == 0 {
+            bail_bad!("[measure] groups must be at least 1 (1: no error bars)");
         }
         if self.measure.batch == 0 {
             bail_bad!("[measure] batch must be at least 1");

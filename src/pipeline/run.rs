@@ -20,7 +20,8 @@ use crate::bail_bad;
 use crate::correlate::{self, RunContext};
 use crate::fetch::ModelRecord;
 use crate::fetch::{resolve_model, ResolvedModel};
-use crate::measure::{self, Gop, GopMeta, MeasureOptions, Settings};
+use crate::measure::groups::GroupedFile;
+use crate::measure::{self, GopMeta, MeasureOptions, Settings};
 use crate::model::{init_model, WeightsKind};
 use crate::tokenize::corpus::CorpusOptions;
 use crate::tokenize::{self, read_tokens, TokenizeOptions};
@@ -178,6 +179,7 @@ fn gop_matches(
         && meta.seed == m.seed
         && meta.tokens_sha256 == prep.tokens_sha
         && meta.total_windows == prep.n_windows
+        && meta.groups == m.groups
         && match shard {
             Some((i, n)) => meta.shard == format!("{i}/{n}"),
             None => meta.n_windows == prep.n_windows,
@@ -210,7 +212,7 @@ pub fn measure(
         Some((i, n)) => format!("measure {} {i}/{n}", weights.as_str()),
         None => format!("measure {}", weights.as_str()),
     };
-    if Gop::load(&path).map(|g| gop_matches(&g.meta, p, prep, weights, shard)).unwrap_or(false) {
+    if GroupedFile::open(&path).map(|g| gop_matches(&g.total.meta, p, prep, weights, shard)).unwrap_or(false) {
         say(quiet, format!("[{label}] {} is up to date", path.display()));
         return Ok(path);
     }
@@ -219,7 +221,12 @@ pub fn measure(
         quiet,
         format!("[{label}] {} {} ({} probes) → {}", m.estimator.as_str(), m.output.as_str(), m.probes, path.display()),
     );
-    let opts = MeasureOptions { progress: !quiet, shard, ..MeasureOptions::new(weights, settings(p), m.batch) };
+    let opts = MeasureOptions {
+        progress: !quiet,
+        shard,
+        groups: m.groups,
+        ..MeasureOptions::new(weights, settings(p), m.batch)
+    };
     measure::measure(&prep.model, &prep.tokens, &path, &opts)?;
     Ok(path)
 }
@@ -231,7 +238,8 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
     for &weights in &p.measure.weights {
         let path = gop_path(&prep.out, weights);
         if let Some(n) = shards {
-            let done = Gop::load(&path).map(|g| gop_matches(&g.meta, p, prep, weights, None)).unwrap_or(false);
+            let done =
+                GroupedFile::open(&path).map(|g| gop_matches(&g.total.meta, p, prep, weights, None)).unwrap_or(false);
             if done {
                 say(quiet, format!("[merge {}] {} is up to date", weights.as_str(), path.display()));
             } else {
@@ -251,7 +259,7 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
 
     let corr = prep.out.join("correlations.parquet");
     let shas = gops.iter().map(|g| sha256_file(g)).collect::<Result<Vec<_>>>()?;
-    let powers = format!("{:?}", p.correlate.powers);
+    let powers = format!("{:?} groups {}", p.correlate.powers, p.measure.groups);
     let mut parts: Vec<&str> = shas.iter().map(String::as_str).collect();
     parts.push(&powers);
     parts.push(&p.name);

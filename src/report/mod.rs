@@ -21,6 +21,8 @@ pub struct Row {
     pub power: f64,
     pub metric: String,
     pub value: f64,
+    /// The 95% interval (ci_low, ci_high), when the table has one for this row.
+    pub ci: Option<(f64, f64)>,
 }
 
 /// Read the rows of `dir/correlations.parquet`.
@@ -29,7 +31,22 @@ pub fn read_rows(dir: &Path) -> Result<(Vec<Row>, DataFrame)> {
     if !path.is_file() {
         bail_bad!("{}: no correlations.parquet here (run `agop run` or `agop correlate` first)", dir.display());
     }
-    let df = crate::util::parquet::read_parquet(&path)?;
+    read_table(&path, true)
+}
+
+/// Read the rows of `dir/contrasts.parquet`, if there is one (weights = "pretrained − random-init").
+pub fn read_contrasts(dir: &Path) -> Result<Option<Vec<Row>>> {
+    let path = dir.join("contrasts.parquet");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(read_table(&path, false)?.0))
+}
+
+/// The NFA rows (`ansatz` nfa, `nfm` gram; every row of a table written before those columns)
+/// of a correlations or contrasts table.
+fn read_table(path: &Path, has_weights: bool) -> Result<(Vec<Row>, DataFrame)> {
+    let df = crate::util::parquet::read_parquet(path)?;
     // Every column read is checked, so a table of another schema is bad input naming the file.
     let column = |n: &str| {
         df.column(n).map_err(|_| bad!("{}: no column `{n}` (not an agop correlations table?)", path.display()))
@@ -40,7 +57,17 @@ pub fn read_rows(dir: &Path) -> Result<(Vec<Row>, DataFrame)> {
     let s = |n: &str| -> Result<Vec<String>> {
         Ok(column(n)?.str().map_err(|_| wrong(n, "a string"))?.iter().map(|x| x.unwrap_or("").to_string()).collect())
     };
-    let (weights, module, metric) = (s("weights")?, s("module")?, s("metric")?);
+    let weights = if has_weights { s("weights")? } else { vec!["pretrained − random-init".to_string(); df.height()] };
+    let (module, metric) = (s("module")?, s("metric")?);
+    // Columns added later (SPEC.md §8) are optional.
+    let optional = |n: &str, default: &str| -> Result<Vec<String>> {
+        if df.column(n).is_ok() {
+            s(n)
+        } else {
+            Ok(vec![default.to_string(); df.height()])
+        }
+    };
+    let (ansatz, nfm) = (optional("ansatz", "nfa")?, optional("nfm", "gram")?);
     let layer: Vec<u32> =
         column("layer")?.u32().map_err(|_| wrong("layer", "UInt32"))?.iter().map(|x| x.unwrap_or(0)).collect();
     let head: Vec<Option<u32>> = column("head")?.u32().map_err(|_| wrong("head", "UInt32"))?.iter().collect();
@@ -48,7 +75,13 @@ pub fn read_rows(dir: &Path) -> Result<(Vec<Row>, DataFrame)> {
         Ok(column(n)?.f64().map_err(|_| wrong(n, "Float64"))?.iter().map(|x| x.unwrap_or(f64::NAN)).collect())
     };
     let (power, value) = (f64s("power")?, f64s("value")?);
+    let (low, high) = if df.column("ci_low").is_ok() {
+        (f64s("ci_low")?, f64s("ci_high")?)
+    } else {
+        (vec![f64::NAN; df.height()], vec![f64::NAN; df.height()])
+    };
     let rows = (0..df.height())
+        .filter(|&i| ansatz[i] == "nfa" && nfm[i] == "gram")
         .map(|i| Row {
             weights: weights[i].clone(),
             layer: layer[i],
@@ -57,6 +90,7 @@ pub fn read_rows(dir: &Path) -> Result<(Vec<Row>, DataFrame)> {
             power: power[i],
             metric: metric[i].clone(),
             value: value[i],
+            ci: (low[i].is_finite() && high[i].is_finite()).then_some((low[i], high[i])),
         })
         .collect();
     Ok((rows, df))
@@ -66,6 +100,10 @@ pub fn read_rows(dir: &Path) -> Result<(Vec<Row>, DataFrame)> {
 pub fn report(dir: &Path) -> Result<String> {
     let (rows, df) = read_rows(dir)?;
     let mut text = table::render(&rows, &df)?;
+    let contrasts = read_contrasts(dir)?;
+    if let Some(c) = &contrasts {
+        text.push_str(&table::render_contrasts(c)?);
+    }
     let written = plots::write_all(&rows, &dir.join("plots"))?;
     text.push_str(&format!("\nplots: {} files in {}\n", written.len(), dir.join("plots").display()));
     Ok(text)
@@ -95,17 +133,38 @@ pub fn head_module_names() -> Vec<&'static str> {
     Kind::ALL.iter().filter(|k| k.per_head()).map(|k| k.as_str()).collect()
 }
 
-/// The value for (weights, layer, module, power, metric): the whole-matrix value, or the median over heads.
-pub fn cell(rows: &[Row], weights: &str, layer: u32, module: &str, power: f64, metric: &str) -> Option<f64> {
-    let v: Vec<f64> = rows
+/// The value for (weights, layer, module, power, metric) — the whole-matrix value, or the median
+/// over heads — with its interval: the row's (ci_low, ci_high), or for per-head modules the medians
+/// over heads of both ends (None when any head has no interval).
+pub fn cell_ci(
+    rows: &[Row],
+    weights: &str,
+    layer: u32,
+    module: &str,
+    power: f64,
+    metric: &str,
+) -> Option<(f64, Option<(f64, f64)>)> {
+    let sel: Vec<&Row> = rows
         .iter()
         .filter(|r| {
-            r.weights == weights && r.layer == layer && r.module == module && r.power == power && r.metric == metric
+            r.weights == weights
+                && r.layer == layer
+                && r.module == module
+                && r.power == power
+                && r.metric == metric
+                && r.value.is_finite()
         })
-        .map(|r| r.value)
-        .filter(|v| v.is_finite())
         .collect();
-    (!v.is_empty()).then(|| median(v))
+    if sel.is_empty() {
+        return None;
+    }
+    let value = median(sel.iter().map(|r| r.value).collect());
+    let ci = sel
+        .iter()
+        .map(|r| r.ci)
+        .collect::<Option<Vec<_>>>()
+        .map(|c| (median(c.iter().map(|x| x.0).collect()), median(c.iter().map(|x| x.1).collect())));
+    Some((value, ci))
 }
 
 /// Distinct values in first-seen order.

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::{cell, distinct, head_module_names, module_names, Row};
+use super::{cell_ci, distinct, head_module_names, module_names, Row};
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
@@ -55,8 +55,10 @@ fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result
     let max_layer = layers.iter().copied().max().unwrap_or(0);
     let root = BitMapBackend::new(path, (1400, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let root =
-        root.titled(&format!("NFM vs AGOP^{power}: Pearson correlation by layer"), ("sans-serif", 24)).map_err(err)?;
+    let bars = if rows.iter().any(|r| r.ci.is_some()) { " (bars: 95% jackknife interval)" } else { "" };
+    let root = root
+        .titled(&format!("NFM vs AGOP^{power}: Pearson correlation by layer{bars}"), ("sans-serif", 24))
+        .map_err(err)?;
     let panels = root.split_evenly((2, 4));
     for (i, m) in module_names().iter().enumerate() {
         let mut chart = ChartBuilder::on(&panels[i])
@@ -75,9 +77,18 @@ fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result
             .draw()
             .map_err(err)?;
         for (k, w) in weights.iter().enumerate() {
-            let pts: Vec<(f64, f64)> =
-                layers.iter().filter_map(|&l| cell(rows, w, l, m, power, "pearson").map(|v| (l as f64, v))).collect();
+            let cells: Vec<_> = layers
+                .iter()
+                .filter_map(|&l| cell_ci(rows, w, l, m, power, "pearson").map(|(v, ci)| (l as f64, v, ci)))
+                .collect();
+            let pts: Vec<(f64, f64)> = cells.iter().map(|c| (c.0, c.1)).collect();
             let color = palette(k);
+            // 95% intervals as error bars.
+            chart
+                .draw_series(cells.iter().filter_map(|&(x, v, ci)| {
+                    ci.map(|(lo, hi)| ErrorBar::new_vertical(x, lo, v, hi, color.stroke_width(1), 6))
+                }))
+                .map_err(err)?;
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                 .map_err(err)?
@@ -98,11 +109,25 @@ fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result
 }
 
 /// Layer × head heatmap of the Pearson correlation for one of q, k, v. False if no head rows.
+/// A cell of a non-control heatmap whose 95% interval includes the random-init value of the same
+/// layer and head is outlined.
 fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, path: &Path) -> Result<bool> {
-    let cells: Vec<(u32, u32, f64)> = rows
+    let pick = |w: &str| -> Vec<&Row> {
+        rows.iter()
+            .filter(|r| r.weights == w && r.module == module && r.power == power && r.metric == "pearson")
+            .filter(|r| r.head.is_some())
+            .collect()
+    };
+    let control = if weights == "random-init" { vec![] } else { pick("random-init") };
+    let cells: Vec<(u32, u32, f64)> = pick(weights).iter().map(|r| (r.layer, r.head.unwrap_or(0), r.value)).collect();
+    let marked: Vec<(u32, u32)> = pick(weights)
         .iter()
-        .filter(|r| r.weights == weights && r.module == module && r.power == power && r.metric == "pearson")
-        .filter_map(|r| r.head.map(|h| (r.layer, h, r.value)))
+        .filter(|r| {
+            r.ci.is_some_and(|(lo, hi)| {
+                control.iter().any(|c| c.layer == r.layer && c.head == r.head && lo <= c.value && c.value <= hi)
+            })
+        })
+        .map(|r| (r.layer, r.head.unwrap_or(0)))
         .collect();
     if cells.is_empty() {
         return Ok(false);
@@ -111,8 +136,12 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, path: &Path) -
     let n_head = cells.iter().map(|c| c.1).max().unwrap_or(0) + 1;
     let root = BitMapBackend::new(path, (900, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
+    let note = if marked.is_empty() { String::new() } else { "; outlined: 95% interval includes random-init".into() };
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{module} ({weights}): Pearson(NFM, AGOP^{power}) by layer and head"), ("sans-serif", 20))
+        .caption(
+            format!("{module} ({weights}): Pearson(NFM, AGOP^{power}) by layer and head{note}"),
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -136,6 +165,12 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, path: &Path) -
             let color = HSLColor(0.66 - 0.66 * t, 0.8, 0.55);
             let (x, y) = (h as f64, l as f64);
             Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], color.filled())
+        }))
+        .map_err(err)?;
+    chart
+        .draw_series(marked.iter().map(|&(l, h)| {
+            let (x, y) = (h as f64, l as f64);
+            Rectangle::new([(x - 0.45, y - 0.45), (x + 0.45, y + 0.45)], BLACK.stroke_width(3))
         }))
         .map_err(err)?;
     if n_head <= 32 {

@@ -6,7 +6,72 @@ use std::fmt::Write;
 use anyhow::Result;
 use polars::prelude::DataFrame;
 
-use super::{cell, distinct, module_names, Row};
+use super::{cell_ci, distinct, module_names, Row};
+
+/// Column width of one value (± half-width).
+const W: usize = 18;
+
+/// `0.8123 ± 0.0123` (half the interval's width; the interval is symmetric about the value), or
+/// the value alone without an interval.
+fn value_text(v: f64, ci: Option<(f64, f64)>) -> String {
+    match ci {
+        Some((lo, hi)) => format!("{v:.4} ± {:.4}", 0.5 * (hi - lo)),
+        None => format!("{v:.4}"),
+    }
+}
+
+/// Rows of a layer × module table: one column per (power, weights).
+fn body(out: &mut String, rows: &[Row], weights: &[String], powers: &[f64], mark_zero: bool) -> Result<()> {
+    let layers = distinct(rows.iter().map(|r| r.layer));
+    let mut header = format!("{:>5}  {:<12}", "layer", "module");
+    for p in powers {
+        for w in weights {
+            let name = if mark_zero { format!("α={p}") } else { format!("{w} α={p}") };
+            header.push_str(&format!("  {name:>W$}"));
+        }
+    }
+    writeln!(out, "{header}")?;
+    writeln!(out, "{}", "-".repeat(header.chars().count()))?;
+    for &l in &layers {
+        for m in module_names() {
+            let mut line = format!("{l:>5}  {m:<12}");
+            let mut any = false;
+            for &p in powers {
+                for w in weights {
+                    match cell_ci(rows, w, l, m, p, "pearson") {
+                        Some((v, ci)) => {
+                            any = true;
+                            let mut t = value_text(v, ci);
+                            // A difference whose interval excludes 0.
+                            if mark_zero {
+                                t.push(if ci.is_some_and(|(lo, hi)| lo > 0.0 || hi < 0.0) { '*' } else { ' ' });
+                            }
+                            line.push_str(&format!("  {t:>W$}"));
+                        }
+                        None => line.push_str(&format!("  {:>W$}", "–")),
+                    }
+                }
+            }
+            if any {
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pretrained − random-init section (contrasts.parquet).
+pub fn render_contrasts(rows: &[Row]) -> Result<String> {
+    let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\nPretrained − random-init difference of the Pearson correlation, ± half-width of its 95% interval \
+         (paired over window groups; * the interval excludes 0)\n"
+    )?;
+    body(&mut out, rows, &["pretrained − random-init".to_string()], &powers, true)?;
+    Ok(out)
+}
 
 pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
     let first = |c: &str| -> String {
@@ -24,7 +89,6 @@ pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
     };
     let weights = distinct(rows.iter().map(|r| r.weights.clone()));
     let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
-    let layers = distinct(rows.iter().map(|r| r.layer));
     let mut out = String::new();
     writeln!(
         out,
@@ -37,34 +101,13 @@ pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
         first("estimator"),
         first("probes"),
     )?;
-    writeln!(out, "Pearson correlation of NFM and AGOP^α (median over heads for attn.q/k/v)\n")?;
-    let mut header = format!("{:>5}  {:<12}", "layer", "module");
-    for p in &powers {
-        for w in &weights {
-            header.push_str(&format!("  {:>16}", format!("{w} α={p}")));
-        }
-    }
-    writeln!(out, "{header}")?;
-    writeln!(out, "{}", "-".repeat(header.chars().count()))?;
-    for &l in &layers {
-        for m in module_names() {
-            let mut line = format!("{l:>5}  {m:<12}");
-            let mut any = false;
-            for &p in &powers {
-                for w in &weights {
-                    match cell(rows, w, l, m, p, "pearson") {
-                        Some(v) => {
-                            any = true;
-                            line.push_str(&format!("  {v:>16.4}"));
-                        }
-                        None => line.push_str(&format!("  {:>16}", "–")),
-                    }
-                }
-            }
-            if any {
-                writeln!(out, "{line}")?;
-            }
-        }
-    }
+    let groups = first("groups");
+    let ci = if rows.iter().any(|r| r.ci.is_some()) {
+        format!(" ± half-width of the 95% jackknife interval over {groups} window groups")
+    } else {
+        String::new()
+    };
+    writeln!(out, "Pearson correlation of NFM and AGOP^α{ci} (median over heads for attn.q/k/v)\n")?;
+    body(&mut out, rows, &weights, &powers, false)?;
     Ok(out)
 }
