@@ -80,7 +80,9 @@ fn tiny_pipeline_end_to_end() {
     };
     let (se, lo, hi) = (col(&df, "se"), col(&df, "ci_low"), col(&df, "ci_high"));
     for i in 0..df.height() {
-        assert!(se[i] > 0.0 && lo[i] < values[i] && values[i] < hi[i], "row {i}: {} [{}, {}]", values[i], lo[i], hi[i]);
+        // Centred on the bias-corrected value (not on `value`): only the width is fixed by se.
+        let t975_9 = 2.262_157_162_740_992;
+        assert!(se[i] > 0.0 && ((hi[i] - lo[i]) - 2.0 * t975_9 * se[i]).abs() < 1e-12, "row {i}");
     }
     // contrasts.parquet: the same keys without `weights`, value = pretrained − random-init.
     let c = read_parquet(&out.join("contrasts.parquet")).unwrap();

@@ -11,14 +11,23 @@ use super::{cell_ci, distinct, module_names, Row};
 /// Column width of one value (± half-width).
 const W: usize = 18;
 
-/// `0.8123 ± 0.0123` (half the interval's width; the interval is symmetric about the value), or
-/// the value alone without an interval.
+/// `0.8123 ± 0.0123` (half the interval's width), or the value alone without an interval. The
+/// interval is centred on the bias-corrected value; `†` marks a centre more than a fifth of the
+/// half-width away from the value.
 fn value_text(v: f64, ci: Option<(f64, f64)>) -> String {
     match ci {
-        Some((lo, hi)) => format!("{v:.4} ± {:.4}", 0.5 * (hi - lo)),
+        Some((lo, hi)) => {
+            let (half, centre) = (0.5 * (hi - lo), 0.5 * (hi + lo));
+            let mark = if (centre - v).abs() > 0.2 * half { "†" } else { "" };
+            format!("{v:.4} ± {half:.4}{mark}")
+        }
         None => format!("{v:.4}"),
     }
 }
+
+/// The footnote of `†`.
+const SHIFTED: &str = "† the interval is centred on the jackknife bias-corrected value, here more than a fifth of \
+                       the half-width from the value: read ci_low and ci_high";
 
 /// Rows of a layer × module table: one column per (power, weights).
 fn body(out: &mut String, rows: &[Row], weights: &[String], powers: &[f64], mark_zero: bool) -> Result<()> {
@@ -70,6 +79,9 @@ pub fn render_contrasts(rows: &[Row]) -> Result<String> {
          (paired over window groups; * the interval excludes 0)\n"
     )?;
     body(&mut out, rows, &["pretrained − random-init".to_string()], &powers, true)?;
+    if out.contains('†') {
+        writeln!(out, "{SHIFTED}")?;
+    }
     Ok(out)
 }
 
@@ -109,5 +121,8 @@ pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
     };
     writeln!(out, "Pearson correlation of NFM and AGOP^α{ci} (median over heads for attn.q/k/v)\n")?;
     body(&mut out, rows, &weights, &powers, false)?;
+    if out.contains('†') {
+        writeln!(out, "{SHIFTED}")?;
+    }
     Ok(out)
 }
