@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use faer::Mat;
+use rayon::prelude::*;
 
 use super::gram::{agop_mean, nfm, weight};
 use super::jackknife::{jackknife, Interval};
@@ -125,7 +126,9 @@ pub fn correlate_module_grouped(model: &Gpt2, m: &Module, run: &RunSums, powers:
     if groups < 2 {
         return Ok(out);
     }
+    // Groups in parallel (each an eigendecomposition of its own; memory: one group sum per thread).
     let loo = (0..groups)
+        .into_par_iter()
         .map(|g| {
             let (_, s, ng) = run.group(g, m)?;
             let rest: Vec<f64> = total.iter().zip(&s).map(|(a, b)| a - b).collect();

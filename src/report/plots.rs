@@ -109,8 +109,8 @@ fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result
 }
 
 /// Layer × head heatmap of the Pearson correlation for one of q, k, v. False if no head rows.
-/// A cell of a non-control heatmap whose 95% interval includes the random-init value of the same
-/// layer and head is outlined.
+/// A cell of a non-control heatmap whose 95% interval includes the random-init estimate of the
+/// same layer and head (bias-corrected, as the interval is) is outlined.
 fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, path: &Path) -> Result<bool> {
     let pick = |w: &str| -> Vec<&Row> {
         rows.iter()
@@ -124,7 +124,11 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, path: &Path) -
         .iter()
         .filter(|r| {
             r.ci.is_some_and(|(lo, hi)| {
-                control.iter().any(|c| c.layer == r.layer && c.head == r.head && lo <= c.value && c.value <= hi)
+                control.iter().any(|c| {
+                    // The control's own bias-corrected estimate (its interval's centre) where it has one.
+                    let v = c.ci.map(|(a, b)| 0.5 * (a + b)).unwrap_or(c.value);
+                    c.layer == r.layer && c.head == r.head && lo <= v && v <= hi
+                })
             })
         })
         .map(|r| (r.layer, r.head.unwrap_or(0)))

@@ -9,25 +9,30 @@ use polars::prelude::DataFrame;
 use super::{cell_ci, distinct, module_names, Row};
 
 /// Column width of one value (± half-width).
-const W: usize = 18;
+const W: usize = 26;
 
-/// `0.8123 ± 0.0123` (half the interval's width), or the value alone without an interval. The
-/// interval is centred on the bias-corrected value; `†` marks a centre more than a fifth of the
-/// half-width away from the value.
+/// `0.8123 ± 0.0123`: the value and half the width of its 95% interval; or, when the interval's
+/// centre (the jackknife bias-corrected estimate) is more than a fifth of the half-width from the
+/// value, `0.8123 → 0.8301 ± 0.0123` (value → centre ± half-width); the value alone without an
+/// interval.
 fn value_text(v: f64, ci: Option<(f64, f64)>) -> String {
     match ci {
         Some((lo, hi)) => {
             let (half, centre) = (0.5 * (hi - lo), 0.5 * (hi + lo));
-            let mark = if (centre - v).abs() > 0.2 * half { "†" } else { "" };
-            format!("{v:.4} ± {half:.4}{mark}")
+            if (centre - v).abs() > 0.2 * half {
+                format!("{v:.4} → {centre:.4} ± {half:.4}")
+            } else {
+                format!("{v:.4} ± {half:.4}")
+            }
         }
         None => format!("{v:.4}"),
     }
 }
 
-/// The footnote of `†`.
-const SHIFTED: &str = "† the interval is centred on the jackknife bias-corrected value, here more than a fifth of \
-                       the half-width from the value: read ci_low and ci_high";
+/// The footnote of `→`.
+const SHIFTED: &str = "a → b ± h: the 95% interval is b ± h, centred on the jackknife bias-corrected estimate b, \
+                       not on the value a; a correlation of a noisy AGOP (few tokens, few probes) is biased \
+                       towards 0, and a large a → b shift says the measurement needs more tokens or probes";
 
 /// Rows of a layer × module table: one column per (power, weights).
 fn body(out: &mut String, rows: &[Row], weights: &[String], powers: &[f64], mark_zero: bool) -> Result<()> {
@@ -79,7 +84,7 @@ pub fn render_contrasts(rows: &[Row]) -> Result<String> {
          (paired over window groups; * the interval excludes 0)\n"
     )?;
     body(&mut out, rows, &["pretrained − random-init".to_string()], &powers, true)?;
-    if out.contains('†') {
+    if out.contains('→') {
         writeln!(out, "{SHIFTED}")?;
     }
     Ok(out)
@@ -121,7 +126,7 @@ pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
     };
     writeln!(out, "Pearson correlation of NFM and AGOP^α{ci} (median over heads for attn.q/k/v)\n")?;
     body(&mut out, rows, &weights, &powers, false)?;
-    if out.contains('†') {
+    if out.contains('→') {
         writeln!(out, "{SHIFTED}")?;
     }
     Ok(out)
