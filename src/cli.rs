@@ -102,7 +102,8 @@ pub enum Stage {
 /// `--model` and `--revision`: which checkpoint.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// Hub id (owner/name) or local directory with config.json and model.safetensors (and, for
+    /// Hub id (owner/name) or local directory with config.json and model.safetensors or
+    /// pytorch_model.bin (and, for
     /// tokenize, tokenizer.json or vocab.json + merges.txt).
     #[arg(long)]
     pub model: String,

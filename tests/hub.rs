@@ -123,7 +123,7 @@ fn route(repos: &Repos, rules: &Rules, req: &tiny_http::Request) -> tiny_http::R
     let Some(body) = files.get(&file) else {
         return not_found("EntryNotFound").with_header(header("X-Repo-Commit", COMMIT)).boxed();
     };
-    let lfs = file.ends_with(".safetensors") || file.ends_with(".parquet");
+    let lfs = file.ends_with(".safetensors") || file.ends_with(".parquet") || file.ends_with(".bin");
     let etag = if lfs { sha256(body) } else { sha256(body)[..40].to_string() };
     let mut served = body.clone();
     if rules.truncate.as_deref() == Some(file.as_str()) {
@@ -385,4 +385,54 @@ fn default_pipeline_without_network_stops_at_once() {
     assert!(t.contains("local model directory") && t.contains("HF_ENDPOINT"), "{t}");
     assert!(start.elapsed().as_secs() < 60);
     assert!(!env.tmp.path().join("outputs/gpt2-shakespeare/tokens.parquet").exists());
+}
+
+/// A repository with only PyTorch weights (the sharded fixture written by torch.save): fetched
+/// shard by shard, measured to the same sums as the safetensors fixture; a truncated
+/// pytorch_model.bin download is refused like a truncated safetensors one.
+#[test]
+fn pytorch_bin_repositories_are_fetched_and_checked() {
+    let env = Env::new();
+    let fixture = |d: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2-bin").join(d);
+    let read_dir = |d: &Path| -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), std::fs::read(&p).unwrap()))
+            .collect()
+    };
+    let mut r = repos(env.tmp.path());
+    r.insert("models/testorg/sharded-bin".into(), read_dir(&fixture("sharded")));
+    r.insert("models/testorg/single-bin".into(), read_dir(&fixture("single")));
+    let hub = FakeHub::start(r.clone(), Rules::default());
+    let o = env.agop(&hub.endpoint(), &["fetch", "--model", "testorg/sharded-bin"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    for f in ["pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let tokens = env.tmp.path().join("tokens.parquet");
+    let w: Vec<agop::tokenize::Window> = (0..3u64)
+        .map(|i| agop::tokenize::Window { index: i, tokens: (0..6u64).map(|j| ((i * 5 + j) % 50) as u32).collect() })
+        .collect();
+    agop::tokenize::write_tokens(&tokens, &w, &Default::default()).unwrap();
+    let measure = |model: &str, out: &str| {
+        let o = env.agop(
+            &hub.endpoint(),
+            &["measure", "--model", model, "--tokens", tokens.to_str().unwrap(), "--out", out],
+            &[],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        agop::measure::Gop::load(Path::new(out)).unwrap()
+    };
+    let a = measure("testorg/sharded-bin", env.tmp.path().join("a.safetensors").to_str().unwrap());
+    let b = measure(fixture_model().to_str().unwrap(), env.tmp.path().join("b.safetensors").to_str().unwrap());
+    assert_eq!(a.sums, b.sums);
+    assert_eq!(a.meta.revision, COMMIT);
+    hub.stop();
+
+    let hub = FakeHub::start(r, Rules { truncate: Some("pytorch_model.bin".into()) });
+    let o = env.agop(&hub.endpoint(), &["fetch", "--model", "testorg/single-bin"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("pytorch_model.bin") && text(&o).contains("truncated"), "{}", text(&o));
 }

@@ -186,13 +186,30 @@ pub fn resolve_model(id: &str, revision: Option<&str>) -> Result<ResolvedModel> 
     let commit = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| rev.to_string());
     // Pin every later request to the resolved commit.
     let what = format!("model {id}@{commit}");
-    if fetch_optional(&repo, &what, "model.safetensors", &commit)?.is_none() {
-        let index = fetch_optional(&repo, &what, "model.safetensors.index.json", &commit)?
-            .ok_or_else(|| bad!("{what}: has neither model.safetensors nor model.safetensors.index.json"))?;
-        for shard in crate::model::weights::safetensors_files(index.parent().unwrap())? {
-            let f = shard.file_name().unwrap().to_string_lossy().into_owned();
-            fetch(&repo, &what, &f, &commit)?;
+    // Weights: safetensors when the repository has them, else PyTorch's pytorch_model.bin
+    // (single or sharded); each file checked against its ETag as it arrives.
+    let mut found = false;
+    for (single, index) in
+        [("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")]
+    {
+        if fetch_optional(&repo, &what, single, &commit)?.is_some() {
+            found = true;
+            break;
         }
+        if let Some(index) = fetch_optional(&repo, &what, index, &commit)? {
+            for shard in crate::model::weights::index_files(&index)? {
+                let f = shard.file_name().unwrap().to_string_lossy().into_owned();
+                fetch(&repo, &what, &f, &commit)?;
+            }
+            found = true;
+            break;
+        }
+    }
+    if !found {
+        bail_bad!(
+            "{what}: has no weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin or \
+             pytorch_model.bin.index.json)"
+        );
     }
     // The tokenizer: tokenizer.json, else vocab.json + merges.txt. What the snapshot already
     // holds is used first, so a cached model needs no request for a file the repo lacks.

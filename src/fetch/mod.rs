@@ -19,7 +19,7 @@ pub fn resolve_model(spec: &str, revision: Option<&str>) -> Result<ResolvedModel
     }
     if p.is_file() {
         crate::bail_bad!(
-            "--model {spec} is a file; give the model folder (with config.json and model.safetensors) or a hub id"
+            "--model {spec} is a file; give the model folder (with config.json and model.safetensors or pytorch_model.bin) or a hub id"
         );
     }
     hub::resolve_model(spec, revision)

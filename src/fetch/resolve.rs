@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::bail_bad;
-use crate::model::weights::safetensors_files;
+use crate::model::weights::weights_files;
 use crate::model::Gpt2Config;
 use crate::util::sha256_files;
 
@@ -60,7 +60,7 @@ impl ResolvedModel {
         if let Some(s) = self.sha.get() {
             return Ok(s);
         }
-        let sha = sha256_files(&safetensors_files(&self.dir)?)?;
+        let sha = sha256_files(&weights_files(&self.dir)?)?;
         Ok(self.sha.get_or_init(|| sha))
     }
 
@@ -89,7 +89,7 @@ impl ResolvedModel {
 }
 
 fn file_stamps(dir: &Path) -> Result<Vec<(PathBuf, u64, u128)>> {
-    safetensors_files(dir)?
+    weights_files(dir)?
         .into_iter()
         .map(|f| {
             let md = std::fs::metadata(&f)?;

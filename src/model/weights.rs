@@ -1,5 +1,5 @@
-//! GPT-2 weights: loading HF safetensors (with or without the `transformer.` prefix, Conv1D
-//! [in, out] layout, F32/F16/BF16) and the SPEC.md §4 random-init control, both through the one
+//! GPT-2 weights: loading HF safetensors or PyTorch `pytorch_model.bin` (with or without the
+//! `transformer.` prefix, Conv1D [in, out] layout, F32/F16/BF16) and the SPEC.md §4 random-init control, both through the one
 //! schema of [`Params::build`], onto a given device.
 
 use std::collections::HashMap;
@@ -14,6 +14,8 @@ use rand_distr::{Distribution, Normal};
 use super::config::Gpt2Config;
 use super::gpt2::Gpt2;
 use super::params::Params;
+use candle_core::pickle::PthTensors;
+
 use crate::util::tensor_file::TensorFile;
 use crate::{bad, bail_bad};
 
@@ -50,75 +52,166 @@ impl std::fmt::Display for WeightsKind {
     }
 }
 
-/// The safetensors files of a checkpoint directory: `model.safetensors`, or the shards listed by
-/// `model.safetensors.index.json`.
-pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index)?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad!("{}: invalid JSON: {e}", index.display()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| bad!("{}: no weight_map object", index.display()))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
-        files.sort();
-        files.dedup();
-        for f in &files {
-            // A shard must be a plain file name in this folder: no absolute path, no `..`.
-            let p = Path::new(f);
-            let plain =
-                p.components().count() == 1 && matches!(p.components().next(), Some(std::path::Component::Normal(_)));
-            if !plain {
-                bail_bad!("{}: weight_map names {f:?}, which is not a file in the model folder", index.display());
-            }
+/// The weights files of a checkpoint directory, in the order they are read and hashed:
+/// `model.safetensors` or the shards of `model.safetensors.index.json`; without safetensors,
+/// PyTorch's `pytorch_model.bin` or the shards of `pytorch_model.bin.index.json`.
+pub fn weights_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    for (single, index) in
+        [("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")]
+    {
+        if dir.join(single).is_file() {
+            return Ok(vec![dir.join(single)]);
         }
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+        if dir.join(index).is_file() {
+            return index_files(&dir.join(index));
+        }
     }
-    bail_bad!("{}: no model.safetensors (or model.safetensors.index.json) in this directory", dir.display())
+    bail_bad!(
+        "{}: no weights in this directory (model.safetensors, model.safetensors.index.json, pytorch_model.bin or \
+         pytorch_model.bin.index.json)",
+        dir.display()
+    )
 }
 
-/// Load the checkpoint in `dir` with the given (already validated) config onto `device`.
+/// The shard files a `*.index.json` names in its `weight_map`, each a plain file name in its folder.
+pub fn index_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(index)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad!("{}: invalid JSON: {e}", index.display()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad!("{}: no weight_map object", index.display()))?;
+    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+    files.sort();
+    files.dedup();
+    for f in &files {
+        // A shard must be a plain file name in this folder: no absolute path, no `..`.
+        let p = Path::new(f);
+        let plain =
+            p.components().count() == 1 && matches!(p.components().next(), Some(std::path::Component::Normal(_)));
+        if !plain {
+            bail_bad!("{}: weight_map names {f:?}, which is not a file in the model folder", index.display());
+        }
+    }
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Open weights files: safetensors headers (tensors read one at a time later), or PyTorch zip
+/// archives through candle's pickle reader, which parses the pickle without executing it.
+enum WeightsReader {
+    Safetensors(Vec<TensorFile>),
+    Pytorch(Vec<(PathBuf, PthTensors)>),
+}
+
+/// One stored tensor: (file index, its name in the file, shape, dtype name).
+type Entry = (usize, String, Vec<usize>, String);
+
+impl WeightsReader {
+    fn open(files: &[PathBuf]) -> Result<Self> {
+        let is_bin = files.first().is_some_and(|f| f.extension().is_some_and(|e| e == "bin"));
+        if !is_bin {
+            return Ok(Self::Safetensors(files.iter().map(|f| TensorFile::open(f)).collect::<Result<_>>()?));
+        }
+        let open = |f: &PathBuf| -> Result<(PathBuf, PthTensors)> {
+            let t = PthTensors::new(f, None).map_err(|e| {
+                bad!(
+                    "{}: not a readable PyTorch checkpoint (a zip archive holding a pickled state dict, as \
+                     torch.save writes since PyTorch 1.6): {e}",
+                    f.display()
+                )
+            })?;
+            Ok((f.clone(), t))
+        };
+        Ok(Self::Pytorch(files.iter().map(open).collect::<Result<_>>()?))
+    }
+
+    fn path(&self, i: usize) -> &Path {
+        match self {
+            Self::Safetensors(f) => &f[i].path,
+            Self::Pytorch(f) => &f[i].0,
+        }
+    }
+
+    fn entries(&self) -> Vec<Entry> {
+        match self {
+            Self::Safetensors(files) => files
+                .iter()
+                .enumerate()
+                .flat_map(|(i, f)| f.entries.iter().map(move |(k, e)| (i, k.clone(), e.shape.clone(), e.dtype.clone())))
+                .collect(),
+            Self::Pytorch(files) => files
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (_, t))| {
+                    t.tensor_infos().iter().map(move |(k, info)| {
+                        let dtype = match info.dtype {
+                            DType::F32 => "F32".to_string(),
+                            DType::F16 => "F16".to_string(),
+                            DType::BF16 => "BF16".to_string(),
+                            DType::F64 => "F64".to_string(),
+                            other => format!("{other:?}"),
+                        };
+                        (i, k.clone(), info.layout.dims().to_vec(), dtype)
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Tensor `key` of file `i` with the (checked) dtype and shape, on `device`.
+    fn read(&self, i: usize, key: &str, dtype: DType, shape: &[usize], device: &Device) -> Result<Tensor> {
+        match self {
+            Self::Safetensors(f) => Ok(Tensor::from_raw_buffer(&f[i].read(key)?, dtype, shape, device)?),
+            Self::Pytorch(f) => {
+                let (path, t) = &f[i];
+                let tensor = t
+                    .get(key)
+                    .map_err(|e| bad!("{}: cannot read tensor {key}: {e}", path.display()))?
+                    .ok_or_else(|| bad!("{}: tensor {key} is missing", path.display()))?;
+                Ok(tensor.to_device(device)?)
+            }
+        }
+    }
+}
+
+/// Load the checkpoint in `dir` with the given (already validated) config onto `device`, from
+/// safetensors or PyTorch `.bin` files ([`weights_files`]): the same names (with or without the
+/// `transformer.` prefix), dtypes and checks for both.
 pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<Gpt2> {
     // Headers first; each tensor's bytes are read when the schema asks for it, so memory holds
     // the converted tensors plus one file tensor at a time (not a copy of every file).
-    let files = safetensors_files(dir)?.iter().map(|f| TensorFile::open(f)).collect::<Result<Vec<_>>>()?;
-    let mut tensors: HashMap<String, (usize, String)> = HashMap::new();
-    for (i, f) in files.iter().enumerate() {
-        for key in f.entries.keys() {
-            let name = key.strip_prefix("transformer.").unwrap_or(key).to_string();
-            tensors.insert(name, (i, key.clone()));
-        }
+    let files = weights_files(dir)?;
+    let reader = WeightsReader::open(&files)?;
+    let mut tensors: HashMap<String, Entry> = HashMap::new();
+    for e in reader.entries() {
+        let name = e.1.strip_prefix("transformer.").unwrap_or(&e.1).to_string();
+        tensors.insert(name, e);
     }
-    let default_file = dir.join("model.safetensors");
+    let described = if files.len() == 1 { files[0].display().to_string() } else { format!("{}", dir.display()) };
     let take = |name: &str, shape: &[usize]| -> Result<Tensor> {
-        let (i, key) =
-            tensors.remove(name).ok_or_else(|| bad!("{}: tensor {name} is missing", default_file.display()))?;
-        let (f, e) = (&files[i], &files[i].entries[&key]);
-        let file = f.path.display();
-        if e.shape != shape {
-            bail_bad!("{file}: tensor {name} has shape {:?}, expected {:?}", e.shape, shape);
+        let (i, key, stored_shape, dtype) =
+            tensors.remove(name).ok_or_else(|| bad!("{described}: tensor {name} is missing"))?;
+        let file = reader.path(i).display();
+        if stored_shape != shape {
+            bail_bad!("{file}: tensor {name} has shape {stored_shape:?}, expected {shape:?}");
         }
-        let dtype = match e.dtype.as_str() {
+        let dtype = match dtype.as_str() {
             "F32" => DType::F32,
             "F16" => DType::F16,
             "BF16" => DType::BF16,
             "F64" => DType::F64,
             other => bail_bad!("{file}: tensor {name} has dtype {other}; expected a float type"),
         };
-        let t = Tensor::from_raw_buffer(&f.read(&key)?, dtype, shape, device)?.to_dtype(DType::F32)?;
+        let t = reader.read(i, &key, dtype, shape, device)?.to_dtype(DType::F32)?;
         check_finite(&t).map_err(|e| bad!("{file}: tensor {name} {e}"))?;
         Ok(t)
     };
     let params = Params::build(cfg, take)?;
     // What the schema did not take must be a known buffer, not a parameter of a bigger model.
-    let mut extra: Vec<(&String, &PathBuf)> =
-        tensors.iter().filter(|(n, _)| !is_known_buffer(n, cfg)).map(|(n, (i, _))| (n, &files[*i].path)).collect();
+    let mut extra: Vec<(&String, &Path)> =
+        tensors.iter().filter(|(n, _)| !is_known_buffer(n, cfg)).map(|(n, e)| (n, reader.path(e.0))).collect();
     extra.sort();
     if let Some((name, file)) = extra.first() {
         bail_bad!(

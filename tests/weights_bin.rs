@@ -1,0 +1,108 @@
+//! PyTorch `pytorch_model.bin` checkpoints (zip + pickle, read by candle's pickle reader, which
+//! never executes code): the fixture written by torch.save (tests/fixtures/tiny-gpt2-bin/make.py)
+//! loads to the same weights as the safetensors fixture and gives the same GOP sums; sharded
+//! `.bin` files too; safetensors are preferred when both exist; bad files are exit 2.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use agop::fetch::ResolvedModel;
+use agop::measure::{self, Estimator, Gop, MeasureOptions, Output, Settings};
+use agop::model::{self, WeightsKind};
+use agop::tokenize::{write_tokens, TokensMeta, Window};
+use common::*;
+
+fn bin_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2-bin").join(name)
+}
+
+fn params(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let m = model::load_dir(dir, WeightsKind::Pretrained, 0).unwrap();
+    m.params.named(&m.cfg).into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect()
+}
+
+#[test]
+fn bin_checkpoints_load_the_same_weights_as_safetensors() {
+    let want = params(&fixture_model());
+    assert!(!want.is_empty());
+    for dir in [bin_dir("single"), bin_dir("sharded")] {
+        assert!(!dir.join("model.safetensors").exists());
+        assert_eq!(params(&dir), want, "{}", dir.display());
+    }
+}
+
+#[test]
+fn bin_and_safetensors_give_identical_gop_sums() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.parquet");
+    let w: Vec<Window> = (0..5u64)
+        .map(|i| Window { index: i, tokens: (0..8u64).map(|j| ((i * 7 + j * 3) % 50) as u32).collect() })
+        .collect();
+    write_tokens(&tokens, &w, &TokensMeta::default()).unwrap();
+    let settings = Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 2, seed: 1 };
+    let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, 2);
+    let run = |dir: &Path, name: &str| -> Gop {
+        measure::measure(&ResolvedModel::local(dir).unwrap(), &tokens, &tmp.path().join(name), &opts).unwrap()
+    };
+    let (a, b) = (run(&fixture_model(), "st.safetensors"), run(&bin_dir("single"), "bin.safetensors"));
+    assert_eq!(a.sums, b.sums);
+    // The weights fingerprint covers the file that was read.
+    assert_ne!(a.meta.model_sha256, b.meta.model_sha256);
+    let sha = agop::util::hash::sha256_file(&bin_dir("single").join("pytorch_model.bin")).unwrap();
+    assert_eq!(
+        b.meta.model_sha256,
+        agop::util::hash::sha256_files(&[bin_dir("single").join("pytorch_model.bin")]).unwrap()
+    );
+    assert_eq!(sha.len(), 64);
+}
+
+#[test]
+fn safetensors_are_preferred_when_both_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("both");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(fixture_model().join("config.json"), dir.join("config.json")).unwrap();
+    std::fs::copy(fixture_model().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("pytorch_model.bin"), b"not read").unwrap();
+    assert_eq!(model::weights::weights_files(&dir).unwrap(), vec![dir.join("model.safetensors")]);
+    assert_eq!(params(&dir), params(&fixture_model()));
+}
+
+fn measure_exit(dir: &Path, tmp: &Path) -> (Option<i32>, String) {
+    let tokens = tmp.join("tokens.parquet");
+    let w = vec![Window { index: 0, tokens: vec![1, 2, 3, 4] }];
+    write_tokens(&tokens, &w, &TokensMeta::default()).unwrap();
+    let o = Command::new(agop_bin())
+        .args(["measure", "--model"])
+        .arg(dir)
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--out")
+        .arg(tmp.join("gop.safetensors"))
+        .output()
+        .unwrap();
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+}
+
+#[test]
+fn bad_bin_files_are_exit_2_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = std::fs::read(bin_dir("single").join("pytorch_model.bin")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", good[..good.len() / 2].to_vec(), "not a readable PyTorch checkpoint"),
+        ("garbage", b"\x80\x02}q\x00.".to_vec(), "not a readable PyTorch checkpoint"),
+        ("unknown-class", std::fs::read(bin_dir("unknown-class.bin")).unwrap(), "is missing"),
+    ];
+    for (name, bytes, want) in cases {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(fixture_model().join("config.json"), dir.join("config.json")).unwrap();
+        std::fs::write(dir.join("pytorch_model.bin"), bytes).unwrap();
+        let (code, err) = measure_exit(&dir, &dir);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(err.contains(want) && err.contains("pytorch_model.bin"), "{name}: {err}");
+        assert!(!dir.join("gop.safetensors").exists());
+    }
+}
