@@ -307,3 +307,27 @@ fn intervals_cover_the_all_windows_exact_value() {
     eprintln!("coverage {covered}/{cases} = {rate:.3} (per set {by_set:?}), median interval width {median_width:.4}");
     assert!(rate >= 0.85, "95% intervals cover the all-windows exact value in only {rate:.3} of cases");
 }
+
+/// Measuring again into the same output with fewer groups, or none, removes the group files
+/// that no longer belong to it.
+#[test]
+fn stale_group_files_are_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = write(&tmp.path().join("tokens.parquet"), &windows(0, 6, 8));
+    let model = ResolvedModel::local(&fixture_model()).unwrap();
+    let out = tmp.path().join("gop.safetensors");
+    let files = || -> Vec<String> {
+        let dir = agop::measure::groups::groups_dir(&out);
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    measure::measure(&model, &tokens, &out, &opts(Estimator::Sketch, 1, 3, None)).unwrap();
+    assert_eq!(files(), ["group-0-of-3.safetensors", "group-1-of-3.safetensors", "group-2-of-3.safetensors"]);
+    measure::measure(&model, &tokens, &out, &opts(Estimator::Sketch, 1, 2, None)).unwrap();
+    assert_eq!(files(), ["group-0-of-2.safetensors", "group-1-of-2.safetensors"]);
+    measure::measure(&model, &tokens, &out, &opts(Estimator::Sketch, 1, 1, None)).unwrap();
+    assert!(files().is_empty() && !agop::measure::groups::groups_dir(&out).exists());
+}

@@ -104,6 +104,8 @@ pub fn remove_other_groups(gop: &Path, n: u32, keep: &[u32]) -> Result<()> {
             std::fs::remove_file(&p)?;
         }
     }
+    // An emptied folder goes too.
+    let _ = std::fs::remove_dir(&dir);
     Ok(())
 }
 

@@ -222,7 +222,10 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
     let gop = if plan.len() == 1 {
         let start = resume.unwrap_or_else(|| Gop::zeros(meta));
         bar.set_position(start.meta.n_tokens);
-        measure_windows(&measurer, &windows, start, opts, Some(&ckpt), &bar)?
+        let gop = measure_windows(&measurer, &windows, start, opts, Some(&ckpt), &bar)?;
+        // Group files of an earlier grouped run to this output no longer belong to it.
+        remove_other_groups(out, 1, &[])?;
+        gop
     } else {
         // Group by group; each finished group is written to its file and added into the total
         // in group order. A group whose file already holds exactly these windows, measured the
