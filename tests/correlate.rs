@@ -104,3 +104,59 @@ fn streamed_file_equals_in_memory_table() {
         assert_eq!(*v, r.value.unwrap());
     }
 }
+
+/// ΔNFM = WₜWₜᵀ − W₀W₀ᵀ against AGOP^α (the `delta-gram` rows of a checkpoint series): the
+/// spectral path against the dense one, for a "checkpoint" that is W₀ plus a small change (as
+/// between training steps, where the subtraction cancels most of the Gram) and one far from it;
+/// and null (undefined) rows when the checkpoint is W₀ itself.
+#[test]
+fn delta_gram_fast_equals_dense() {
+    let cfg: model::Gpt2Config = serde_json::from_str(
+        r#"{"model_type":"gpt2","n_layer":2,"n_head":4,"n_embd":48,"n_inner":144,"n_positions":40,"vocab_size":97,"initializer_range":0.2}"#,
+    )
+    .unwrap();
+    let w0 = model::random_init(&cfg, 5, &Device::Cpu).unwrap();
+    let far = model::random_init(&cfg, 6, &Device::Cpu).unwrap();
+    // W₀ + 1e-3 × (another random init): a small step.
+    let near = {
+        let mut named = w0.params.named(&cfg);
+        let other = far.params.named(&cfg);
+        for ((_, t), (_, o)) in named.iter_mut().zip(&other) {
+            *t = (t.clone() + (o * 1e-3).unwrap()).unwrap();
+        }
+        let map: std::collections::HashMap<String, candle_core::Tensor> = named.into_iter().collect();
+        model::Gpt2::new(cfg.clone(), model::Params::build(&cfg, |n, _| Ok(map[n].clone())).unwrap())
+    };
+    let powers = [0.5, 1.0];
+    let mut report = Vec::new();
+    for m in [&near, &far] {
+        let gop = sketch(m, &windows(6, 40, 97), Output::Logits, 2);
+        let mut worst = 0f64;
+        for md in all_modules(&cfg) {
+            let fast = correlate::metrics::correlate_module_delta(
+                m,
+                &w0,
+                &md,
+                gop.get(&md).unwrap(),
+                gop.meta.n_tokens,
+                &powers,
+            )
+            .unwrap();
+            let dense = correlate::metrics::correlate_module_delta_dense(m, &w0, &gop, &md, &powers).unwrap();
+            for (f, d) in fast.iter().zip(&dense) {
+                assert_eq!((f.nfm, f.power, f.metric), ("delta-gram", d.power, d.metric));
+                worst = worst.max((f.value.unwrap() - d.value.unwrap()).abs());
+            }
+        }
+        report.push(worst);
+    }
+    eprintln!("delta-gram fast vs dense, max abs difference (near, far): {report:?}");
+    assert!(report.iter().all(|&w| w < 1e-8), "{report:?}");
+    // The first checkpoint against itself: ΔNFM = 0, every row null with the reason.
+    let gop = sketch(&w0, &windows(2, 40, 97), Output::Logits, 1);
+    let md = &all_modules(&cfg)[0];
+    let rows =
+        correlate::metrics::correlate_module_delta(&w0, &w0, md, gop.get(md).unwrap(), gop.meta.n_tokens, &powers)
+            .unwrap();
+    assert!(rows.iter().all(|r| r.value.is_none() && r.note.is_some()), "{rows:?}");
+}

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::gram::{agop_mean, nfm, weight};
 use super::jackknife::{jackknife, Interval};
-use super::spectral::module_moments;
+use super::spectral::{module_moments, nfm_moments};
 use super::sums::RunSums;
 use crate::math::linalg;
 use crate::measure::Gop;
@@ -142,6 +142,48 @@ pub fn correlate_module_grouped(model: &Gpt2, m: &Module, run: &RunSums, powers:
         row.groups = groups as u32;
         row.interval = row.value.and_then(|v| jackknife(v, &row.loo));
     }
+    Ok(out)
+}
+
+/// Correlations of module `m` of checkpoint `model` between ΔNFM = WₜWₜᵀ − W₀W₀ᵀ (W₀ from
+/// `base`, the first checkpoint of a series) and the AGOP^α of `model`: rows with `nfm` =
+/// `delta-gram`. For the first checkpoint itself ΔNFM = 0 and the rows are null (undefined).
+pub fn correlate_module_delta(
+    model: &Gpt2,
+    base: &Gpt2,
+    m: &Module,
+    sum: &(usize, Vec<f64>),
+    n_tokens: u64,
+    powers: &[f64],
+) -> Result<Vec<Correlation>> {
+    let (w, w0) = (weight(model, m)?, weight(base, m)?);
+    let stored = linalg::from_square(sum.0, &sum.1, 1.0 / n_tokens.max(1) as f64);
+    let moments =
+        nfm_moments(&w, Some(&w0), &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
+    let values: Vec<(f64, f64)> = moments.iter().map(|x| (x.pearson(), x.cosine())).collect();
+    let mut out = rows(m, &model.cfg, powers, &values);
+    out.iter_mut().for_each(|r| r.nfm = "delta-gram");
+    Ok(out)
+}
+
+/// The dense reference of [`correlate_module_delta`].
+pub fn correlate_module_delta_dense(
+    model: &Gpt2,
+    base: &Gpt2,
+    gop: &Gop,
+    m: &Module,
+    powers: &[f64],
+) -> Result<Vec<Correlation>> {
+    let (w, w0) = (weight(model, m)?, weight(base, m)?);
+    let x = nfm(&w) - nfm(&w0);
+    let agop = agop_mean(gop.get(m)?, gop.meta.n_tokens, m, &w);
+    let mut values = Vec::new();
+    for &power in powers {
+        let a = agop.power(power).with_context(|| format!("AGOP^{power} of {}", m.name()))?;
+        values.push((pearson(&x, &a), cosine(&x, &a)));
+    }
+    let mut out = rows(m, &model.cfg, powers, &values);
+    out.iter_mut().for_each(|r| r.nfm = "delta-gram");
     Ok(out)
 }
 

@@ -81,16 +81,45 @@ fn pow0(x: f64, a: f64) -> f64 {
 /// Moments of one module for every power: `w` its weight (d_in × r, stored layout), `stored`
 /// its mean stored-side matrix (operand side: d_in × d_in AGOP; output side: r × r K).
 pub fn module_moments(w: &Mat<f64>, stored: &Mat<f64>, side: Side, powers: &[f64]) -> Result<Vec<Moments>> {
+    nfm_moments(w, None, stored, side, powers)
+}
+
+/// [`module_moments`] with X = the NFM of `w` minus the NFM of `base` when given (the ΔNFM
+/// WₜWₜᵀ − W₀W₀ᵀ of a checkpoint series, SPEC.md §8 `delta-gram`); the AGOP is always `w`'s.
+/// With M = [Wₜ W₀] everything stays a sum of per-weight terms:
+///
+///   ⟨X, A^α⟩ = Σ λ^α (‖Wₜᵀu‖² − ‖W₀ᵀu‖²)   (operand side; output side with u → B v),
+///   ‖X‖² = ‖WₜᵀWₜ‖² + ‖W₀ᵀW₀‖² − 2‖W₀ᵀWₜ‖²,   sum(X) = ‖Wₜᵀ1‖² − ‖W₀ᵀ1‖².
+pub fn nfm_moments(
+    w: &Mat<f64>,
+    base: Option<&Mat<f64>>,
+    stored: &Mat<f64>,
+    side: Side,
+    powers: &[f64],
+) -> Result<Vec<Moments>> {
     let (d, r) = (w.nrows(), w.ncols());
     let n = (d * d) as f64;
     let ones = vec![1.0; d];
+    let gram_norm2 = |a: &Mat<f64>| frob2(&if d <= r { a * a.transpose() } else { a.transpose() * a });
     let wt1 = t_mul_vec(w, &ones); // Wᵀ1 (r)
-    let sx: f64 = wt1.iter().map(|x| x * x).sum();
+    let mut sx: f64 = wt1.iter().map(|x| x * x).sum();
+    let mut xx = gram_norm2(w);
+    if let Some(w0) = base {
+        sx -= t_mul_vec(w0, &ones).iter().map(|x| x * x).sum::<f64>();
+        xx += gram_norm2(w0) - 2.0 * frob2(&(w0.transpose() * w));
+    }
+    // uᵀ X u for the columns u of `vecs` (d_in × k), operand side.
+    let quad = |vecs: &Mat<f64>| -> Vec<f64> {
+        let mut q = col_norms2(&(w.transpose() * vecs));
+        if let Some(w0) = base {
+            q.iter_mut().zip(col_norms2(&(w0.transpose() * vecs))).for_each(|(a, b)| *a -= b);
+        }
+        q
+    };
     Ok(match side {
         Side::Operand => {
-            let xx = frob2(&if d <= r { w * w.transpose() } else { w.transpose() * w });
             let (vals, u) = sym_eigen(stored)?;
-            let m = col_norms2(&(w.transpose() * &u)); // ‖Wᵀuᵢ‖²
+            let m = quad(&u); // uᵢᵀ X uᵢ
             let s1: Vec<f64> = t_mul_vec(&u, &ones).into_iter().map(|x| x * x).collect(); // (uᵢᵀ1)²
             powers
                 .iter()
@@ -109,13 +138,18 @@ pub fn module_moments(w: &Mat<f64>, stored: &Mat<f64>, side: Side, powers: &[f64
         }
         Side::Output => {
             let g = w.transpose() * w; // r × r
-            let xx = frob2(&g);
             let kh = sym_power(stored, 0.5)?;
             let btb = &kh * &g * &kh;
             let (vals, v) = sym_eigen(&btb)?;
             let max = vals.iter().cloned().fold(0.0, f64::max);
             let keep: Vec<usize> = (0..vals.len()).filter(|&i| vals[i] > max * 1e-13 && vals[i] > 0.0).collect();
-            let p = col_norms2(&(&g * &kh * &v)); // ‖WᵀB vₖ‖²
+            // (B vₖ)ᵀ X (B vₖ) with B = W K^½: ‖G K^½ vₖ‖² (− ‖W₀ᵀW K^½ vₖ‖²), all r × r.
+            let kv = &kh * &v;
+            let mut p = col_norms2(&(&g * &kv));
+            if let Some(w0) = base {
+                let h = w0.transpose() * w;
+                p.iter_mut().zip(col_norms2(&(&h * &kv))).for_each(|(a, b)| *a -= b);
+            }
             let bt1 = t_mul_vec(&kh, &wt1); // K^½ Wᵀ1 (K^½ is symmetric)
             let q: Vec<f64> = t_mul_vec(&v, &bt1).into_iter().map(|x| x * x).collect(); // (vₖᵀBᵀ1)²
             powers
