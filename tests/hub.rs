@@ -33,6 +33,11 @@ struct Rules {
     truncate: Option<String>,
 }
 
+/// The commit a fake branch resolves to.
+fn branch_commit(branch: &str) -> String {
+    sha256(branch.as_bytes())[..40].to_string()
+}
+
 fn sha256(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
@@ -117,11 +122,21 @@ fn route(repos: &Repos, rules: &Rules, req: &tiny_http::Request) -> tiny_http::R
         return tiny_http::Response::from_string("unauthorized").with_status_code(401).boxed();
     }
     let Some(files) = repos.get(&key) else { return not_found("RepoNotFound") };
-    if rev != "main" && rev != COMMIT {
-        return not_found("RevisionNotFound");
-    }
+    // Branches: the entry `<repo>@<branch>` holds that branch's files, at commit branch_commit(branch).
+    let (files, commit) = if rev == "main" || rev == COMMIT {
+        (files, COMMIT.to_string())
+    } else {
+        let branch = repos.iter().find_map(|(k, f)| {
+            let b = k.strip_prefix(&format!("{key}@"))?;
+            (b == rev || branch_commit(b) == rev).then(|| (f, branch_commit(b)))
+        });
+        match branch {
+            Some(b) => b,
+            None => return not_found("RevisionNotFound"),
+        }
+    };
     let Some(body) = files.get(&file) else {
-        return not_found("EntryNotFound").with_header(header("X-Repo-Commit", COMMIT)).boxed();
+        return not_found("EntryNotFound").with_header(header("X-Repo-Commit", &commit)).boxed();
     };
     let lfs = file.ends_with(".safetensors") || file.ends_with(".parquet") || file.ends_with(".bin");
     let etag = if lfs { sha256(body) } else { sha256(body)[..40].to_string() };
@@ -135,7 +150,7 @@ fn route(repos: &Repos, rules: &Rules, req: &tiny_http::Request) -> tiny_http::R
         tiny_http::StatusCode(200),
         vec![
             header("ETag", &format!("\"{etag}\"")),
-            header("X-Repo-Commit", COMMIT),
+            header("X-Repo-Commit", &commit),
             header("Content-Type", "application/octet-stream"),
         ],
         std::io::Cursor::new(data),
@@ -435,4 +450,99 @@ fn pytorch_bin_repositories_are_fetched_and_checked() {
     let o = env.agop(&hub.endpoint(), &["fetch", "--model", "testorg/single-bin"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("pytorch_model.bin") && text(&o).contains("truncated"), "{}", text(&o));
+}
+
+/// A checkpoint series from hub branches: each revision measured on the same windows, pinned to
+/// its commit, with its step; random-init once; delta-gram rows against the first checkpoint;
+/// each checkpoint's rows equal a pipeline measuring that revision alone; a missing branch is
+/// exit 2 naming it, and the checkpoints measured before it are kept.
+#[test]
+fn checkpoint_series_from_hub_branches() {
+    let env = Env::new();
+    let mut r = repos(env.tmp.path());
+    let config = r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#;
+    let files = |seed: u64| -> BTreeMap<String, Vec<u8>> {
+        let dir = init_checkpoint(env.tmp.path(), &format!("ckpt{seed}"), config, seed);
+        ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
+            .iter()
+            .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+            .collect()
+    };
+    r.insert("models/testorg/series".into(), files(10));
+    r.insert("models/testorg/series@checkpoint-10".into(), files(10));
+    r.insert("models/testorg/series@checkpoint-200".into(), files(11));
+    let hub = FakeHub::start(r, Rules::default());
+    let text_file = env.tmp.path().join("corpus.txt");
+    std::fs::write(&text_file, "To be, or not to be, that is the question. ".repeat(40)).unwrap();
+    let pipeline = |name: &str, model: &str| {
+        let p = env.tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "name = \"{name}\"\n[model]\n{model}\n[corpus]\nsources = [\"corpus.txt\"]\nseq_len = 16\n\
+                 max_tokens = 256\n[measure]\nprobes = 1\ngroups = 4\n[correlate]\npowers = [1.0]\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let run = |p: &PathBuf, out: &str| env.agop(&hub.endpoint(), &["run", p.to_str().unwrap(), "--out", out], &[]);
+    let out = env.tmp.path().join("series-out");
+    let series = pipeline("series", "id = \"testorg/series\"\nrevisions = [\"checkpoint-10\", \"checkpoint-200\"]");
+    let o = run(&series, out.to_str().unwrap());
+    assert!(o.status.success(), "{}", text(&o));
+    let df = agop::util::parquet::read_parquet(&out.join("correlations.parquet")).unwrap();
+    let col_s = |n: &str| -> Vec<Option<String>> {
+        df.column(n).unwrap().str().unwrap().iter().map(|x| x.map(String::from)).collect()
+    };
+    let (weights, nfm, revision) = (col_s("weights"), col_s("nfm"), col_s("revision"));
+    let step: Vec<Option<u64>> = df.column("step").unwrap().u64().unwrap().iter().collect();
+    let value: Vec<Option<f64>> = df.column("value").unwrap().f64().unwrap().iter().collect();
+    let n = df.height();
+    let count = |f: &dyn Fn(usize) -> bool| (0..n).filter(|&i| f(i)).count();
+    // Per checkpoint: gram and delta-gram rows; random-init once, gram only, no step.
+    let per = count(&|i| weights[i].as_deref() == Some("random-init"));
+    assert!(per > 0);
+    for s in [10u64, 200] {
+        assert_eq!(count(&|i| step[i] == Some(s) && nfm[i].as_deref() == Some("gram")), per);
+        assert_eq!(count(&|i| step[i] == Some(s) && nfm[i].as_deref() == Some("delta-gram")), per);
+        let want = branch_commit(&format!("checkpoint-{s}"));
+        assert!((0..n).filter(|&i| step[i] == Some(s)).all(|i| revision[i].as_deref() == Some(want.as_str())));
+    }
+    assert_eq!(count(&|i| weights[i].as_deref() == Some("random-init") && step[i].is_none()), per);
+    // The first checkpoint's ΔNFM is zero: undefined; the second's is not.
+    assert!((0..n)
+        .filter(|&i| step[i] == Some(10) && nfm[i].as_deref() == Some("delta-gram"))
+        .all(|i| value[i].is_none()));
+    assert!((0..n)
+        .filter(|&i| step[i] == Some(200) && nfm[i].as_deref() == Some("delta-gram"))
+        .all(|i| value[i].is_some()));
+    assert!(out.join("plots/by-step-power1.png").is_file());
+
+    // The same revision measured alone gives the same rows (value and se).
+    let alone_out = env.tmp.path().join("alone-out");
+    let alone = pipeline("alone", "id = \"testorg/series\"\nrevision = \"checkpoint-200\"");
+    let o = run(&alone, alone_out.to_str().unwrap());
+    assert!(o.status.success(), "{}", text(&o));
+    let a = agop::util::parquet::read_parquet(&alone_out.join("correlations.parquet")).unwrap();
+    let pick = |d: &polars::prelude::DataFrame, c: &str, rows: &[usize]| -> Vec<Option<f64>> {
+        let v: Vec<Option<f64>> = d.column(c).unwrap().f64().unwrap().iter().collect();
+        rows.iter().map(|&i| v[i]).collect()
+    };
+    let series_rows: Vec<usize> =
+        (0..n).filter(|&i| step[i] == Some(200) && nfm[i].as_deref() == Some("gram")).collect();
+    let aw: Vec<Option<String>> =
+        a.column("weights").unwrap().str().unwrap().iter().map(|x| x.map(String::from)).collect();
+    let alone_rows: Vec<usize> = (0..a.height()).filter(|&i| aw[i].as_deref() == Some("pretrained")).collect();
+    for c in ["value", "se", "ci_low", "ci_high"] {
+        assert_eq!(pick(&df, c, &series_rows), pick(&a, c, &alone_rows), "column {c}");
+    }
+
+    // A branch that does not exist: exit 2 naming it; the checkpoint before it is kept.
+    let bad_out = env.tmp.path().join("bad-out");
+    let bad = pipeline("bad", "id = \"testorg/series\"\nrevisions = [\"checkpoint-10\", \"checkpoint-999\"]");
+    let o = run(&bad, bad_out.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("checkpoint-999"), "{}", text(&o));
+    assert!(bad_out.join("gop-pretrained@checkpoint-10.safetensors").is_file());
 }

@@ -113,15 +113,29 @@ pub fn correlate_module(
 /// [`correlate_module`] with error bars: the correlations from the sums over all windows of a
 /// run, and again with each window group left out (total − group), for the jackknife interval
 /// of every row. Costs G + 1 eigendecompositions per module instead of one.
-pub fn correlate_module_grouped(model: &Gpt2, m: &Module, run: &RunSums, powers: &[f64]) -> Result<Vec<Correlation>> {
+///
+/// With `base` (the first checkpoint of a series) the NFM is ΔNFM = WₜWₜᵀ − W₀W₀ᵀ and the rows
+/// have `nfm` = `delta-gram`.
+pub fn correlate_module_grouped(
+    model: &Gpt2,
+    base: Option<&Gpt2>,
+    m: &Module,
+    run: &RunSums,
+    powers: &[f64],
+) -> Result<Vec<Correlation>> {
     let w = weight(model, m)?;
+    let w0 = base.map(|b| weight(b, m)).transpose()?;
     let (d, total, n) = run.total(m)?;
     let values = |sum: &[f64], n: u64| -> Result<Vec<(f64, f64)>> {
         let stored = linalg::from_square(d, sum, 1.0 / n.max(1) as f64);
-        let moments = module_moments(&w, &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
+        let moments =
+            nfm_moments(&w, w0.as_ref(), &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
         Ok(moments.iter().map(|x| (x.pearson(), x.cosine())).collect())
     };
     let mut out = rows(m, &model.cfg, powers, &values(&total, n)?);
+    if base.is_some() {
+        out.iter_mut().for_each(|r| r.nfm = "delta-gram");
+    }
     let groups = run.group_count();
     if groups < 2 {
         return Ok(out);

@@ -78,6 +78,15 @@ pub struct RunContext {
     pub inputs: String,
 }
 
+/// One GOP file to correlate, with the model it was measured on and, in a checkpoint series,
+/// the checkpoint's training step.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub model: ResolvedModel,
+    pub gop: PathBuf,
+    pub step: Option<u64>,
+}
+
 /// `agop correlate`: correlations of every module for each run (e.g. pretrained and
 /// random-init), in one table written to `out`, each with its jackknife interval when the run
 /// has window groups ([`sums`]); the pretrained − random-init differences in
@@ -89,24 +98,51 @@ pub fn correlate_files(
     opts: &CorrelateOptions,
     ctx: &RunContext,
 ) -> Result<polars::prelude::DataFrame> {
+    let sources: Vec<Source> =
+        gop_paths.iter().map(|p| Source { model: resolved.clone(), gop: p.clone(), step: None }).collect();
+    correlate_sources(&sources, None, out, opts, ctx)
+}
+
+/// [`correlate_files`] for GOP files measured on different checkpoints (a series): each file
+/// is correlated with its own model and recorded with its step; with `base` (the series' first
+/// checkpoint), every pretrained run also gets `delta-gram` rows (ΔNFM = WₜᵀWₜ − W₀ᵀW₀ against
+/// its AGOP^α).
+pub fn correlate_sources(
+    sources: &[Source],
+    base: Option<&ResolvedModel>,
+    out: &Path,
+    opts: &CorrelateOptions,
+    ctx: &RunContext,
+) -> Result<polars::prelude::DataFrame> {
     let (powers, agop_out) = (&opts.powers[..], opts.agop_out.as_deref());
     if powers.is_empty() || powers.iter().any(|p| !p.is_finite() || *p <= 0.0) {
         bail_bad!("--powers must be positive numbers, got {powers:?}");
     }
-    let sums = RunSums::open_all(gop_paths)?;
+    let paths: Vec<PathBuf> = sources.iter().map(|s| s.gop.clone()).collect();
+    let sums = RunSums::open_all(&paths)?;
+    let base_model = match base {
+        Some(b) => Some(model::load_model(&b.dir, &b.config()?, WeightsKind::Pretrained, 0, &Device::Cpu)?),
+        None => None,
+    };
     let mut runs = Vec::new();
     let mut agops = Vec::new();
     let mut seed = 0;
     for run in &sums {
+        let source = sources.iter().find(|s| s.gop == run.paths[0]).expect("every run comes from a source");
         let files = run.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
         if run.meta.n_windows == 0 || run.meta.n_tokens == 0 {
             bail_bad!("{files}: holds no measured windows (an empty shard?); there is nothing to correlate");
         }
-        let model = model_for_gop(resolved, &run.meta, opts.force).map_err(|e| e.context(format!("with {files}")))?;
+        let model =
+            model_for_gop(&source.model, &run.meta, opts.force).map_err(|e| e.context(format!("with {files}")))?;
         let prefix = if sums.len() > 1 { format!("{}/", run.meta.weights) } else { String::new() };
+        let delta_base = base_model.as_ref().filter(|_| run.meta.weights == WeightsKind::Pretrained);
         let mut rows = Vec::new();
         for m in all_modules(&model.cfg) {
-            rows.extend(metrics::correlate_module_grouped(&model, &m, run, powers)?);
+            rows.extend(metrics::correlate_module_grouped(&model, None, &m, run, powers)?);
+            if let Some(b) = delta_base {
+                rows.extend(metrics::correlate_module_grouped(&model, Some(b), &m, run, powers)?);
+            }
             if agop_out.is_some() {
                 let (d, v, n) = run.total(&m)?;
                 let w = gram::weight(&model, &m)?;
@@ -124,7 +160,7 @@ pub fn correlate_files(
             output: run.meta.output,
             estimator: run.meta.estimator,
             probes: run.meta.probes,
-            step: None,
+            step: source.step,
         };
         seed = run.meta.seed;
         runs.push((info, rows));

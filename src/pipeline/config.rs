@@ -46,6 +46,30 @@ pub struct ModelSpec {
     pub init_config: Option<String>,
     #[serde(default)]
     pub init_seed: u64,
+    /// A checkpoint series (instead of `revision`): branches, tags or commits of `id`, measured
+    /// one after the other on the same windows and probes (SPEC.md §8).
+    #[serde(default)]
+    pub revisions: Vec<String>,
+    /// The training step of each of `revisions` (same length); or, with `revision_format`, the
+    /// steps to measure. Without it a revision's step is its trailing integer (`checkpoint-500`).
+    #[serde(default)]
+    pub steps: Vec<u64>,
+    /// With `steps`: the revision of a step, `{step}` replaced (`"checkpoint-{step}"`).
+    #[serde(default)]
+    pub revision_format: Option<String>,
+}
+
+/// One checkpoint of the pretrained weights: a revision and its training step, if known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub revision: Option<String>,
+    pub step: Option<u64>,
+}
+
+/// The trailing integer of a revision name (`checkpoint-500` → 500).
+fn trailing_step(rev: &str) -> Option<u64> {
+    let digits: String = rev.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+    digits.chars().rev().collect::<String>().parse().ok()
 }
 
 /// `[corpus]`: sources and windowing.
@@ -171,6 +195,37 @@ impl Pipeline {
             (Some(_), Some(_)) => bail_bad!("[model] has both `id` and `init_config`; choose one"),
             _ => {}
         }
+        let m = &self.model;
+        if !m.revisions.is_empty() || !m.steps.is_empty() || m.revision_format.is_some() {
+            if m.id.is_none() {
+                bail_bad!("[model] a checkpoint series (revisions, steps) needs `id`, a hub repository");
+            }
+            if m.revision.is_some() {
+                bail_bad!("[model] has both `revision` and a checkpoint series; give `revisions` (or `steps`) only");
+            }
+            match (&m.revision_format, m.revisions.is_empty()) {
+                (Some(_), false) => bail_bad!("[model] give `revisions` or `revision_format` with `steps`, not both"),
+                (Some(f), true) => {
+                    if m.steps.is_empty() || !f.contains("{step}") {
+                        bail_bad!("[model] revision_format {f:?} needs `steps` and a {{step}} placeholder");
+                    }
+                }
+                (None, true) => bail_bad!("[model] `steps` needs `revisions` of equal length or a `revision_format`"),
+                (None, false) => {
+                    if !m.steps.is_empty() && m.steps.len() != m.revisions.len() {
+                        bail_bad!(
+                            "[model] steps has {} entries but revisions has {}; give one step per revision",
+                            m.steps.len(),
+                            m.revisions.len()
+                        );
+                    }
+                }
+            }
+            let revs: Vec<Option<String>> = self.checkpoints().into_iter().map(|c| c.revision).collect();
+            if let Some(d) = revs.iter().enumerate().find(|(i, r)| revs[..*i].contains(r)) {
+                bail_bad!("[model] revision {:?} appears twice in the series", d.1.as_deref().unwrap_or(""));
+            }
+        }
         if self.corpus.sources.is_empty() {
             bail_bad!("[corpus] sources is empty");
         }
@@ -196,6 +251,35 @@ impl Pipeline {
             bail_bad!("[correlate] powers must be positive numbers, got {p}");
         }
         Ok(())
+    }
+
+    /// Is `[model]` a checkpoint series?
+    pub fn is_series(&self) -> bool {
+        !self.model.revisions.is_empty() || self.model.revision_format.is_some()
+    }
+
+    /// The checkpoints of the pretrained weights, in order: the series, or the one `revision`.
+    pub fn checkpoints(&self) -> Vec<Checkpoint> {
+        let m = &self.model;
+        if let Some(f) = &m.revision_format {
+            return m
+                .steps
+                .iter()
+                .map(|&s| Checkpoint { revision: Some(f.replace("{step}", &s.to_string())), step: Some(s) })
+                .collect();
+        }
+        if !m.revisions.is_empty() {
+            return m
+                .revisions
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Checkpoint {
+                    revision: Some(r.clone()),
+                    step: m.steps.get(i).copied().or_else(|| trailing_step(r)),
+                })
+                .collect();
+        }
+        vec![Checkpoint { revision: m.revision.clone(), step: None }]
     }
 
     /// A path from the file, made relative to the file's folder when it is relative.
@@ -228,5 +312,40 @@ impl Pipeline {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(model: &str) -> Result<Pipeline> {
+        let text = format!("name = \"s\"\n[model]\n{model}\n[corpus]\nsources = [\"x.txt\"]\nseq_len = 8\n");
+        Pipeline::from_str(&text, PathBuf::new(), "test")
+    }
+
+    #[test]
+    fn checkpoint_series_forms_and_errors() {
+        let c = |r: &str, s: Option<u64>| Checkpoint { revision: Some(r.to_string()), step: s };
+        let p = parse("id = \"o/n\"\nrevisions = [\"checkpoint-50\", \"final\"]").unwrap();
+        assert_eq!(p.checkpoints(), [c("checkpoint-50", Some(50)), c("final", None)]);
+        let p = parse("id = \"o/n\"\nrevisions = [\"a\", \"b\"]\nsteps = [3, 7]").unwrap();
+        assert_eq!(p.checkpoints(), [c("a", Some(3)), c("b", Some(7))]);
+        let p = parse("id = \"o/n\"\nsteps = [0, 100]\nrevision_format = \"checkpoint-{step}\"").unwrap();
+        assert_eq!(p.checkpoints(), [c("checkpoint-0", Some(0)), c("checkpoint-100", Some(100))]);
+        let p = parse("id = \"o/n\"\nrevision = \"abc\"").unwrap();
+        assert!(!p.is_series());
+        assert_eq!(p.checkpoints(), [c("abc", None)]);
+        for (bad, says) in [
+            ("id = \"o/n\"\nrevisions = [\"a\"]\nsteps = [1, 2]", "one step per revision"),
+            ("id = \"o/n\"\nsteps = [1]", "needs `revisions`"),
+            ("id = \"o/n\"\nsteps = [1]\nrevision_format = \"ckpt\"", "placeholder"),
+            ("id = \"o/n\"\nrevision = \"x\"\nrevisions = [\"a\"]", "both `revision`"),
+            ("id = \"o/n\"\nrevisions = [\"a\", \"a\"]", "appears twice"),
+            ("init_config = \"c.json\"\nrevisions = [\"a\"]", "needs `id`"),
+        ] {
+            let e = format!("{:#}", parse(bad).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 //!   tokens.parquet
 //!   shards/gop-<weights>-<i>-of-<n>.safetensors   only for sharded (cluster) runs
 //!   gop-pretrained.safetensors, gop-random-init.safetensors
+//!   gop-pretrained@<revision>.safetensors          each checkpoint of a series (instead)
 //!   correlations.parquet
 //!   plots/*.png
 
@@ -81,7 +82,40 @@ fn pipeline_model(p: &Pipeline, out: &Path, quiet: bool) -> Result<ResolvedModel
             }
             ResolvedModel::local(&dir)
         }
-        None => resolve_model(&p.model_spec().expect("validated"), p.model.revision.as_deref()),
+        None => resolve_model(&p.model_spec().expect("validated"), p.checkpoints()[0].revision.as_deref()),
+    }
+}
+
+/// The pretrained checkpoints to measure with their resolved models: the prepared model, and in
+/// a series each further revision resolved (fetched when needed) in turn.
+fn checkpoint_model(p: &Pipeline, prep: &Prepared, k: usize) -> Result<ResolvedModel> {
+    if k == 0 {
+        return Ok(prep.model.clone());
+    }
+    let c = &p.checkpoints()[k];
+    resolve_model(&p.model_spec().expect("validated"), c.revision.as_deref())
+}
+
+/// What names a measurement's files: `pretrained`, `random-init`, or in a series
+/// `pretrained@<revision>` (characters other than letters, digits, `.`, `-`, `_` become `_`).
+fn tag(p: &Pipeline, weights: WeightsKind, k: usize) -> String {
+    match (weights, p.is_series()) {
+        (WeightsKind::Pretrained, true) => {
+            let rev = p.checkpoints()[k].revision.clone().unwrap_or_default();
+            let safe: String =
+                rev.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+            format!("pretrained@{safe}")
+        }
+        _ => weights.as_str().to_string(),
+    }
+}
+
+/// The checkpoints measured for `weights`: every checkpoint of a series for pretrained weights,
+/// else one (random-init is measured once, from the first checkpoint's config).
+fn checkpoint_indices(p: &Pipeline, weights: WeightsKind) -> std::ops::Range<usize> {
+    match weights {
+        WeightsKind::Pretrained => 0..p.checkpoints().len(),
+        WeightsKind::RandomInit => 0..1,
     }
 }
 
@@ -167,11 +201,12 @@ fn gop_matches(
     meta: &GopMeta,
     p: &Pipeline,
     prep: &Prepared,
+    model: &ResolvedModel,
     weights: WeightsKind,
     shard: Option<(usize, usize)>,
 ) -> bool {
     let m = &p.measure;
-    prep.model.weights_sha256().map(|sha| meta.model_sha256 == sha).unwrap_or(false)
+    model.weights_sha256().map(|sha| meta.model_sha256 == sha).unwrap_or(false)
         && meta.weights == weights
         && meta.output == m.output
         && meta.estimator == m.estimator
@@ -188,31 +223,55 @@ fn gop_matches(
 
 /// The whole-run GOP file of one weights setting.
 pub fn gop_path(out: &Path, weights: WeightsKind) -> PathBuf {
-    out.join(format!("gop-{}.safetensors", weights.as_str()))
+    tagged_gop_path(out, weights.as_str())
+}
+
+/// The whole-run GOP file of a measurement tag ([`tag`]).
+fn tagged_gop_path(out: &Path, tag: &str) -> PathBuf {
+    out.join(format!("gop-{tag}.safetensors"))
 }
 
 /// The GOP file of one shard.
 pub fn shard_path(out: &Path, weights: WeightsKind, i: usize, n: usize) -> PathBuf {
-    out.join("shards").join(format!("gop-{}-{i}-of-{n}.safetensors", weights.as_str()))
+    tagged_shard_path(out, weights.as_str(), i, n)
 }
 
-/// Stage 2: measure one weights setting, whole (`shard` None) or one shard of it.
+fn tagged_shard_path(out: &Path, tag: &str, i: usize, n: usize) -> PathBuf {
+    out.join("shards").join(format!("gop-{tag}-{i}-of-{n}.safetensors"))
+}
+
+/// Stage 2: measure one weights setting, whole (`shard` None) or one shard of it; for the
+/// pretrained weights of a checkpoint series every checkpoint in turn (one checkpoint's files
+/// are complete before the next is fetched, so a failure keeps what was measured).
 pub fn measure(
     p: &Pipeline,
     prep: &Prepared,
     weights: WeightsKind,
     shard: Option<(usize, usize)>,
     quiet: bool,
+) -> Result<Vec<PathBuf>> {
+    checkpoint_indices(p, weights).map(|k| measure_checkpoint(p, prep, weights, k, shard, quiet)).collect()
+}
+
+fn measure_checkpoint(
+    p: &Pipeline,
+    prep: &Prepared,
+    weights: WeightsKind,
+    k: usize,
+    shard: Option<(usize, usize)>,
+    quiet: bool,
 ) -> Result<PathBuf> {
+    let tag = tag(p, weights, k);
     let path = match shard {
-        Some((i, n)) => shard_path(&prep.out, weights, i, n),
-        None => gop_path(&prep.out, weights),
+        Some((i, n)) => tagged_shard_path(&prep.out, &tag, i, n),
+        None => tagged_gop_path(&prep.out, &tag),
     };
     let label = match shard {
-        Some((i, n)) => format!("measure {} {i}/{n}", weights.as_str()),
-        None => format!("measure {}", weights.as_str()),
+        Some((i, n)) => format!("measure {tag} {i}/{n}"),
+        None => format!("measure {tag}"),
     };
-    if GroupedFile::open(&path).map(|g| gop_matches(&g.total.meta, p, prep, weights, shard)).unwrap_or(false) {
+    let model = checkpoint_model(p, prep, if weights == WeightsKind::Pretrained { k } else { 0 })?;
+    if GroupedFile::open(&path).map(|g| gop_matches(&g.total.meta, p, prep, &model, weights, shard)).unwrap_or(false) {
         say(quiet, format!("[{label}] {} is up to date", path.display()));
         return Ok(path);
     }
@@ -227,38 +286,44 @@ pub fn measure(
         groups: m.groups,
         ..MeasureOptions::new(weights, settings(p), m.batch)
     };
-    measure::measure(&prep.model, &prep.tokens, &path, &opts)?;
+    measure::measure(&model, &prep.tokens, &path, &opts)?;
     Ok(path)
 }
 
-/// Stage 3: (with `shards`) merge the shard files of every weights setting, then correlate
-/// and report.
+/// Stage 3: (with `shards`) merge the shard files of every measurement, then correlate and
+/// report.
 pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool) -> Result<()> {
-    let mut gops = Vec::new();
+    let mut sources = Vec::new();
     for &weights in &p.measure.weights {
-        let path = gop_path(&prep.out, weights);
-        if let Some(n) = shards {
-            let done =
-                GroupedFile::open(&path).map(|g| gop_matches(&g.total.meta, p, prep, weights, None)).unwrap_or(false);
-            if done {
-                say(quiet, format!("[merge {}] {} is up to date", weights.as_str(), path.display()));
-            } else {
-                let parts: Vec<PathBuf> = (0..n).map(|i| shard_path(&prep.out, weights, i, n)).collect();
-                if let Some(missing) = parts.iter().find(|p| !p.is_file()) {
-                    bail_bad!("shard file {} is missing; measure every shard before reducing", missing.display());
-                }
-                say(quiet, format!("[merge {}] {n} shards → {}", weights.as_str(), path.display()));
-                let merged = measure::merge_files(&parts, &path)?;
-                if merged.meta.n_windows != prep.n_windows {
-                    bail_bad!("merged shards cover {} of {} windows", merged.meta.n_windows, prep.n_windows);
+        for k in checkpoint_indices(p, weights) {
+            let tag = tag(p, weights, k);
+            let model = checkpoint_model(p, prep, if weights == WeightsKind::Pretrained { k } else { 0 })?;
+            let path = tagged_gop_path(&prep.out, &tag);
+            if let Some(n) = shards {
+                let done = GroupedFile::open(&path)
+                    .map(|g| gop_matches(&g.total.meta, p, prep, &model, weights, None))
+                    .unwrap_or(false);
+                if done {
+                    say(quiet, format!("[merge {tag}] {} is up to date", path.display()));
+                } else {
+                    let parts: Vec<PathBuf> = (0..n).map(|i| tagged_shard_path(&prep.out, &tag, i, n)).collect();
+                    if let Some(missing) = parts.iter().find(|p| !p.is_file()) {
+                        bail_bad!("shard file {} is missing; measure every shard before reducing", missing.display());
+                    }
+                    say(quiet, format!("[merge {tag}] {n} shards → {}", path.display()));
+                    let merged = measure::merge_files(&parts, &path)?;
+                    if merged.meta.n_windows != prep.n_windows {
+                        bail_bad!("merged shards cover {} of {} windows", merged.meta.n_windows, prep.n_windows);
+                    }
                 }
             }
+            let step = if weights == WeightsKind::Pretrained { p.checkpoints()[k].step } else { None };
+            sources.push(correlate::Source { model, gop: path, step });
         }
-        gops.push(path);
     }
 
     let corr = prep.out.join("correlations.parquet");
-    let shas = gops.iter().map(|g| sha256_file(g)).collect::<Result<Vec<_>>>()?;
+    let shas = sources.iter().map(|s| sha256_file(&s.gop)).collect::<Result<Vec<_>>>()?;
     let powers = format!("{:?} groups {}", p.correlate.powers, p.measure.groups);
     let mut parts: Vec<&str> = shas.iter().map(String::as_str).collect();
     parts.push(&powers);
@@ -275,7 +340,8 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
             inputs: key,
         };
         let opts = correlate::CorrelateOptions::new(&p.correlate.powers);
-        correlate::correlate_files(&prep.model, &gops, &corr, &opts, &ctx)?;
+        let base = p.is_series().then_some(&prep.model);
+        correlate::correlate_sources(&sources, base, &corr, &opts, &ctx)?;
     }
     let report = crate::report::report(&prep.out)?;
     if !quiet {

@@ -23,6 +23,8 @@ pub struct Row {
     pub value: f64,
     /// The 95% interval (ci_low, ci_high), when the table has one for this row.
     pub ci: Option<(f64, f64)>,
+    /// The training step of a checkpoint in a series (then `weights` reads `pretrained@<step>`).
+    pub step: Option<u64>,
 }
 
 /// Read the rows of `dir/correlations.parquet`.
@@ -80,10 +82,18 @@ fn read_table(path: &Path, has_weights: bool) -> Result<(Vec<Row>, DataFrame)> {
     } else {
         (vec![f64::NAN; df.height()], vec![f64::NAN; df.height()])
     };
+    let step: Vec<Option<u64>> = match df.column("step") {
+        Ok(c) => c.u64().map_err(|_| wrong("step", "UInt64"))?.iter().collect(),
+        Err(_) => vec![None; df.height()],
+    };
     let rows = (0..df.height())
         .filter(|&i| ansatz[i] == "nfa" && nfm[i] == "gram")
         .map(|i| Row {
-            weights: weights[i].clone(),
+            weights: match step[i] {
+                Some(s) => format!("{}@{s}", weights[i]),
+                None => weights[i].clone(),
+            },
+            step: step[i],
             layer: layer[i],
             module: module[i].clone(),
             head: head[i],
@@ -98,13 +108,32 @@ fn read_table(path: &Path, has_weights: bool) -> Result<(Vec<Row>, DataFrame)> {
 
 /// Write the plots into `dir/plots/` and return the table text.
 pub fn report(dir: &Path) -> Result<String> {
-    let (rows, df) = read_rows(dir)?;
+    let (all, df) = read_rows(dir)?;
+    // A checkpoint series: the table and the by-layer plots show the first, a middle and the
+    // last step (and the controls); the by-step plots show every step.
+    let steps: Vec<u64> = {
+        let mut s: Vec<u64> = all.iter().filter_map(|r| r.step).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
+    let shown: Vec<u64> = if steps.is_empty() {
+        vec![]
+    } else {
+        let mut v = vec![steps[0], steps[steps.len() / 2], steps[steps.len() - 1]];
+        v.dedup();
+        v
+    };
+    let rows: Vec<Row> = all.iter().filter(|r| r.step.is_none_or(|s| shown.contains(&s))).cloned().collect();
     let mut text = table::render(&rows, &df)?;
     let contrasts = read_contrasts(dir)?;
     if let Some(c) = &contrasts {
         text.push_str(&table::render_contrasts(c)?);
     }
-    let written = plots::write_all(&rows, &dir.join("plots"))?;
+    let mut written = plots::write_all(&rows, &dir.join("plots"))?;
+    if steps.len() > 1 {
+        written.extend(plots::by_step(&all, &dir.join("plots"))?);
+    }
     text.push_str(&format!("\nplots: {} files in {}\n", written.len(), dir.join("plots").display()));
     Ok(text)
 }

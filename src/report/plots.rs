@@ -191,3 +191,72 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, path: &Path) -
     root.present().map_err(err)?;
     Ok(true)
 }
+
+/// A checkpoint series: for each power, one panel per module with the Pearson correlation
+/// against the training step (log scale), one line per layer (dark → light with depth), and the
+/// random-init level (median over layers) as a dashed line. Returns the files written.
+pub fn by_step(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
+    register_font();
+    std::fs::create_dir_all(dir)?;
+    let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
+    let mut steps: Vec<u64> = rows.iter().filter_map(|r| r.step).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let layers = distinct(rows.iter().map(|r| r.layer));
+    let x = |s: u64| (s.max(1) as f64).log10();
+    let (x0, x1) = (x(steps[0]), x(*steps.last().unwrap_or(&1)));
+    let pad = ((x1 - x0) * 0.05).max(0.1);
+    let mut written = Vec::new();
+    for &power in &powers {
+        let path = dir.join(format!("by-step-power{power}.png"));
+        written.push(path.clone());
+        let root = BitMapBackend::new(&path, (1400, 800)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root
+            .titled(
+                &format!("NFM vs AGOP^{power}: Pearson correlation by training step (dashed: random-init)"),
+                ("sans-serif", 22),
+            )
+            .map_err(err)?;
+        let panels = root.split_evenly((2, 4));
+        for (i, m) in module_names().iter().enumerate() {
+            let mut chart = ChartBuilder::on(&panels[i])
+                .caption(*m, ("sans-serif", 18))
+                .margin(8)
+                .x_label_area_size(30)
+                .y_label_area_size(40)
+                .build_cartesian_2d((x0 - pad)..(x1 + pad), -0.2f64..1.0f64)
+                .map_err(err)?;
+            chart.configure_mesh().x_desc("log10 step").light_line_style(WHITE).draw().map_err(err)?;
+            for (k, &l) in layers.iter().enumerate() {
+                let pts: Vec<(f64, f64)> = steps
+                    .iter()
+                    .filter_map(|&s| {
+                        let w = format!("pretrained@{s}");
+                        cell_ci(rows, &w, l, m, power, "pearson").map(|(v, _)| (x(s), v))
+                    })
+                    .collect();
+                let t = if layers.len() > 1 { k as f64 / (layers.len() - 1) as f64 } else { 0.0 };
+                let color = HSLColor(0.6, 0.7, 0.25 + 0.5 * t);
+                chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(err)?;
+            }
+            let control: Vec<f64> = layers
+                .iter()
+                .filter_map(|&l| cell_ci(rows, "random-init", l, m, power, "pearson").map(|c| c.0))
+                .collect();
+            if !control.is_empty() {
+                let level = super::median(control);
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        vec![(x0 - pad, level), (x1 + pad, level)],
+                        6,
+                        4,
+                        RED.stroke_width(2),
+                    ))
+                    .map_err(err)?;
+            }
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(written)
+}
