@@ -36,6 +36,10 @@ pub enum Command {
         /// With --stage reduce: merge this many shard files per weights setting first.
         #[arg(long)]
         shards: Option<usize>,
+        /// With --stage measure, in a checkpoint series: only checkpoint K (0-based) of the
+        /// pretrained weights.
+        #[arg(long)]
+        checkpoint: Option<usize>,
     },
     /// Write sbatch scripts for a pipeline (prepare, measure arrays, reduce); --submit submits them.
     Slurm {

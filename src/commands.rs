@@ -58,7 +58,7 @@ impl TokenizeArgs {
 /// Run one command.
 pub fn run(command: Command) -> Result<()> {
     match command {
-        Command::Run { pipeline, out, stage, weights, shard, shards } => {
+        Command::Run { pipeline, out, stage, weights, shard, shards, checkpoint } => {
             let p = match pipeline {
                 Some(path) => Pipeline::from_file(&path)?,
                 None => {
@@ -72,12 +72,29 @@ pub fn run(command: Command) -> Result<()> {
                 }
                 Some(Stage::Prepare) => {
                     run::prepare(&p, &dir, false)?;
+                    // Cluster jobs read every checkpoint of a series offline.
+                    if p.is_series() {
+                        run::fetch_checkpoints(&p, false)?;
+                    }
                 }
                 Some(Stage::Measure) => {
                     let prep = run::prepared(&p, &dir)?;
                     let ws = weights.map(|w| vec![w]).unwrap_or_else(|| p.measure.weights.clone());
+                    if let Some(k) = checkpoint {
+                        let n = p.checkpoints().len();
+                        if k >= n {
+                            agop::bail_bad!("--checkpoint {k}: the pipeline has {n} checkpoint(s), numbered from 0");
+                        }
+                    }
                     for w in ws {
-                        run::measure(&p, &prep, w, shard, false)?;
+                        match checkpoint {
+                            Some(k) => {
+                                run::measure_checkpoint(&p, &prep, w, k, shard, false)?;
+                            }
+                            None => {
+                                run::measure(&p, &prep, w, shard, false)?;
+                            }
+                        }
                     }
                 }
                 Some(Stage::Reduce) => {

@@ -538,6 +538,46 @@ fn checkpoint_series_from_hub_branches() {
         assert_eq!(pick(&df, c, &series_rows), pick(&a, c, &alone_rows), "column {c}");
     }
 
+    // As Slurm jobs: the scripts of `agop slurm --shards 2`, each array task run by hand with its
+    // SLURM_ARRAY_TASK_ID (one task per (checkpoint, shard) for the series), then reduce: the same
+    // table as the single-process run.
+    let slurm_out = env.tmp.path().join("slurm-out");
+    let o = env.agop(
+        &hub.endpoint(),
+        &["slurm", series.to_str().unwrap(), "--shards", "2", "--out", slurm_out.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let script = |name: &str| slurm_out.join("slurm").join(format!("{name}.sbatch"));
+    let measure_text = std::fs::read_to_string(script("measure-pretrained")).unwrap();
+    assert!(measure_text.contains("#SBATCH --array=0-3") && measure_text.contains("--checkpoint"), "{measure_text}");
+    let bash = |name: &str, task: Option<usize>| {
+        let mut c = Command::new("bash");
+        c.arg(script(name))
+            .env("HF_ENDPOINT", hub.endpoint())
+            .env("HF_HUB_CACHE", env.cache())
+            .env("HF_HOME", env.tmp.path().join("hf-home"));
+        if let Some(t) = task {
+            c.env("SLURM_ARRAY_TASK_ID", t.to_string());
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{name} {task:?}: {}", text(&o));
+    };
+    bash("prepare", None);
+    for t in 0..4 {
+        bash("measure-pretrained", Some(t));
+    }
+    for t in 0..2 {
+        bash("measure-random-init", Some(t));
+    }
+    bash("reduce", None);
+    let sl = agop::util::parquet::read_parquet(&slurm_out.join("correlations.parquet")).unwrap();
+    assert_eq!(sl.height(), n);
+    let (sv, dv) = (pick(&sl, "value", &(0..n).collect::<Vec<_>>()), pick(&df, "value", &(0..n).collect::<Vec<_>>()));
+    let worst = sv.iter().zip(&dv).filter_map(|(a, b)| Some((a.as_ref()? - b.as_ref()?).abs())).fold(0.0, f64::max);
+    assert!(worst < 1e-9, "slurm vs single process: {worst}");
+    assert_eq!(sv.iter().filter(|v| v.is_none()).count(), dv.iter().filter(|v| v.is_none()).count());
+
     // A branch that does not exist: exit 2 naming it; the checkpoint before it is kept.
     let bad_out = env.tmp.path().join("bad-out");
     let bad = pipeline("bad", "id = \"testorg/series\"\nrevisions = [\"checkpoint-10\", \"checkpoint-999\"]");

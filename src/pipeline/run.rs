@@ -96,6 +96,16 @@ fn checkpoint_model(p: &Pipeline, prep: &Prepared, k: usize) -> Result<ResolvedM
     resolve_model(&p.model_spec().expect("validated"), c.revision.as_deref())
 }
 
+/// Fetch (or find in the cache) every checkpoint of a series, so that cluster jobs can read
+/// them offline (the prepare stage of `agop slurm`).
+pub fn fetch_checkpoints(p: &Pipeline, quiet: bool) -> Result<()> {
+    for c in p.checkpoints().iter().skip(1) {
+        let m = resolve_model(&p.model_spec().expect("validated"), c.revision.as_deref())?;
+        say(quiet, format!("[model] {} @ {} → {}", m.id, m.revision, m.dir.display()));
+    }
+    Ok(())
+}
+
 /// What names a measurement's files: `pretrained`, `random-init`, or in a series
 /// `pretrained@<revision>` (characters other than letters, digits, `.`, `-`, `_` become `_`).
 fn tag(p: &Pipeline, weights: WeightsKind, k: usize) -> String {
@@ -253,7 +263,9 @@ pub fn measure(
     checkpoint_indices(p, weights).map(|k| measure_checkpoint(p, prep, weights, k, shard, quiet)).collect()
 }
 
-fn measure_checkpoint(
+/// One checkpoint `k` of [`measure`] (`agop run --stage measure --checkpoint K`; for random-init
+/// `k` is ignored).
+pub fn measure_checkpoint(
     p: &Pipeline,
     prep: &Prepared,
     weights: WeightsKind,

@@ -1,5 +1,6 @@
-//! `agop slurm`: sbatch scripts for a pipeline as Slurm jobs — prepare (model and tokens, once),
-//! one job array per weights setting measuring the shards, and a reduce job (merge, correlate,
+//! `agop slurm`: sbatch scripts for a pipeline as Slurm jobs — prepare (model and tokens, once;
+//! every checkpoint of a series fetched), one job array per weights setting measuring the shards
+//! (for the pretrained weights of a series, one task per (checkpoint, shard)), and a reduce job (merge, correlate,
 //! report) that waits for the arrays with `--dependency=afterok`. With `submit`, the scripts are
 //! submitted in order and the job ids printed.
 
@@ -99,12 +100,24 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
     let mut measure = Vec::new();
     for w in &p.measure.weights {
         let name = format!("agop-{}-measure-{}", p.name, w.as_str());
-        let body = format!(
-            "{}export HF_HUB_OFFLINE=1\n{base} --stage measure --weights {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"\n",
-            header(&name, &logs, o, Some(o.shards)),
-            w.as_str(),
-            o.shards
-        );
+        let body = if p.is_series() && *w == crate::model::WeightsKind::Pretrained {
+            // One array task per (checkpoint, shard): task t is checkpoint t / shards, shard t % shards.
+            let n = p.checkpoints().len();
+            format!(
+                "{}export HF_HUB_OFFLINE=1\nK=$((SLURM_ARRAY_TASK_ID / {s}))\nI=$((SLURM_ARRAY_TASK_ID % {s}))\n\
+                 {base} --stage measure --weights {} --checkpoint \"$K\" --shard \"$I/{s}\"\n",
+                header(&name, &logs, o, Some(n * o.shards)),
+                w.as_str(),
+                s = o.shards
+            )
+        } else {
+            format!(
+                "{}export HF_HUB_OFFLINE=1\n{base} --stage measure --weights {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"\n",
+                header(&name, &logs, o, Some(o.shards)),
+                w.as_str(),
+                o.shards
+            )
+        };
         measure.push((w.as_str().to_string(), write(&format!("measure-{}", w.as_str()), body)?));
     }
     let reduce = write(
