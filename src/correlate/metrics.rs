@@ -114,8 +114,8 @@ pub fn correlate_module(
 /// run, and again with each window group left out (total − group), for the jackknife interval
 /// of every row. Costs G + 1 eigendecompositions per module instead of one.
 ///
-/// With `base` (the first checkpoint of a series) the NFM is ΔNFM = WₜWₜᵀ − W₀W₀ᵀ and the rows
-/// have `nfm` = `delta-gram`.
+/// With `base` (the first checkpoint of a series) the same eigendecompositions also give the
+/// rows of ΔNFM = WₜWₜᵀ − W₀W₀ᵀ (`nfm` = `delta-gram`), after the `gram` rows.
 pub fn correlate_module_grouped(
     model: &Gpt2,
     base: Option<&Gpt2>,
@@ -125,36 +125,44 @@ pub fn correlate_module_grouped(
 ) -> Result<Vec<Correlation>> {
     let w = weight(model, m)?;
     let w0 = base.map(|b| weight(b, m)).transpose()?;
+    let bases: Vec<Option<&Mat<f64>>> = std::iter::once(None).chain(w0.as_ref().map(Some)).collect();
     let (d, total, n) = run.total(m)?;
-    let values = |sum: &[f64], n: u64| -> Result<Vec<(f64, f64)>> {
+    // (pearson, cosine) per power, for each NFM.
+    let values = |sum: &[f64], n: u64| -> Result<Vec<Vec<(f64, f64)>>> {
         let stored = linalg::from_square(d, sum, 1.0 / n.max(1) as f64);
         let moments =
-            nfm_moments(&w, w0.as_ref(), &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
-        Ok(moments.iter().map(|x| (x.pearson(), x.cosine())).collect())
+            nfm_moments(&w, &bases, &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
+        Ok(moments.iter().map(|ms| ms.iter().map(|x| (x.pearson(), x.cosine())).collect()).collect())
     };
-    let mut out = rows(m, &model.cfg, powers, &values(&total, n)?);
-    if base.is_some() {
-        out.iter_mut().for_each(|r| r.nfm = "delta-gram");
-    }
+    let full = values(&total, n)?;
     let groups = run.group_count();
-    if groups < 2 {
-        return Ok(out);
-    }
     // Groups in parallel (each an eigendecomposition of its own; memory: one group sum per thread).
-    let loo = (0..groups)
-        .into_par_iter()
-        .map(|g| {
-            let (_, s, ng) = run.group(g, m)?;
-            let rest: Vec<f64> = total.iter().zip(&s).map(|(a, b)| a - b).collect();
-            values(&rest, n - ng)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // Rows are (power, metric) in the order of `rows`: pearson, then cosine, for each power.
-    for (k, row) in out.iter_mut().enumerate() {
-        let (pi, cosine) = (k / 2, k % 2 == 1);
-        row.loo = loo.iter().map(|v| if cosine { v[pi].1 } else { v[pi].0 }).collect();
-        row.groups = groups as u32;
-        row.interval = row.value.and_then(|v| jackknife(v, &row.loo));
+    let loo = if groups < 2 {
+        vec![]
+    } else {
+        (0..groups)
+            .into_par_iter()
+            .map(|g| {
+                let (_, s, ng) = run.group(g, m)?;
+                let rest: Vec<f64> = total.iter().zip(&s).map(|(a, b)| a - b).collect();
+                values(&rest, n - ng)
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    let mut out = Vec::new();
+    for (i, nfm_name) in ["gram", "delta-gram"].iter().take(bases.len()).enumerate() {
+        let mut rows = rows(m, &model.cfg, powers, &full[i]);
+        // Rows are (power, metric) in the order of `rows`: pearson, then cosine, for each power.
+        for (k, row) in rows.iter_mut().enumerate() {
+            row.nfm = nfm_name;
+            if groups >= 2 {
+                let (pi, cosine) = (k / 2, k % 2 == 1);
+                row.loo = loo.iter().map(|v| if cosine { v[i][pi].1 } else { v[i][pi].0 }).collect();
+                row.groups = groups as u32;
+                row.interval = row.value.and_then(|v| jackknife(v, &row.loo));
+            }
+        }
+        out.extend(rows);
     }
     Ok(out)
 }
@@ -172,8 +180,9 @@ pub fn correlate_module_delta(
 ) -> Result<Vec<Correlation>> {
     let (w, w0) = (weight(model, m)?, weight(base, m)?);
     let stored = linalg::from_square(sum.0, &sum.1, 1.0 / n_tokens.max(1) as f64);
-    let moments =
-        nfm_moments(&w, Some(&w0), &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
+    let moments = nfm_moments(&w, &[Some(&w0)], &stored, m.side(), powers)
+        .with_context(|| format!("AGOP of {}", m.name()))?
+        .remove(0);
     let values: Vec<(f64, f64)> = moments.iter().map(|x| (x.pearson(), x.cosine())).collect();
     let mut out = rows(m, &model.cfg, powers, &values);
     out.iter_mut().for_each(|r| r.nfm = "delta-gram");

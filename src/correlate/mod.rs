@@ -139,10 +139,7 @@ pub fn correlate_sources(
         let delta_base = base_model.as_ref().filter(|_| run.meta.weights == WeightsKind::Pretrained);
         let mut rows = Vec::new();
         for m in all_modules(&model.cfg) {
-            rows.extend(metrics::correlate_module_grouped(&model, None, &m, run, powers)?);
-            if let Some(b) = delta_base {
-                rows.extend(metrics::correlate_module_grouped(&model, Some(b), &m, run, powers)?);
-            }
+            rows.extend(metrics::correlate_module_grouped(&model, delta_base, &m, run, powers)?);
             if agop_out.is_some() {
                 let (d, v, n) = run.total(&m)?;
                 let w = gram::weight(&model, &m)?;

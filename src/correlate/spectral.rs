@@ -81,58 +81,69 @@ fn pow0(x: f64, a: f64) -> f64 {
 /// Moments of one module for every power: `w` its weight (d_in × r, stored layout), `stored`
 /// its mean stored-side matrix (operand side: d_in × d_in AGOP; output side: r × r K).
 pub fn module_moments(w: &Mat<f64>, stored: &Mat<f64>, side: Side, powers: &[f64]) -> Result<Vec<Moments>> {
-    nfm_moments(w, None, stored, side, powers)
+    Ok(nfm_moments(w, &[None], stored, side, powers)?.remove(0))
 }
 
-/// [`module_moments`] with X = the NFM of `w` minus the NFM of `base` when given (the ΔNFM
-/// WₜWₜᵀ − W₀W₀ᵀ of a checkpoint series, SPEC.md §8 `delta-gram`); the AGOP is always `w`'s.
+/// [`module_moments`] for several NFMs against the one AGOP of `w` (one eigendecomposition for
+/// all): for each entry of `bases`, X = the NFM of `w` (None), or the NFM of `w` minus the NFM
+/// of the base (the ΔNFM WₜWₜᵀ − W₀W₀ᵀ of a checkpoint series, SPEC.md §8 `delta-gram`).
 /// With M = [Wₜ W₀] everything stays a sum of per-weight terms:
 ///
 ///   ⟨X, A^α⟩ = Σ λ^α (‖Wₜᵀu‖² − ‖W₀ᵀu‖²)   (operand side; output side with u → B v),
 ///   ‖X‖² = ‖WₜᵀWₜ‖² + ‖W₀ᵀW₀‖² − 2‖W₀ᵀWₜ‖²,   sum(X) = ‖Wₜᵀ1‖² − ‖W₀ᵀ1‖².
+///
+/// Returns one list of per-power moments per base, in order.
 pub fn nfm_moments(
     w: &Mat<f64>,
-    base: Option<&Mat<f64>>,
+    bases: &[Option<&Mat<f64>>],
     stored: &Mat<f64>,
     side: Side,
     powers: &[f64],
-) -> Result<Vec<Moments>> {
+) -> Result<Vec<Vec<Moments>>> {
     let (d, r) = (w.nrows(), w.ncols());
     let n = (d * d) as f64;
     let ones = vec![1.0; d];
     let gram_norm2 = |a: &Mat<f64>| frob2(&if d <= r { a * a.transpose() } else { a.transpose() * a });
     let wt1 = t_mul_vec(w, &ones); // Wᵀ1 (r)
-    let mut sx: f64 = wt1.iter().map(|x| x * x).sum();
-    let mut xx = gram_norm2(w);
-    if let Some(w0) = base {
-        sx -= t_mul_vec(w0, &ones).iter().map(|x| x * x).sum::<f64>();
-        xx += gram_norm2(w0) - 2.0 * frob2(&(w0.transpose() * w));
-    }
-    // uᵀ X u for the columns u of `vecs` (d_in × k), operand side.
-    let quad = |vecs: &Mat<f64>| -> Vec<f64> {
-        let mut q = col_norms2(&(w.transpose() * vecs));
-        if let Some(w0) = base {
-            q.iter_mut().zip(col_norms2(&(w0.transpose() * vecs))).for_each(|(a, b)| *a -= b);
-        }
-        q
-    };
+    let (sx_w, xx_w) = (wt1.iter().map(|x| x * x).sum::<f64>(), gram_norm2(w));
+    // (sum X, ‖X‖²) of each NFM.
+    let nfm_sums: Vec<(f64, f64)> = bases
+        .iter()
+        .map(|b| match b {
+            None => (sx_w, xx_w),
+            Some(w0) => (
+                sx_w - t_mul_vec(w0, &ones).iter().map(|x| x * x).sum::<f64>(),
+                xx_w + gram_norm2(w0) - 2.0 * frob2(&(w0.transpose() * w)),
+            ),
+        })
+        .collect();
     Ok(match side {
         Side::Operand => {
             let (vals, u) = sym_eigen(stored)?;
-            let m = quad(&u); // uᵢᵀ X uᵢ
+            let wu = col_norms2(&(w.transpose() * &u)); // ‖Wᵀuᵢ‖²
             let s1: Vec<f64> = t_mul_vec(&u, &ones).into_iter().map(|x| x * x).collect(); // (uᵢᵀ1)²
-            powers
+            bases
                 .iter()
-                .map(|&a| {
-                    let la: Vec<f64> = vals.iter().map(|&l| pow0(l, a)).collect();
-                    Moments {
-                        dot: la.iter().zip(&m).map(|(l, m)| l * m).sum(),
-                        xx,
-                        yy: la.iter().map(|l| l * l).sum(),
-                        sx,
-                        sy: la.iter().zip(&s1).map(|(l, s)| l * s).sum(),
-                        n,
+                .zip(&nfm_sums)
+                .map(|(b, &(sx, xx))| {
+                    let mut m = wu.clone(); // uᵢᵀ X uᵢ
+                    if let Some(w0) = b {
+                        m.iter_mut().zip(col_norms2(&(w0.transpose() * &u))).for_each(|(a, c)| *a -= c);
                     }
+                    powers
+                        .iter()
+                        .map(|&a| {
+                            let la: Vec<f64> = vals.iter().map(|&l| pow0(l, a)).collect();
+                            Moments {
+                                dot: la.iter().zip(&m).map(|(l, m)| l * m).sum(),
+                                xx,
+                                yy: la.iter().map(|l| l * l).sum(),
+                                sx,
+                                sy: la.iter().zip(&s1).map(|(l, s)| l * s).sum(),
+                                n,
+                            }
+                        })
+                        .collect()
                 })
                 .collect()
         }
@@ -145,25 +156,32 @@ pub fn nfm_moments(
             let keep: Vec<usize> = (0..vals.len()).filter(|&i| vals[i] > max * 1e-13 && vals[i] > 0.0).collect();
             // (B vₖ)ᵀ X (B vₖ) with B = W K^½: ‖G K^½ vₖ‖² (− ‖W₀ᵀW K^½ vₖ‖²), all r × r.
             let kv = &kh * &v;
-            let mut p = col_norms2(&(&g * &kv));
-            if let Some(w0) = base {
-                let h = w0.transpose() * w;
-                p.iter_mut().zip(col_norms2(&(&h * &kv))).for_each(|(a, b)| *a -= b);
-            }
+            let gkv = col_norms2(&(&g * &kv));
             let bt1 = t_mul_vec(&kh, &wt1); // K^½ Wᵀ1 (K^½ is symmetric)
             let q: Vec<f64> = t_mul_vec(&v, &bt1).into_iter().map(|x| x * x).collect(); // (vₖᵀBᵀ1)²
-            powers
+            bases
                 .iter()
-                .map(|&a| {
-                    let (mut dot, mut yy, mut sy) = (0.0, 0.0, 0.0);
-                    for &k in &keep {
-                        let l = vals[k];
-                        let lm1 = l.powf(a - 1.0);
-                        dot += lm1 * p[k];
-                        yy += l.powf(2.0 * a);
-                        sy += lm1 * q[k];
+                .zip(&nfm_sums)
+                .map(|(b, &(sx, xx))| {
+                    let mut p = gkv.clone();
+                    if let Some(w0) = b {
+                        let h = w0.transpose() * w;
+                        p.iter_mut().zip(col_norms2(&(&h * &kv))).for_each(|(a, c)| *a -= c);
                     }
-                    Moments { dot, xx, yy, sx, sy, n }
+                    powers
+                        .iter()
+                        .map(|&a| {
+                            let (mut dot, mut yy, mut sy) = (0.0, 0.0, 0.0);
+                            for &k in &keep {
+                                let l = vals[k];
+                                let lm1 = l.powf(a - 1.0);
+                                dot += lm1 * p[k];
+                                yy += l.powf(2.0 * a);
+                                sy += lm1 * q[k];
+                            }
+                            Moments { dot, xx, yy, sx, sy, n }
+                        })
+                        .collect()
                 })
                 .collect()
         }
