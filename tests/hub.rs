@@ -452,8 +452,8 @@ fn pytorch_bin_repositories_are_fetched_and_checked() {
     assert!(text(&o).contains("pytorch_model.bin") && text(&o).contains("truncated"), "{}", text(&o));
 }
 
-/// A checkpoint series from hub branches: each revision measured on the same windows, pinned to
-/// its commit, with its step; random-init once; delta-gram rows against the first checkpoint;
+/// A checkpoint series from hub branches (the second holding only pytorch_model.bin): each
+/// revision measured on the same windows, pinned to its commit, with its step; random-init once; delta-gram rows against the first checkpoint;
 /// each checkpoint's rows equal a pipeline measuring that revision alone; a missing branch is
 /// exit 2 naming it, and the checkpoints measured before it are kept.
 #[test]
@@ -470,7 +470,14 @@ fn checkpoint_series_from_hub_branches() {
     };
     r.insert("models/testorg/series".into(), files(10));
     r.insert("models/testorg/series@checkpoint-10".into(), files(10));
-    r.insert("models/testorg/series@checkpoint-200".into(), files(11));
+    // The later checkpoint has only PyTorch weights (torch.save, as the CRFM runs' branches do).
+    let mut bin = files(11);
+    bin.remove("model.safetensors");
+    let bin_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2-bin/gpt2-vocab");
+    for f in ["config.json", "pytorch_model.bin"] {
+        bin.insert(f.to_string(), std::fs::read(bin_dir.join(f)).unwrap());
+    }
+    r.insert("models/testorg/series@checkpoint-200".into(), bin);
     let hub = FakeHub::start(r, Rules::default());
     let text_file = env.tmp.path().join("corpus.txt");
     std::fs::write(&text_file, "To be, or not to be, that is the question. ".repeat(40)).unwrap();
@@ -518,6 +525,9 @@ fn checkpoint_series_from_hub_branches() {
         .filter(|&i| step[i] == Some(200) && nfm[i].as_deref() == Some("delta-gram"))
         .all(|i| value[i].is_some()));
     assert!(out.join("plots/by-step-power1.png").is_file());
+    // The .bin checkpoint was measured from its .bin (the fingerprint is that file's).
+    let g = agop::measure::Gop::load(&out.join("gop-pretrained@checkpoint-200.safetensors")).unwrap();
+    assert_eq!(g.meta.model_sha256, agop::util::hash::sha256_files(&[bin_dir.join("pytorch_model.bin")]).unwrap());
 
     // The same revision measured alone gives the same rows (value and se).
     let alone_out = env.tmp.path().join("alone-out");
