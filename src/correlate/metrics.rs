@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::gram::{agop_mean, nfm, weight};
 use super::jackknife::{jackknife, Interval};
-use super::spectral::{module_moments, nfm_moments};
+use super::spectral::nfm_moments;
 use super::sums::RunSums;
 use crate::math::linalg;
 use crate::measure::Gop;
@@ -66,9 +66,9 @@ pub fn pearson(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
     cosine(&ca, &cb)
 }
 
-/// The rows of one module: every power × (pearson, cosine); a non-finite value becomes null
-/// with the reason.
-fn rows(m: &Module, cfg: &Gpt2Config, powers: &[f64], values: &[(f64, f64)]) -> Vec<Correlation> {
+/// The rows of one module: every power × (pearson, cosine), `nfm` = `gram` or `delta-gram`; a
+/// non-finite value becomes null with the reason.
+fn rows(m: &Module, cfg: &Gpt2Config, nfm: &'static str, powers: &[f64], values: &[(f64, f64)]) -> Vec<Correlation> {
     let mut out = Vec::new();
     for (&power, &(p, c)) in powers.iter().zip(values) {
         for (metric, value) in [("pearson", p), ("cosine", c)] {
@@ -83,7 +83,7 @@ fn rows(m: &Module, cfg: &Gpt2Config, powers: &[f64], values: &[(f64, f64)]) -> 
                 value,
                 note,
                 ansatz: "nfa",
-                nfm: "gram",
+                nfm,
                 interval: None,
                 groups: 1,
                 loo: Vec::new(),
@@ -103,15 +103,40 @@ pub fn correlate_module(
     n_tokens: u64,
     powers: &[f64],
 ) -> Result<Vec<Correlation>> {
-    let w = weight(model, m)?;
-    let stored = linalg::from_square(sum.0, &sum.1, 1.0 / n_tokens.max(1) as f64);
-    let moments = module_moments(&w, &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
-    let values: Vec<(f64, f64)> = moments.iter().map(|x| (x.pearson(), x.cosine())).collect();
-    Ok(rows(m, &model.cfg, powers, &values))
+    module_rows(model, None, m, sum, n_tokens, powers)
 }
 
-/// [`correlate_module`] with error bars: the correlations from the sums over all windows of a
-/// run, and again with each window group left out (total − group), for the jackknife interval
+/// The body of [`correlate_module`] and [`correlate_module_delta`]: the NFM of `model`, minus
+/// that of `base` when given (`delta-gram`), against the AGOP^α of `model`.
+fn module_rows(
+    model: &Gpt2,
+    base: Option<&Gpt2>,
+    m: &Module,
+    sum: &(usize, Vec<f64>),
+    n_tokens: u64,
+    powers: &[f64],
+) -> Result<Vec<Correlation>> {
+    let w = weight(model, m)?;
+    let w0 = base.map(|b| weight(b, m)).transpose()?;
+    let stored = linalg::from_square(sum.0, &sum.1, 1.0 / n_tokens.max(1) as f64);
+    let moments = nfm_moments(&w, &[w0.as_ref()], &stored, m.side(), powers)
+        .with_context(|| format!("AGOP of {}", m.name()))?
+        .remove(0);
+    let values: Vec<(f64, f64)> = moments.iter().map(|x| (x.pearson(), x.cosine())).collect();
+    Ok(rows(m, &model.cfg, nfm_label(base), powers, &values))
+}
+
+/// `gram`, or `delta-gram` with a base checkpoint.
+fn nfm_label(base: Option<&Gpt2>) -> &'static str {
+    if base.is_some() {
+        "delta-gram"
+    } else {
+        "gram"
+    }
+}
+
+/// [`correlate_module`] with error bars: the correlations from `total` (the module's sum over
+/// all windows of `run`, as [`RunSums::total`] reads it), and again with each window group left out (total − group), for the jackknife interval
 /// of every row. Costs G + 1 eigendecompositions per module instead of one.
 ///
 /// With `base` (the first checkpoint of a series) the same eigendecompositions also give the
@@ -121,12 +146,13 @@ pub fn correlate_module_grouped(
     base: Option<&Gpt2>,
     m: &Module,
     run: &RunSums,
+    total: &(usize, Vec<f64>, u64),
     powers: &[f64],
 ) -> Result<Vec<Correlation>> {
     let w = weight(model, m)?;
     let w0 = base.map(|b| weight(b, m)).transpose()?;
     let bases: Vec<Option<&Mat<f64>>> = std::iter::once(None).chain(w0.as_ref().map(Some)).collect();
-    let (d, total, n) = run.total(m)?;
+    let (d, total, n) = (total.0, &total.1, total.2);
     // (pearson, cosine) per power, for each NFM.
     let values = |sum: &[f64], n: u64| -> Result<Vec<Vec<(f64, f64)>>> {
         let stored = linalg::from_square(d, sum, 1.0 / n.max(1) as f64);
@@ -134,7 +160,7 @@ pub fn correlate_module_grouped(
             nfm_moments(&w, &bases, &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
         Ok(moments.iter().map(|ms| ms.iter().map(|x| (x.pearson(), x.cosine())).collect()).collect())
     };
-    let full = values(&total, n)?;
+    let full = values(total, n)?;
     let groups = run.group_count();
     // Groups in parallel (each an eigendecomposition of its own; memory: one group sum per thread).
     let loo = if groups < 2 {
@@ -150,11 +176,10 @@ pub fn correlate_module_grouped(
             .collect::<Result<Vec<_>>>()?
     };
     let mut out = Vec::new();
-    for (i, nfm_name) in ["gram", "delta-gram"].iter().take(bases.len()).enumerate() {
-        let mut rows = rows(m, &model.cfg, powers, &full[i]);
+    for (i, nfm_name) in ["gram", "delta-gram"].into_iter().take(bases.len()).enumerate() {
+        let mut rows = rows(m, &model.cfg, nfm_name, powers, &full[i]);
         // Rows are (power, metric) in the order of `rows`: pearson, then cosine, for each power.
         for (k, row) in rows.iter_mut().enumerate() {
-            row.nfm = nfm_name;
             if groups >= 2 {
                 let (pi, cosine) = (k / 2, k % 2 == 1);
                 row.loo = loo.iter().map(|v| if cosine { v[i][pi].1 } else { v[i][pi].0 }).collect();
@@ -178,15 +203,7 @@ pub fn correlate_module_delta(
     n_tokens: u64,
     powers: &[f64],
 ) -> Result<Vec<Correlation>> {
-    let (w, w0) = (weight(model, m)?, weight(base, m)?);
-    let stored = linalg::from_square(sum.0, &sum.1, 1.0 / n_tokens.max(1) as f64);
-    let moments = nfm_moments(&w, &[Some(&w0)], &stored, m.side(), powers)
-        .with_context(|| format!("AGOP of {}", m.name()))?
-        .remove(0);
-    let values: Vec<(f64, f64)> = moments.iter().map(|x| (x.pearson(), x.cosine())).collect();
-    let mut out = rows(m, &model.cfg, powers, &values);
-    out.iter_mut().for_each(|r| r.nfm = "delta-gram");
-    Ok(out)
+    module_rows(model, Some(base), m, sum, n_tokens, powers)
 }
 
 /// The dense reference of [`correlate_module_delta`].
@@ -197,31 +214,30 @@ pub fn correlate_module_delta_dense(
     m: &Module,
     powers: &[f64],
 ) -> Result<Vec<Correlation>> {
-    let (w, w0) = (weight(model, m)?, weight(base, m)?);
-    let x = nfm(&w) - nfm(&w0);
+    dense_rows(model, Some(base), gop, m, powers)
+}
+
+/// The reference path: NFM and AGOP^α formed as dense d_in × d_in matrices, correlated entry by
+/// entry. Slow for big models; the tests check [`correlate_module`] against it.
+pub fn correlate_module_dense(model: &Gpt2, gop: &Gop, m: &Module, powers: &[f64]) -> Result<Vec<Correlation>> {
+    dense_rows(model, None, gop, m, powers)
+}
+
+/// The body of the dense paths: X = the NFM of `model` (minus that of `base`) and AGOP^α as
+/// d_in × d_in matrices.
+fn dense_rows(model: &Gpt2, base: Option<&Gpt2>, gop: &Gop, m: &Module, powers: &[f64]) -> Result<Vec<Correlation>> {
+    let w = weight(model, m)?;
+    let x = match base {
+        Some(b) => nfm(&w) - nfm(&weight(b, m)?),
+        None => nfm(&w),
+    };
     let agop = agop_mean(gop.get(m)?, gop.meta.n_tokens, m, &w);
     let mut values = Vec::new();
     for &power in powers {
         let a = agop.power(power).with_context(|| format!("AGOP^{power} of {}", m.name()))?;
         values.push((pearson(&x, &a), cosine(&x, &a)));
     }
-    let mut out = rows(m, &model.cfg, powers, &values);
-    out.iter_mut().for_each(|r| r.nfm = "delta-gram");
-    Ok(out)
-}
-
-/// The reference path: NFM and AGOP^α formed as dense d_in × d_in matrices, correlated entry by
-/// entry. Slow for big models; the tests check [`correlate_module`] against it.
-pub fn correlate_module_dense(model: &Gpt2, gop: &Gop, m: &Module, powers: &[f64]) -> Result<Vec<Correlation>> {
-    let w = weight(model, m)?;
-    let nfm = nfm(&w);
-    let agop = agop_mean(gop.get(m)?, gop.meta.n_tokens, m, &w);
-    let mut values = Vec::new();
-    for &power in powers {
-        let a = agop.power(power).with_context(|| format!("AGOP^{power} of {}", m.name()))?;
-        values.push((pearson(&nfm, &a), cosine(&nfm, &a)));
-    }
-    Ok(rows(m, &model.cfg, powers, &values))
+    Ok(rows(m, &model.cfg, nfm_label(base), powers, &values))
 }
 
 /// Correlations for every module of the model, in SPEC.md module order.

@@ -139,9 +139,11 @@ pub fn correlate_sources(
         let delta_base = base_model.as_ref().filter(|_| run.meta.weights == WeightsKind::Pretrained);
         let mut rows = Vec::new();
         for m in all_modules(&model.cfg) {
-            rows.extend(metrics::correlate_module_grouped(&model, delta_base, &m, run, powers)?);
+            // Read once: the correlations and the --agop-out matrix use the same sum.
+            let total = run.total(&m)?;
+            rows.extend(metrics::correlate_module_grouped(&model, delta_base, &m, run, &total, powers)?);
             if agop_out.is_some() {
-                let (d, v, n) = run.total(&m)?;
+                let (d, v, n) = total;
                 let w = gram::weight(&model, &m)?;
                 let a = gram::agop_mean(&(d, v), n, &m, &w).dense();
                 agops.push((format!("{prefix}{}", m.name()), a.nrows(), linalg::to_row_major(&a)));

@@ -78,15 +78,11 @@ fn pow0(x: f64, a: f64) -> f64 {
     }
 }
 
-/// Moments of one module for every power: `w` its weight (d_in × r, stored layout), `stored`
-/// its mean stored-side matrix (operand side: d_in × d_in AGOP; output side: r × r K).
-pub fn module_moments(w: &Mat<f64>, stored: &Mat<f64>, side: Side, powers: &[f64]) -> Result<Vec<Moments>> {
-    Ok(nfm_moments(w, &[None], stored, side, powers)?.remove(0))
-}
-
-/// [`module_moments`] for several NFMs against the one AGOP of `w` (one eigendecomposition for
-/// all): for each entry of `bases`, X = the NFM of `w` (None), or the NFM of `w` minus the NFM
-/// of the base (the ΔNFM WₜWₜᵀ − W₀W₀ᵀ of a checkpoint series, SPEC.md §8 `delta-gram`).
+/// Moments of one module for every power and several NFMs against the one AGOP of `w` (one
+/// eigendecomposition for all): `w` is the module's weight (d_in × r, stored layout), `stored`
+/// its mean stored-side matrix (operand side: d_in × d_in AGOP; output side: r × r K). For
+/// each entry of `bases`, X = the NFM of `w` (None), or the NFM of `w` minus the NFM of the
+/// base (the ΔNFM WₜWₜᵀ − W₀W₀ᵀ of a checkpoint series, SPEC.md §8 `delta-gram`).
 /// With M = [Wₜ W₀] everything stays a sum of per-weight terms:
 ///
 ///   ⟨X, A^α⟩ = Σ λ^α (‖Wₜᵀu‖² − ‖W₀ᵀu‖²)   (operand side; output side with u → B v),

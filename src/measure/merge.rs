@@ -8,7 +8,7 @@ use anyhow::Result;
 pub use super::gop::{differences, format_ranges};
 use super::gop::{normalize_ranges, Gop};
 use super::groups::{group_path, groups_dir, remove_other_groups, GroupedFile};
-use crate::{bad, bail_bad};
+use crate::bail_bad;
 
 /// `agop merge`: add shard files, write the sum. Parts measured with groups have their group
 /// files merged too, group by group (the pieces of a group that a shard boundary cut are added
@@ -67,14 +67,10 @@ pub fn merge(parts: &[(String, Gop)]) -> Result<Gop> {
             bail_bad!("merge: {name} was measured differently from {first_name}: {}", diff.join("; "));
         }
         all.extend(g.meta.windows.iter().map(|&(s, e)| (s, e, name.clone())));
-        for (t, (_, v)) in out.sums.iter_mut() {
-            let (_, w) = g.sums.get(t).ok_or_else(|| bad!("merge: {name} has no tensor {t}"))?;
-            for (a, b) in v.iter_mut().zip(w) {
-                *a += b;
-            }
+        if let Some(t) = out.sums.keys().find(|t| !g.sums.contains_key(*t)) {
+            bail_bad!("merge: {name} has no tensor {t}");
         }
-        out.meta.n_windows += g.meta.n_windows;
-        out.meta.n_tokens += g.meta.n_tokens;
+        out.add_gop(g);
     }
     all.sort();
     for pair in all.windows(2) {
