@@ -40,7 +40,17 @@ fn main() -> anyhow::Result<()> {
         })?;
         let t2 = Instant::now();
         for (l, a, b, c, d, e) in &grads {
-            let g = agop::model::BlockGrads { qkv_out: a, attn_in: b, proj_in: c, fc_in: d, mlp_out: e };
+            // proj_out and fc_out are unused by stored_sides; any tensor of the block will do.
+            let g = agop::model::BlockGrads {
+                qkv_out: a,
+                attn_in: b,
+                proj_in: c,
+                fc_in: d,
+                mlp_out: e,
+                proj_out: e,
+                fc_out: e,
+                operands: None,
+            };
             gop.add(&g.stored_sides(&cfg, *l), 1.0)?;
         }
         let t3 = Instant::now();

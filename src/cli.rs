@@ -149,6 +149,11 @@ pub struct MeasureArgs {
     /// Each group costs one more GOP file of disk (see the README). 1: no groups.
     #[arg(long, default_value_t = 1)]
     pub groups: u32,
+    /// Also sum the FACT weight gradients G = Σ δ hᵀ of the summed next-token loss (one more
+    /// backward per window; the GOP file grows by the model's weights in f64); correlate then
+    /// writes `ansatz` = `fact` rows.
+    #[arg(long)]
+    pub fact: bool,
     /// Checkpoint partial sums to <out>.partial after this many windows (0: by time only).
     /// Re-running the same command resumes from the checkpoint.
     #[arg(long, default_value_t = 0)]

@@ -35,7 +35,13 @@ impl MeasureArgs {
             groups: self.groups,
             ..MeasureOptions::new(
                 self.weights,
-                Settings { output: self.output, estimator: self.estimator, probes: self.probes, seed: self.seed },
+                Settings {
+                    output: self.output,
+                    estimator: self.estimator,
+                    probes: self.probes,
+                    seed: self.seed,
+                    fact: self.fact,
+                },
                 self.batch,
             )
         }

@@ -20,7 +20,7 @@ fn legacy(name: &str) -> PathBuf {
 }
 
 fn settings() -> Settings {
-    Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 2, seed: 5 }
+    Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 2, seed: 5, fact: false }
 }
 
 #[test]

@@ -23,7 +23,7 @@ fn windows(n: u64, t: usize, vocab: u64) -> Vec<Window> {
 }
 
 fn sketch(m: &Gpt2, w: &[Window], output: Output, probes: u32) -> Gop {
-    let settings = Settings { output, estimator: Estimator::Sketch, probes, seed: 3 };
+    let settings = Settings { output, estimator: Estimator::Sketch, probes, seed: 3, fact: false };
     let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, 2);
     let meta = GopMeta { probes, seq_len: w[0].tokens.len(), ..GopMeta::for_config(m.cfg.clone()) };
     measure::measure_model(m, w, Gop::zeros(meta), &opts, None).unwrap()
@@ -53,7 +53,7 @@ fn fast_correlations_equal_the_dense_path() {
     let powers = [0.25, 0.5, 1.0, 2.0];
     let mut report = Vec::new();
     for output in [Output::Logits, Output::Loss] {
-        let settings = Settings { output, estimator: Estimator::Exact, probes: 0, seed: 0 };
+        let settings = Settings { output, estimator: Estimator::Exact, probes: 0, seed: 0, fact: false };
         let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, 2);
         let meta = GopMeta {
             estimator: Estimator::Exact,

@@ -39,7 +39,7 @@ fn run(
     seed: u64,
     batch: usize,
 ) -> Gop {
-    let settings = Settings { output, estimator, probes, seed };
+    let settings = Settings { output, estimator, probes, seed, fact: false };
     let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, batch);
     measure::measure_model(m, windows, Gop::zeros(meta(m, output, estimator, probes, seed)), &opts, None).unwrap()
 }
@@ -273,7 +273,8 @@ fn sketch_is_independent_of_batch_and_threads_across_kernel_blocks() {
     let go = |batch: usize, threads: usize| -> Gop {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
-            let settings = Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 1, seed: 9 };
+            let settings =
+                Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 1, seed: 9, fact: false };
             let opts = MeasureOptions::new(WeightsKind::RandomInit, settings, batch);
             let meta = GopMeta { seq_len: 80, ..meta(&m, Output::Logits, Estimator::Sketch, 1, 9) };
             measure::measure_model(&m, &windows, Gop::zeros(meta), &opts, None).unwrap()

@@ -36,7 +36,7 @@ fn write(path: &Path, w: &[Window]) -> PathBuf {
 }
 
 fn opts(estimator: Estimator, probes: u32, groups: u32, shard: Option<(usize, usize)>) -> MeasureOptions {
-    let settings = Settings { output: Output::Logits, estimator, probes, seed: 4 };
+    let settings = Settings { output: Output::Logits, estimator, probes, seed: 4, fact: false };
     MeasureOptions { groups, shard, ..MeasureOptions::new(WeightsKind::Pretrained, settings, 3) }
 }
 

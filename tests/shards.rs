@@ -24,7 +24,7 @@ fn write_windows(path: &Path, n: u64, t: usize, vocab: u64) {
 }
 
 fn opts(shard: Option<(usize, usize)>, batch: usize) -> MeasureOptions {
-    let settings = Settings { output: Out::Logits, estimator: Estimator::Sketch, probes: 3, seed: 9 };
+    let settings = Settings { output: Out::Logits, estimator: Estimator::Sketch, probes: 3, seed: 9, fact: false };
     MeasureOptions { shard, ..MeasureOptions::new(WeightsKind::Pretrained, settings, batch) }
 }
 

@@ -41,7 +41,7 @@ fn bin_and_safetensors_give_identical_gop_sums() {
         .map(|i| Window { index: i, tokens: (0..8u64).map(|j| ((i * 7 + j * 3) % 50) as u32).collect() })
         .collect();
     write_tokens(&tokens, &w, &TokensMeta::default()).unwrap();
-    let settings = Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 2, seed: 1 };
+    let settings = Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 2, seed: 1, fact: false };
     let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, 2);
     let run = |dir: &Path, name: &str| -> Gop {
         measure::measure(&ResolvedModel::local(dir).unwrap(), &tokens, &tmp.path().join(name), &opts).unwrap()

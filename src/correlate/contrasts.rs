@@ -4,6 +4,8 @@
 //! the difference's own interval (narrower than the two intervals combined when the windows
 //! move both correlations the same way).
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 
 use super::jackknife::jackknife;
@@ -36,12 +38,14 @@ pub fn contrasts(sums: &[RunSums], runs: &[RunRows]) -> Result<Option<Vec<RunRow
             "warning: pretrained and random-init have different window groups; contrasts.parquet has no intervals"
         );
     }
+    // Rows are paired by key: a run measured with --fact has rows the other may lack.
+    let key = |c: &Correlation| (c.layer, c.module, c.head, c.power.to_bits(), c.metric, c.ansatz, c.nfm);
+    let control: HashMap<_, &Correlation> = runs[r].1.iter().map(|c| (key(c), c)).collect();
     let rows = runs[p]
         .1
         .iter()
-        .zip(&runs[r].1)
+        .filter_map(|a| control.get(&key(a)).map(|b| (a, *b)))
         .map(|(a, b)| {
-            debug_assert!(a.layer == b.layer && a.module == b.module && a.head == b.head && a.metric == b.metric);
             let value = a.value.zip(b.value).map(|(x, y)| x - y);
             let loo: Vec<f64> = if paired { a.loo.iter().zip(&b.loo).map(|(x, y)| x - y).collect() } else { vec![] };
             Correlation {

@@ -2,6 +2,7 @@
 //! into `correlations.parquet`; optionally the mean AGOPs themselves (`--agop-out`).
 
 pub mod contrasts;
+pub mod fact;
 pub mod gram;
 pub mod jackknife;
 pub mod metrics;
@@ -148,6 +149,9 @@ pub fn correlate_sources(
                 let a = gram::agop_mean(&(d, v), n, &m, &w).dense();
                 agops.push((format!("{prefix}{}", m.name()), a.nrows(), linalg::to_row_major(&a)));
             }
+        }
+        if run.meta.fact {
+            rows.extend(fact::correlate_fact(&model, run).map_err(|e| e.context(format!("FACT rows of {files}")))?);
         }
         let info = RunInfo {
             pipeline: ctx.pipeline.clone(),

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::bail_bad;
-use crate::measure::gop::{differences, normalize_ranges, GopFile, GopMeta};
+use crate::measure::gop::{differences, normalize_ranges, FactSum, GopFile, GopMeta};
 use crate::measure::groups::GroupedFile;
 use crate::model::Module;
 
@@ -140,6 +140,25 @@ impl RunSums {
     /// Module `m`'s sum over group `g`: (dim, values, tokens).
     pub fn group(&self, g: usize, m: &Module) -> Result<(usize, Vec<f64>, u64)> {
         Self::add(&self.groups[g].iter().map(|&s| self.file(s)).collect::<Vec<_>>(), m)
+    }
+
+    /// The FACT sum G of whole module `owner` over `files`.
+    fn add_fact(files: &[&GopFile], owner: &Module) -> Result<FactSum> {
+        let mut acc = files[0].fact(owner)?;
+        for f in &files[1..] {
+            acc.values.iter_mut().zip(&f.fact(owner)?.values).for_each(|(a, b)| *a += b);
+        }
+        Ok(acc)
+    }
+
+    /// Whole module `owner`'s FACT sum over all parts.
+    pub fn fact_total(&self, owner: &Module) -> Result<FactSum> {
+        Self::add_fact(&self.parts.iter().map(|f| &f.total).collect::<Vec<_>>(), owner)
+    }
+
+    /// Whole module `owner`'s FACT sum over group `g`.
+    pub fn fact_group(&self, g: usize, owner: &Module) -> Result<FactSum> {
+        Self::add_fact(&self.groups[g].iter().map(|&s| self.file(s)).collect::<Vec<_>>(), owner)
     }
 
     /// The windows of group `g` (for pairing the groups of two runs).

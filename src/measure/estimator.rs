@@ -78,12 +78,28 @@ impl<'a, N: Network> Measurer<'a, N> {
         }
     }
 
-    /// Measure a batch of windows (all of the same length) into `gop`.
+    /// Measure a batch of windows (all of the same length) into `gop`: the AGOP sums, and with
+    /// `fact` the FACT sums.
     pub fn measure_batch(&self, windows: &[Window], gop: &mut Gop) -> Result<()> {
         match self.settings.estimator {
             Estimator::Sketch => self.sketch(windows, gop),
-            Estimator::Exact => windows.iter().try_for_each(|w| self.exact(w, gop)),
+            Estimator::Exact => {
+                windows.iter().try_for_each(|w| self.exact(w, gop))?;
+                if self.settings.fact {
+                    let toks: Vec<&[u32]> = windows.iter().map(|w| w.tokens.as_slice()).collect();
+                    let fwd = self.model.forward(&self.ids(&toks)?)?;
+                    let dirs = self.loss_directions(self.model.hidden(&fwd), &toks)?;
+                    self.fact(&fwd, &dirs, gop)?;
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// The FACT pass: the gradient of the summed loss L = Σ_t ℓ_t (`dirs`, unweighted) sent
+    /// back once, every module's weight gradient Σ δ hᵀ added to the FACT sums.
+    fn fact(&self, fwd: &N::Forward, dirs: &Tensor, gop: &mut Gop) -> Result<()> {
+        self.model.backward_weights(fwd, dirs, &mut |g| gop.add_fact(g))
     }
 
     fn ids(&self, windows: &[&[u32]]) -> Result<Tensor> {
@@ -98,10 +114,14 @@ impl<'a, N: Network> Measurer<'a, N> {
         let (b, t, c) = (windows.len(), windows[0].tokens.len(), self.factor.dim(0)?);
         let toks: Vec<&[u32]> = windows.iter().map(|w| w.tokens.as_slice()).collect();
         let fwd = model.forward(&self.ids(&toks)?)?;
-        let loss_dirs = match self.settings.output {
-            Output::Loss => Some(self.loss_directions(model.hidden(&fwd), &toks)?),
-            Output::Logits => None,
+        // The loss gradient at the ln_f output: the seed of the loss output's probes and of the
+        // FACT pass.
+        let loss = if self.settings.output == Output::Loss || self.settings.fact {
+            Some(self.loss_directions(model.hidden(&fwd), &toks)?)
+        } else {
+            None
         };
+        let loss_dirs = loss.as_ref().filter(|_| self.settings.output == Output::Loss);
         let scale = self.scale();
         for p in 0..self.settings.probes {
             let seed = match &loss_dirs {
@@ -124,6 +144,9 @@ impl<'a, N: Network> Measurer<'a, N> {
                 }
             };
             model.backward(&fwd, &seed, &mut |g| gop.add(g, scale))?;
+        }
+        if let (true, Some(dirs)) = (self.settings.fact, &loss) {
+            self.fact(&fwd, dirs, gop)?;
         }
         Ok(())
     }

@@ -13,9 +13,10 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
+use super::fact::{fact_modules, fact_owner, fact_tensor, window_cross};
 use super::settings::{Estimator, Output};
 use crate::math::gemm::{gemm_into, SyncPtr, View};
-use crate::model::{all_modules, Gpt2Config, Grad, Module, WeightsKind};
+use crate::model::{all_modules, Gpt2Config, Grad, Module, WeightGrad, WeightsKind};
 use crate::util::tensor_file::TensorFile;
 use crate::{bad, bail_bad};
 
@@ -56,6 +57,9 @@ pub struct GopMeta {
     /// Set in a group file: which group it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupPart>,
+    /// Whether the file also holds the FACT sums G = Σ δ hᵀ of the summed loss ([`super::fact`]).
+    #[serde(default)]
+    pub fact: bool,
 }
 
 /// Which group a group file holds: its index (0-based, in global window order) and how many
@@ -95,6 +99,7 @@ impl GopMeta {
             config,
             groups: 1,
             group: None,
+            fact: false,
         }
     }
 }
@@ -105,6 +110,17 @@ pub struct Gop {
     pub meta: GopMeta,
     /// Stored tensor name → (dim, row-major dim × dim values).
     pub sums: BTreeMap<String, (usize, Vec<f64>)>,
+    /// With `meta.fact`: FACT tensor name ([`fact_tensor`]) → the weight gradient G of a whole
+    /// module; empty otherwise.
+    pub fact: BTreeMap<String, FactSum>,
+}
+
+/// One whole module's FACT sum G = Σ δ hᵀ (nn.Linear view: d_out rows × d_in columns, row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactSum {
+    pub rows: usize,
+    pub cols: usize,
+    pub values: Vec<f64>,
 }
 
 impl Gop {
@@ -117,7 +133,18 @@ impl Gop {
                 (m.gop_tensor(), (d, vec![0.0; d * d]))
             })
             .collect();
-        Self { meta, sums }
+        let fact = if meta.fact {
+            fact_modules(&meta.config)
+                .iter()
+                .map(|m| {
+                    let (rows, cols) = (m.d_out(&meta.config), m.d_in(&meta.config));
+                    (fact_tensor(m), FactSum { rows, cols, values: vec![0.0; rows * cols] })
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        Self { meta, sums, fact }
     }
 
     /// The stored sum for a module.
@@ -156,6 +183,28 @@ impl Gop {
         Ok(())
     }
 
+    /// Add one FACT backward pass (one layer's modules, as
+    /// [`crate::model::Network::backward_weights`] hands them over): for every window b of the
+    /// batch, in order, the per-window product δ_bᵀ h_b (in the tensors' precision, f32 or f64)
+    /// is added in f64.
+    pub fn add_fact(&mut self, grads: &[WeightGrad]) -> Result<()> {
+        for g in grads {
+            let name = fact_tensor(&g.module);
+            let (b, t, dout) = g.delta.dims3()?;
+            let din = g.operand.dim(2)?;
+            let acc = match self.fact.get_mut(&name) {
+                Some(f) if (f.rows, f.cols) == (dout, din) => &mut f.values,
+                Some(f) => bail!("weight gradient of {dout} × {din} for {name}, whose sum is {} × {}", f.rows, f.cols),
+                None => bail!("no FACT sum {name} (measured without --fact?)"),
+            };
+            match cross_products(&g.delta.contiguous()?, &g.operand.contiguous()?, b, t, dout, din)? {
+                Products::F32(p) => add_windows(acc, &p, b, dout * din, 0, 1.0),
+                Products::F64(p) => add_windows(acc, &p, b, dout * din, 0, 1.0),
+            }
+        }
+        Ok(())
+    }
+
     /// The accumulator of module `m`, checked to be d × d.
     fn acc(&mut self, m: &Module, d: usize) -> Result<&mut [f64]> {
         let name = m.gop_tensor();
@@ -174,6 +223,11 @@ impl Gop {
                 v.iter_mut().zip(w).for_each(|(a, b)| *a += b);
             }
         }
+        for (t, f) in self.fact.iter_mut() {
+            if let Some(o) = other.fact.get(t) {
+                f.values.iter_mut().zip(&o.values).for_each(|(a, b)| *a += b);
+            }
+        }
         self.meta.n_windows += other.meta.n_windows;
         self.meta.n_tokens += other.meta.n_tokens;
         let mut r = self.meta.windows.clone();
@@ -183,16 +237,19 @@ impl Gop {
 
     /// The name of the first stored sum holding a NaN or ±Inf, if any.
     pub fn first_non_finite(&self) -> Option<&str> {
-        self.sums.iter().find(|(_, (_, v))| v.iter().any(|x| !x.is_finite())).map(|(n, _)| n.as_str())
+        let bad = |v: &[f64]| v.iter().any(|x| !x.is_finite());
+        let sums = self.sums.iter().find(|(_, (_, v))| bad(v)).map(|(n, _)| n.as_str());
+        sums.or_else(|| self.fact.iter().find(|(_, f)| bad(&f.values)).map(|(n, _)| n.as_str()))
     }
 
     /// Write the file atomically (temporary name, then rename), tensor by tensor from the sums
     /// in memory: no second copy of the sums is made (4 GB for gpt2-xl).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let views: Vec<(String, TensorView)> = self
-            .sums
-            .iter()
-            .map(|(n, (d, v))| Ok((n.clone(), TensorView::new(Dtype::F64, vec![*d, *d], f64_bytes(v))?)))
+        let squares = self.sums.iter().map(|(n, (d, v))| (n, vec![*d, *d], v));
+        let facts = self.fact.iter().map(|(n, f)| (n, vec![f.rows, f.cols], &f.values));
+        let views: Vec<(String, TensorView)> = squares
+            .chain(facts)
+            .map(|(n, shape, v)| Ok((n.clone(), TensorView::new(Dtype::F64, shape, f64_bytes(v))?)))
             .collect::<Result<_>>()?;
         let mut meta = HashMap::new();
         meta.insert("agop".to_string(), serde_json::to_string(&self.meta)?);
@@ -212,7 +269,13 @@ impl Gop {
         for m in all_modules(&f.meta.config) {
             sums.insert(m.gop_tensor(), f.sum(&m)?);
         }
-        Ok(Gop { meta: f.meta, sums })
+        let mut fact = BTreeMap::new();
+        if f.meta.fact {
+            for m in fact_modules(&f.meta.config) {
+                fact.insert(fact_tensor(&m), f.fact(&m)?);
+            }
+        }
+        Ok(Gop { meta: f.meta, sums, fact })
     }
 }
 
@@ -240,7 +303,32 @@ impl GopFile {
                 bail_bad!("{name}: tensor {t} is {} {:?}, expected F64 [{d}, {d}]", e.dtype, e.shape);
             }
         }
+        if meta.fact {
+            for m in fact_modules(&meta.config) {
+                let t = fact_tensor(&m);
+                let e = file.entries.get(&t).ok_or_else(|| bad!("{name}: GOP file has no FACT tensor {t}"))?;
+                let (r, c) = (m.d_out(&meta.config), m.d_in(&meta.config));
+                if e.dtype != "F64" || e.shape != [r, c] {
+                    bail_bad!("{name}: tensor {t} is {} {:?}, expected F64 [{r}, {c}]", e.dtype, e.shape);
+                }
+            }
+        }
         Ok(Self { meta, file })
+    }
+
+    /// The FACT sum G of the whole module that holds module `m`'s ([`super::fact::fact_owner`]).
+    pub fn fact(&self, m: &Module) -> Result<FactSum> {
+        let name = self.file.path.display();
+        if !self.meta.fact {
+            bail_bad!("{name}: measured without --fact; it holds no FACT sums");
+        }
+        let t = fact_tensor(m);
+        let values = self.file.read_f64(&t)?;
+        if values.iter().any(|x| !x.is_finite()) {
+            bail_bad!("{name}: tensor {t} holds NaN or infinite values; this GOP file cannot be used");
+        }
+        let owner = fact_owner(m);
+        Ok(FactSum { rows: owner.d_out(&self.meta.config), cols: owner.d_in(&self.meta.config), values })
     }
 
     /// The stored sum of module `m`: (dim, row-major dim × dim values).
@@ -319,14 +407,21 @@ pub fn head_grams(g: &[f32], b: usize, t: usize, c3: usize, hs: usize) -> Vec<f3
 /// acc[i] += scale · grams[w·stride + offset + i] for every window w in order, in f64. Parallel over
 /// the entries of `acc`; each entry adds its windows in the same order, so the result does not
 /// depend on the thread count.
-fn add_windows(acc: &mut [f64], grams: &[f32], windows: usize, stride: usize, offset: usize, scale: f64) {
+fn add_windows<T: Copy + Into<f64> + Sync>(
+    acc: &mut [f64],
+    grams: &[T],
+    windows: usize,
+    stride: usize,
+    offset: usize,
+    scale: f64,
+) {
     const CHUNK: usize = 1 << 14;
     acc.par_chunks_mut(CHUNK).enumerate().for_each(|(c, a)| {
         let start = offset + c * CHUNK;
         for w in 0..windows {
             let g = &grams[w * stride + start..w * stride + start + a.len()];
             for (x, y) in a.iter_mut().zip(g) {
-                *x += scale * *y as f64;
+                *x += scale * (*y).into();
             }
         }
     });
@@ -340,6 +435,42 @@ fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R
         (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
         _ => bail!("expected a contiguous F32 tensor in host memory, got {:?} on {:?}", t.dtype(), t.device()),
     }
+}
+
+/// Per-window products of a FACT pair, in the precision the model computed in.
+enum Products {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// [`window_cross`] of contiguous host tensors δ (B, T, d_out) and h (B, T, d_in).
+fn cross_products(
+    delta: &candle_core::Tensor,
+    h: &candle_core::Tensor,
+    b: usize,
+    t: usize,
+    dout: usize,
+    din: usize,
+) -> Result<Products> {
+    use candle_core::{CpuStorage, Storage};
+    let (sd, ld) = delta.storage_and_layout();
+    let (sh, lh) = h.storage_and_layout();
+    let (Some((d0, d1)), Some((h0, h1))) = (ld.contiguous_offsets(), lh.contiguous_offsets()) else {
+        bail!("FACT sums: expected contiguous tensors");
+    };
+    Ok(match (&*sd, &*sh) {
+        (Storage::Cpu(CpuStorage::F32(d)), Storage::Cpu(CpuStorage::F32(x))) => {
+            Products::F32(window_cross(&d[d0..d1], &x[h0..h1], b, t, dout, din))
+        }
+        (Storage::Cpu(CpuStorage::F64(d)), Storage::Cpu(CpuStorage::F64(x))) => {
+            Products::F64(window_cross(&d[d0..d1], &x[h0..h1], b, t, dout, din))
+        }
+        _ => bail!(
+            "FACT sums: expected F32 or F64 tensors in host memory, got {:?} on {:?}",
+            delta.dtype(),
+            delta.device()
+        ),
+    })
 }
 
 /// Sorted, merged half-open ranges from a list of window indices.
@@ -390,6 +521,7 @@ pub fn differences(a: &GopMeta, b: &GopMeta) -> Vec<String> {
     field("tokens sha256", short(&a.tokens_sha256).into(), short(&b.tokens_sha256).into());
     field("total windows", a.total_windows.to_string(), b.total_windows.to_string());
     field("groups", a.groups.to_string(), b.groups.to_string());
+    field("fact", a.fact.to_string(), b.fact.to_string());
     if a.config != b.config {
         out.push("model config differs".into());
     }

@@ -3,6 +3,7 @@
 //! shards ([`merge`]).
 
 pub mod estimator;
+pub mod fact;
 pub mod gop;
 pub mod groups;
 pub mod merge;
@@ -10,7 +11,7 @@ pub mod run;
 pub mod settings;
 
 pub use estimator::Measurer;
-pub use gop::{Gop, GopMeta};
+pub use gop::{FactSum, Gop, GopMeta};
 pub use merge::{merge, merge_files};
 pub use run::{measure, measure_model, MeasureOptions};
 pub use settings::{Estimator, Output, Settings};

@@ -213,6 +213,7 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
         config: cfg,
         groups: plan.len(),
         group: None,
+        fact: opts.settings.fact,
     };
     let ckpt = checkpoint_path(out);
     let resume = if ckpt.is_file() { Some(load_checkpoint(&ckpt, &meta, &plan, opts.progress)?) } else { None };

@@ -57,6 +57,8 @@ pub struct Settings {
     pub estimator: Estimator,
     pub probes: u32,
     pub seed: u64,
+    /// Also sum the FACT weight gradients of the loss ([`super::fact`]): one more backward per window.
+    pub fact: bool,
 }
 
 impl Settings {

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::Gpt2Config;
 use super::modules::{Kind, Module};
-use super::network::{Grad, Network};
+use super::network::{Grad, Network, WeightGrad};
 use super::ops::attention::{AttentionBackward, AttentionMix, AttentionProbs};
 use super::ops::kernels;
 use super::params::{LayerNorm, Linear, Params};
@@ -77,6 +77,25 @@ pub struct BlockGrads<'a> {
     pub fc_in: &'a Tensor,
     /// δ at mlp.c_proj output (B, T, C), i.e. the residual gradient after the block.
     pub mlp_out: &'a Tensor,
+    /// δ at attn.c_proj output (B, T, C): the residual gradient between attention and MLP.
+    pub proj_out: &'a Tensor,
+    /// δ at mlp.c_fc output (B, T, F), before the GELU.
+    pub fc_out: &'a Tensor,
+    /// The operands of the block's modules, when the backward was asked for them
+    /// ([`Gpt2::backward_operands`]).
+    pub operands: Option<&'a BlockOperands>,
+}
+
+/// The operands (inputs) of one block's modules, recomputed from the forward cache, all (B, T, ·).
+pub struct BlockOperands {
+    /// ln_1 output a, the operand of attn.c_attn (C).
+    pub attn: Tensor,
+    /// Merged heads y, the operand of attn.c_proj (C).
+    pub proj: Tensor,
+    /// ln_2 output m, the operand of mlp.c_fc (C).
+    pub fc: Tensor,
+    /// gelu(fc_pre) u, the operand of mlp.c_proj (F).
+    pub mlp_proj: Tensor,
 }
 
 impl Gpt2 {
@@ -166,6 +185,27 @@ impl Gpt2 {
         &self,
         fwd: &Forward,
         seed: &Tensor,
+        visit: impl FnMut(usize, &BlockGrads) -> Result<()>,
+    ) -> Result<()> {
+        self.backward_inner(fwd, seed, false, visit)
+    }
+
+    /// [`Gpt2::backward`] that also recomputes every block's module operands from the forward
+    /// cache ([`BlockGrads::operands`]): what weight gradients Σ δ hᵀ need.
+    pub fn backward_operands(
+        &self,
+        fwd: &Forward,
+        seed: &Tensor,
+        visit: impl FnMut(usize, &BlockGrads) -> Result<()>,
+    ) -> Result<()> {
+        self.backward_inner(fwd, seed, true, visit)
+    }
+
+    fn backward_inner(
+        &self,
+        fwd: &Forward,
+        seed: &Tensor,
+        operands: bool,
         mut visit: impl FnMut(usize, &BlockGrads) -> Result<()>,
     ) -> Result<()> {
         let cfg = &self.cfg;
@@ -181,6 +221,7 @@ impl Gpt2 {
             let fc_in = matmul_t(&d_fc, &blk.mlp.c_fc.weight)?;
             dx = (dx + layer_norm_backward(&fc_in, &cache.ln_2, &blk.ln_2)?)?;
             // Attention: x_mid = x_in + attn(ln_1(x_in))·W_ap + b
+            let proj_out = dx.clone();
             let proj_in = matmul_t(&dx, &blk.attn.c_proj.weight)?;
             // Through att · V and the causal softmax of scale · Q Kᵀ, to the packed (Q | K | V).
             let op = AttentionBackward { heads: h, scale: self.attn_scale(l) };
@@ -190,6 +231,16 @@ impl Gpt2 {
             let att = cache.qkv.apply_op1_no_bwd(&AttentionProbs { heads: h, scale: self.attn_scale(l) })?;
             let qkv_out = proj_in.apply_op3_no_bwd(&att, &cache.qkv, &op)?;
             let attn_in = matmul_t(&qkv_out, &blk.attn.c_attn.weight)?;
+            let ops = if operands {
+                Some(BlockOperands {
+                    attn: layer_norm_output(&cache.ln_1, &blk.ln_1)?,
+                    proj: att.apply_op2_no_bwd(&cache.qkv, &AttentionMix { heads: h })?,
+                    fc: layer_norm_output(&cache.ln_2, &blk.ln_2)?,
+                    mlp_proj: self.gelu(&cache.fc_pre)?,
+                })
+            } else {
+                None
+            };
             visit(
                 l,
                 &BlockGrads {
@@ -198,6 +249,9 @@ impl Gpt2 {
                     proj_in: &proj_in,
                     fc_in: &fc_in,
                     mlp_out: &mlp_out,
+                    proj_out: &proj_out,
+                    fc_out: &d_fc,
+                    operands: ops.as_ref(),
                 },
             )?;
             if l > 0 {
@@ -236,10 +290,14 @@ fn matmul_t(g: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// LayerNorm over the last dimension, returning the output and the statistics for backward.
 fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
-    let packed = x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })?;
+    let cache = LnCache { packed: x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })? };
+    Ok((layer_norm_output(&cache, ln)?, cache))
+}
+
+/// The LayerNorm output γ·x̂ + β again, from the statistics the forward kept.
+fn layer_norm_output(cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
     let affine = kernels::LayerNormAffine { gamma: f64_values(&ln.weight)?, beta: f64_values(&ln.bias)? };
-    let y = packed.apply_op1_no_bwd(&affine)?;
-    Ok((y, LnCache { packed }))
+    Ok(cache.packed.apply_op1_no_bwd(&affine)?)
 }
 
 /// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ (one fused pass).
@@ -273,6 +331,21 @@ impl BlockGrads<'_> {
     }
 }
 
+impl BlockGrads<'_> {
+    /// Each whole module's (δ at its output, operand) pair; needs the operands
+    /// ([`Gpt2::backward_operands`]).
+    pub fn weight_grads(&self, layer: usize) -> Result<Vec<WeightGrad<'_>>> {
+        let Some(ops) = self.operands else { bail!("weight gradients need the backward with operands") };
+        let pair = |kind, delta, operand| WeightGrad { module: Module { layer, kind, head: None }, delta, operand };
+        Ok(vec![
+            pair(Kind::CAttn, self.qkv_out, &ops.attn),
+            pair(Kind::AttnCProj, self.proj_out, &ops.proj),
+            pair(Kind::CFc, self.fc_out, &ops.fc),
+            pair(Kind::MlpCProj, self.mlp_out, &ops.mlp_proj),
+        ])
+    }
+}
+
 impl Network for Gpt2 {
     type Forward = Forward;
 
@@ -298,5 +371,14 @@ impl Network for Gpt2 {
 
     fn backward(&self, fwd: &Forward, seed: &Tensor, visit: &mut dyn FnMut(&[Grad]) -> Result<()>) -> Result<()> {
         Gpt2::backward(self, fwd, seed, |l, g| visit(&g.stored_sides(&self.cfg, l)))
+    }
+
+    fn backward_weights(
+        &self,
+        fwd: &Forward,
+        seed: &Tensor,
+        visit: &mut dyn FnMut(&[WeightGrad]) -> Result<()>,
+    ) -> Result<()> {
+        Gpt2::backward_operands(self, fwd, seed, |l, g| visit(&g.weight_grads(l)?))
     }
 }

@@ -20,9 +20,9 @@ use candle_core::Device;
 
 pub use checkpoint::{init_model, save_checkpoint};
 pub use config::Gpt2Config;
-pub use gpt2::{BlockGrads, Forward, Gpt2, Site};
+pub use gpt2::{BlockGrads, BlockOperands, Forward, Gpt2, Site};
 pub use modules::{all_modules, Kind, Module, Side};
-pub use network::{Grad, Network};
+pub use network::{Grad, Network, WeightGrad};
 pub use params::{Block, LayerNorm, Linear, Params};
 pub use weights::{load_model, random_init, WeightsKind};
 

@@ -18,6 +18,16 @@ pub enum Grad<'a> {
     Packed { modules: Vec<Module>, width: usize, tensor: &'a Tensor },
 }
 
+/// The two factors of one module's weight gradient for one backward pass, all (B, T, ·): the
+/// gradient δ at the module's output (d_out columns) and the module's operand h (d_in columns);
+/// the weight gradient (nn.Linear view, d_out × d_in) is Σ_s δ_s h_sᵀ (the FACT sums).
+pub struct WeightGrad<'a> {
+    /// A whole module (`head` is None): per-head gradients are row blocks of their c_attn's.
+    pub module: Module,
+    pub delta: &'a Tensor,
+    pub operand: &'a Tensor,
+}
+
 /// A language model whose AGOPs agop can measure.
 pub trait Network: Sync {
     /// What the forward pass keeps for one or more backward passes.
@@ -41,4 +51,13 @@ pub trait Network: Sync {
     /// Backward from `seed` = ∂f/∂hidden (B, T, C), handing every layer's stored-side gradients
     /// to `visit` (no weight gradients are computed).
     fn backward(&self, fwd: &Self::Forward, seed: &Tensor, visit: &mut dyn FnMut(&[Grad]) -> Result<()>) -> Result<()>;
+
+    /// Backward from `seed` handing every whole module's output gradient and operand to `visit`
+    /// (the FACT pass: the seed is the loss gradient, and Σ δ hᵀ is each weight's gradient).
+    fn backward_weights(
+        &self,
+        fwd: &Self::Forward,
+        seed: &Tensor,
+        visit: &mut dyn FnMut(&[WeightGrad]) -> Result<()>,
+    ) -> Result<()>;
 }

@@ -115,6 +115,10 @@ pub struct MeasureSpec {
     /// Window groups for the jackknife error bars (`measure --groups`); 1: none.
     #[serde(default = "default_groups")]
     pub groups: u32,
+    /// Also measure the FACT sums (`measure --fact`): one more backward per window, and the
+    /// correlate stage writes `ansatz` = `fact` rows.
+    #[serde(default)]
+    pub fact: bool,
 }
 
 fn default_output() -> Output {
@@ -146,6 +150,7 @@ impl Default for MeasureSpec {
             batch: default_batch(),
             weights: default_weights(),
             groups: default_groups(),
+            fact: false,
         }
     }
 }

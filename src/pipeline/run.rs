@@ -203,7 +203,7 @@ fn finish_prepared(out: &Path, model: ResolvedModel, tokens: PathBuf) -> Result<
 
 fn settings(p: &Pipeline) -> Settings {
     let m = &p.measure;
-    Settings { output: m.output, estimator: m.estimator, probes: m.probes, seed: m.seed }
+    Settings { output: m.output, estimator: m.estimator, probes: m.probes, seed: m.seed, fact: m.fact }
 }
 
 /// Does a GOP file hold this pipeline's measurement of `weights` (for the given shard)?
@@ -225,6 +225,7 @@ fn gop_matches(
         && meta.tokens_sha256 == prep.tokens_sha
         && meta.total_windows == prep.n_windows
         && meta.groups == m.groups
+        && meta.fact == m.fact
         && match shard {
             Some((i, n)) => meta.shard == format!("{i}/{n}"),
             None => meta.n_windows == prep.n_windows,

@@ -1,0 +1,127 @@
+//! The FACT sums (Features at Convergence Theorem; Boix-Adsera, Mallinar, Simon, Belkin 2025):
+//! for every whole weight matrix W (nn.Linear view, d_out × d_in) with operand h, the weight
+//! gradient of the summed next-token loss over the measured windows,
+//!
+//!   G = Σ_windows Σ_s δ_s h_sᵀ        (d_out × d_in, f64),
+//!
+//! δ_s the gradient of L = Σ_t ℓ_t at W's output at position s. One backward pass per window
+//! (the loss gradient as the seed, no probes: G is exact), added window by window like the GOP
+//! sums, so it shards, merges, resumes and groups the same way.
+//!
+//! Stored in GOP files as tensor `{module}.fact` for the four whole modules of each block
+//! (c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj). A head's G (through its Q, K or V columns only)
+//! is a row block of its c_attn's G: rows part·C + h·hs .. + hs, part = 0, 1, 2 for q, k, v.
+//! The correlate stage forms F = −WᵀG from it ([`crate::correlate::fact`]).
+
+use rayon::prelude::*;
+
+use crate::math::gemm::{gemm_into, SyncPtr, View};
+use crate::model::{Gpt2Config, Kind, Module};
+
+/// The whole modules whose weight gradients are summed, block by block.
+pub fn fact_modules(cfg: &Gpt2Config) -> Vec<Module> {
+    (0..cfg.n_layer)
+        .flat_map(|layer| {
+            [Kind::CAttn, Kind::AttnCProj, Kind::CFc, Kind::MlpCProj].map(|kind| Module { layer, kind, head: None })
+        })
+        .collect()
+}
+
+/// The whole module whose G holds module `m`'s (itself, or c_attn for a head).
+pub fn fact_owner(m: &Module) -> Module {
+    let kind = if m.kind.per_head() { Kind::CAttn } else { m.kind };
+    Module { layer: m.layer, kind, head: None }
+}
+
+/// Name of the FACT tensor of whole module `m` in a GOP file.
+pub fn fact_tensor(m: &Module) -> String {
+    format!("{}.fact", fact_owner(m).name())
+}
+
+/// The rows of the owner's G that are module `m`'s (all of them for a whole module).
+pub fn fact_rows(m: &Module, cfg: &Gpt2Config) -> std::ops::Range<usize> {
+    let (c, hs) = (cfg.n_embd, cfg.head_size());
+    let part = match m.kind {
+        Kind::Q => 0,
+        Kind::K => 1,
+        Kind::V => 2,
+        _ => return 0..m.d_out(cfg),
+    };
+    let start = part * c + m.head.unwrap_or(0) * hs;
+    start..start + hs
+}
+
+/// Row blocks of this height make up one window's product (parallel tasks).
+const ROW_BLOCK: usize = 128;
+
+/// Per-window products δ_bᵀ h_b (B, d_out, d_in) of δ (B, T, d_out) and h (B, T, d_in), in the
+/// inputs' precision, window by window and row block by row block, each block one
+/// single-threaded GEMM: a window's product does not depend on its batch or the thread count.
+pub fn window_cross<T: Copy + Default + Send + Sync + 'static>(
+    delta: &[T],
+    h: &[T],
+    b: usize,
+    t: usize,
+    dout: usize,
+    din: usize,
+) -> Vec<T> {
+    let nb = dout.div_ceil(ROW_BLOCK);
+    let tasks: Vec<(usize, usize)> = (0..b).flat_map(|w| (0..nb).map(move |i| (w, i))).collect();
+    let mut out = vec![T::default(); b * dout * din];
+    let dst = SyncPtr(out.as_mut_ptr());
+    let one: T = unit();
+    tasks.into_par_iter().for_each(|(w, bi)| {
+        let r0 = bi * ROW_BLOCK;
+        let rows = ROW_BLOCK.min(dout - r0);
+        let d = &delta[w * t * dout..(w + 1) * t * dout];
+        let x = &h[w * t * din..(w + 1) * t * din];
+        let a = View::new(d[r0..].as_ptr(), 1, dout); // (rows × T): columns r0.. of δ, transposed
+        let bv = View::new(x.as_ptr(), din, 1); // (T × d_in)
+                                                // SAFETY: task (w, bi) alone writes rows r0..r0+rows of window w's product.
+        unsafe { gemm_into(rows, din, t, dst.at(w * dout * din + r0 * din), din, a, bv, one) };
+    });
+    out
+}
+
+/// 1 in T (f32 or f64).
+fn unit<T: Copy + 'static>() -> T {
+    use std::any::Any;
+    if let Some(x) = (&1f32 as &dyn Any).downcast_ref::<T>() {
+        *x
+    } else if let Some(x) = (&1f64 as &dyn Any).downcast_ref::<T>() {
+        *x
+    } else {
+        panic!("window_cross: f32 or f64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Row-blocked products against a direct f64 sum, for a height that is not a multiple of the
+    /// block; and the head rows of c_attn.
+    #[test]
+    fn window_cross_matches_direct_sums() {
+        let (b, t, dout, din) = (3, 5, ROW_BLOCK + 37, 19);
+        let d: Vec<f64> = (0..b * t * dout).map(|i| ((i * 7919 % 1013) as f64 / 1013.0) - 0.5).collect();
+        let h: Vec<f64> = (0..b * t * din).map(|i| ((i * 31 % 97) as f64 / 97.0) - 0.5).collect();
+        let g = window_cross(&d, &h, b, t, dout, din);
+        for w in 0..b {
+            for i in 0..dout {
+                for j in 0..din {
+                    let want: f64 = (0..t).map(|s| d[(w * t + s) * dout + i] * h[(w * t + s) * din + j]).sum();
+                    let got = g[(w * dout + i) * din + j];
+                    assert!((got - want).abs() < 1e-12, "window {w} ({i}, {j}): {got} vs {want}");
+                }
+            }
+        }
+        let cfg: Gpt2Config =
+            serde_json::from_str(r#"{"n_layer": 2, "n_head": 3, "n_embd": 24, "n_positions": 32, "vocab_size": 50}"#)
+                .unwrap();
+        let k1 = Module { layer: 0, kind: Kind::K, head: Some(1) };
+        assert_eq!(fact_rows(&k1, &cfg), 32..40);
+        assert_eq!(fact_tensor(&k1), "h.0.attn.c_attn.fact");
+        assert_eq!(fact_rows(&Module { layer: 0, kind: Kind::CFc, head: None }, &cfg), 0..cfg.n_inner());
+    }
+}
