@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use agop::correlate::fact::{fact_moments, fact_moments_dense, module_gradient, FactMoments};
+use agop::correlate::fact::{fact_moments, fact_moments_dense, module_gradient, FactMoments, WeightSide};
 use agop::correlate::{cosine, pearson};
 use agop::measure::fact::{fact_modules, fact_tensor};
 use agop::measure::{self, Estimator, Gop, GopMeta, MeasureOptions, Measurer, Output, Settings};
@@ -251,7 +251,7 @@ fn fact_correlations_match_a_dense_computation() {
     for module in all_modules(&m.cfg) {
         let w = agop::correlate::gram::weight(&m, &module).unwrap();
         let g = module_gradient(&m, &module, &gop.fact[&fact_tensor(&module)]);
-        let got = fact_moments(&w, &g).values();
+        let got = fact_moments(&WeightSide::new(w.clone()), &g).values();
         // Dense: N = W Wᵀ, F = −W G, F_s = (F + Fᵀ)/2, F_a = (F − Fᵀ)/2.
         let n = &w * w.transpose();
         let f = -(&w * &g);
@@ -268,7 +268,7 @@ fn fact_correlations_match_a_dense_computation() {
         // The small-side path (mlp.c_proj, heads) and the dense-side path agree with the reference moments.
         let dense: FactMoments = fact_moments_dense(&w, &g);
         let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-300);
-        let a = fact_moments(&w, &g);
+        let a = fact_moments(&WeightSide::new(w.clone()), &g);
         for (x, y) in [(a.nf, dense.nf), (a.nn, dense.nn), (a.ff, dense.ff), (a.ftf, dense.ftf), (a.sf, dense.sf)] {
             assert!(rel(x, y) < 1e-9, "{}: moments {x} vs {y}", module.name());
         }
@@ -289,7 +289,7 @@ fn gradient_descent_with_g_reaches_a_point_where_fact_holds() {
         let gop = fact_sums_f64(m, &windows);
         let w = agop::correlate::gram::weight(m, &target).unwrap();
         let g = module_gradient(m, &target, &gop.fact[&fact_tensor(&target)]);
-        let v = fact_moments(&w, &g).values();
+        let v = fact_moments(&WeightSide::new(w), &g).values();
         (v[0], v[3])
     };
     let (p0, wc0) = fact_of(&m);

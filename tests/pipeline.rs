@@ -61,8 +61,17 @@ fn tiny_pipeline_end_to_end() {
     for (n, t) in &schema {
         assert_eq!(df.column(n).unwrap().dtype(), t, "column {n}");
     }
-    // weights × layers × (4 + 3·heads) × powers × metrics = 2 × 2 × (4 + 12) × 2 × 2.
-    assert_eq!(df.height(), 2 * 2 * (4 + 3 * 4) * 2 * 2);
+    // NFA: weights × layers × (4 + 3·heads) × powers × metrics = 2 × 2 × (4 + 12) × 2 × 2; tiny.toml
+    // also measures FACT: weights × layers × (4 + 12) × 4 metrics at power 1.
+    assert_eq!(df.height(), 2 * 2 * (4 + 3 * 4) * 2 * 2 + 2 * 2 * (4 + 3 * 4) * 4);
+    let ansatz: Vec<String> = df.column("ansatz").unwrap().str().unwrap().iter().map(|x| x.unwrap().into()).collect();
+    let metric: Vec<String> = df.column("metric").unwrap().str().unwrap().iter().map(|x| x.unwrap().into()).collect();
+    let power: Vec<f64> = df.column("power").unwrap().f64().unwrap().iter().map(|x| x.unwrap()).collect();
+    for m in ["pearson", "cosine", "antisymmetry", "w-cosine"] {
+        let n = (0..df.height()).filter(|&i| ansatz[i] == "fact" && metric[i] == m && power[i] == 1.0).count();
+        assert_eq!(n, 2 * 2 * 16, "FACT rows of {m}");
+    }
+    assert!(out.join("plots/by-layer-fact.png").is_file() && stdout.contains("pretrained FACT"), "{stdout}");
     let values: Vec<f64> = df.column("value").unwrap().f64().unwrap().iter().map(|v| v.unwrap()).collect();
     assert!(values.iter().all(|v| v.is_finite() && (-1.0..=1.0).contains(v)));
     let heads = df.column("head").unwrap().u32().unwrap();
@@ -102,13 +111,32 @@ fn tiny_pipeline_end_to_end() {
         assert_eq!(gop.meta.n_windows, 128);
         let m = model::load_dir(&model_dir, weights, gop.meta.seed).unwrap();
         let rows = agop::correlate::correlate(&m, &gop, &[0.5, 1.0]).unwrap();
-        let ws = df.column("weights").unwrap().str().unwrap();
+        let ws: Vec<Option<&str>> = df.column("weights").unwrap().str().unwrap().iter().collect();
         let vals = df.column("value").unwrap().f64().unwrap();
-        let got: Vec<f64> =
-            ws.iter().zip(vals.iter()).filter(|(w, _)| *w == Some(weights.as_str())).map(|(_, v)| v.unwrap()).collect();
+        let pick = |which: &str| -> Vec<f64> {
+            (0..df.height())
+                .filter(|&i| ws[i] == Some(weights.as_str()) && ansatz[i] == which)
+                .map(|i| vals.get(i).unwrap())
+                .collect()
+        };
+        let got = pick("nfa");
         assert_eq!(got.len(), rows.len());
         for (g, r) in got.iter().zip(&rows) {
             assert!((g - r.value.unwrap()).abs() < 1e-12, "{r:?} vs {g}");
+        }
+        // FACT rows: pearson, cosine, antisymmetry, w-cosine per module in SPEC.md order, from
+        // the GOP file's G.
+        let fact = pick("fact");
+        let mut want = Vec::new();
+        for module in agop::model::all_modules(&m.cfg) {
+            let g = &gop.fact[&agop::measure::fact::fact_tensor(&module)];
+            let side = agop::correlate::fact::WeightSide::new(agop::correlate::gram::weight(&m, &module).unwrap());
+            let grad = agop::correlate::fact::module_gradient(&m, &module, g);
+            want.extend(agop::correlate::fact::fact_moments(&side, &grad).values());
+        }
+        assert_eq!(fact.len(), want.len());
+        for (g, w) in fact.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-12, "FACT {g} vs {w}");
         }
     }
     // Plots exist and are PNGs.

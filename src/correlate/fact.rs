@@ -84,28 +84,47 @@ fn sum(a: &Mat<f64>) -> f64 {
     (0..a.ncols()).map(|j| (0..a.nrows()).map(|i| a[(i, j)]).sum::<f64>()).sum()
 }
 
-/// The moments of module weight `w` (stored, d_in × d_out) and gradient `g` (d_out × d_in), from
-/// the smaller side (module docs).
-pub fn fact_moments(w: &Mat<f64>, g: &Mat<f64>) -> FactMoments {
+/// What the moments need from a module's weight alone, computed once and shared by the total G
+/// and every leave-one-group-out G: W (stored, d_in × d_out), its Gram on the smaller side
+/// (N = W Wᵀ when d_in ≤ d_out, else P = WᵀW), Wᵀ1, ‖N‖² and ‖W‖².
+pub struct WeightSide {
+    w: Mat<f64>,
+    gram: Mat<f64>,
+    wt1: Vec<f64>,
+    nn: f64,
+    ww: f64,
+}
+
+impl WeightSide {
+    pub fn new(w: Mat<f64>) -> Self {
+        let (din, dout) = (w.nrows(), w.ncols());
+        let gram = if din <= dout { &w * w.transpose() } else { w.transpose() * &w };
+        let wt1 = (0..dout).map(|j| (0..din).map(|i| w[(i, j)]).sum()).collect();
+        let (nn, ww) = (dot(&gram, &gram), dot(&w, &w));
+        Self { w, gram, wt1, nn, ww }
+    }
+}
+
+/// The moments of a module's weight and its gradient `g` (d_out × d_in), from the smaller side
+/// (module docs).
+pub fn fact_moments(side: &WeightSide, g: &Mat<f64>) -> FactMoments {
+    let w = &side.w;
     let (din, dout) = (w.nrows(), w.ncols());
-    // Column sums of W (d_out) and row sums of G (d_out): sum(N) = ‖Wᵀ1‖², sum(F) = −(Wᵀ1)·(G1).
-    let wt1: Vec<f64> = (0..dout).map(|j| (0..din).map(|i| w[(i, j)]).sum()).collect();
+    // Row sums of G (d_out): sum(N) = ‖Wᵀ1‖², sum(F) = −(Wᵀ1)·(G1).
     let g1: Vec<f64> = (0..dout).map(|i| (0..din).map(|j| g[(i, j)]).sum()).collect();
-    let sn = wt1.iter().map(|x| x * x).sum();
-    let sf = -wt1.iter().zip(&g1).map(|(a, b)| a * b).sum::<f64>();
+    let sn = side.wt1.iter().map(|x| x * x).sum();
+    let sf = -side.wt1.iter().zip(&g1).map(|(a, b)| a * b).sum::<f64>();
     let wg = -trace_prod(w, g);
-    let (ww, gg) = (dot(w, w), dot(g, g));
-    let (nf, nn, ff, ftf) = if din <= dout {
-        let n = w * w.transpose();
+    let gg = dot(g, g);
+    let (nf, ff, ftf) = if din <= dout {
         let f = -(w * g);
-        (dot(&n, &f), dot(&n, &n), dot(&f, &f), trace_prod(&f, &f))
+        (dot(&side.gram, &f), dot(&f, &f), trace_prod(&f, &f))
     } else {
-        let p = w.transpose() * w;
         let q = g * w;
         let r = g * g.transpose();
-        (-trace_prod(&p, &q), dot(&p, &p), trace_prod(&p, &r), trace_prod(&q, &q))
+        (-trace_prod(&side.gram, &q), trace_prod(&side.gram, &r), trace_prod(&q, &q))
     };
-    FactMoments { dim: din as f64, nf, nn, ff, ftf, sn, sf, wg, ww, gg }
+    FactMoments { dim: din as f64, nf, nn: side.nn, ff, ftf, sn, sf, wg, ww: side.ww, gg }
 }
 
 /// The plain reference: N, F and F_s formed densely (d_in × d_in), the moments summed entry by
@@ -182,9 +201,10 @@ pub fn correlate_fact(model: &Gpt2, run: &RunSums) -> Result<Vec<Correlation>> {
     let mut out = Vec::new();
     for owner in fact_modules(&model.cfg) {
         let modules = owned(model, &owner);
-        let weights: Vec<Mat<f64>> = modules.iter().map(|m| weight(model, m)).collect::<Result<_>>()?;
+        let sides: Vec<WeightSide> =
+            modules.iter().map(|m| Ok(WeightSide::new(weight(model, m)?))).collect::<Result<_>>()?;
         let values = |g: &FactSum| -> Vec<[f64; 4]> {
-            modules.iter().zip(&weights).map(|(m, w)| fact_moments(w, &module_gradient(model, m, g)).values()).collect()
+            modules.iter().zip(&sides).map(|(m, s)| fact_moments(s, &module_gradient(model, m, g)).values()).collect()
         };
         let total = run.fact_total(&owner)?;
         let full = values(&total);

@@ -4,6 +4,9 @@
 //! Every tensor holds an estimate of the SPEC.md §3 *sum* Σ_windows Σ_outputs Σ_s g gᵀ
 //! (operand side) or δ δᵀ (output side); for the sketch estimator each probe's contribution is
 //! weighted 1/probes, so files from both estimators are on the same scale. AGOP = sum / n_tokens.
+//!
+//! A file measured with `--fact` also holds, per whole module, the FACT sum G = Σ δ hᵀ of the
+//! summed loss (tensor `{name}.fact`, d_out × d_in; [`super::fact`]) and records `fact: true`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

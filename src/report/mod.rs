@@ -25,6 +25,8 @@ pub struct Row {
     pub ci: Option<(f64, f64)>,
     /// The training step of a checkpoint in a series (then `weights` reads `pretrained@<step>`).
     pub step: Option<u64>,
+    /// `nfa` or `fact` (SPEC.md §8); a FACT row has `power` 1.
+    pub ansatz: String,
 }
 
 /// Read the rows of `dir/correlations.parquet`.
@@ -45,8 +47,9 @@ pub fn read_contrasts(dir: &Path) -> Result<Option<Vec<Row>>> {
     Ok(Some(read_table(&path, false)?.0))
 }
 
-/// The NFA rows (`ansatz` nfa, `nfm` gram; every row of a table written before those columns)
-/// of a correlations or contrasts table.
+/// The NFA and FACT rows of the weight Gram (`nfm` gram; every row of a table written before
+/// those columns is an NFA row) of a correlations or contrasts table. The caller keeps the two
+/// ansätze apart: a FACT row has `power` 1, like an NFA row at α = 1.
 fn read_table(path: &Path, has_weights: bool) -> Result<(Vec<Row>, DataFrame)> {
     let df = crate::util::parquet::read_parquet(path)?;
     // Every column read is checked, so a table of another schema is bad input naming the file.
@@ -87,7 +90,7 @@ fn read_table(path: &Path, has_weights: bool) -> Result<(Vec<Row>, DataFrame)> {
         Err(_) => vec![None; df.height()],
     };
     let rows = (0..df.height())
-        .filter(|&i| ansatz[i] == "nfa" && nfm[i] == "gram")
+        .filter(|&i| (ansatz[i] == "nfa" || ansatz[i] == "fact") && nfm[i] == "gram")
         .map(|i| Row {
             weights: match step[i] {
                 Some(s) => format!("{}@{s}", weights[i]),
@@ -101,6 +104,7 @@ fn read_table(path: &Path, has_weights: bool) -> Result<(Vec<Row>, DataFrame)> {
             metric: metric[i].clone(),
             value: value[i],
             ci: (low[i].is_finite() && high[i].is_finite()).then_some((low[i], high[i])),
+            ansatz: ansatz[i].clone(),
         })
         .collect();
     Ok((rows, df))
@@ -109,6 +113,7 @@ fn read_table(path: &Path, has_weights: bool) -> Result<(Vec<Row>, DataFrame)> {
 /// Write the plots into `dir/plots/` and return the table text.
 pub fn report(dir: &Path) -> Result<String> {
     let (all, df) = read_rows(dir)?;
+    let (fact_all, all): (Vec<Row>, Vec<Row>) = all.into_iter().partition(|r| r.ansatz == "fact");
     // A checkpoint series: the table and the by-layer plots show the first, a middle and the
     // last step (and the controls); the by-step plots show every step.
     let steps: Vec<u64> = {
@@ -124,13 +129,16 @@ pub fn report(dir: &Path) -> Result<String> {
         v.dedup();
         v
     };
-    let rows: Vec<Row> = all.iter().filter(|r| r.step.is_none_or(|s| shown.contains(&s))).cloned().collect();
-    let mut text = table::render(&rows, &df)?;
-    let contrasts = read_contrasts(dir)?;
-    if let Some(c) = &contrasts {
-        text.push_str(&table::render_contrasts(c)?);
+    let keep = |rows: &[Row]| -> Vec<Row> {
+        rows.iter().filter(|r| r.step.is_none_or(|s| shown.contains(&s))).cloned().collect()
+    };
+    let (rows, fact) = (keep(&all), keep(&fact_all));
+    let mut text = table::render(&rows, &fact, &df)?;
+    if let Some(c) = read_contrasts(dir)? {
+        let (cfact, cnfa): (Vec<Row>, Vec<Row>) = c.into_iter().partition(|r| r.ansatz == "fact");
+        text.push_str(&table::render_contrasts(&cnfa, &cfact)?);
     }
-    let mut written = plots::write_all(&rows, &dir.join("plots"))?;
+    let mut written = plots::write_all(&rows, &fact, &dir.join("plots"))?;
     if steps.len() > 1 {
         written.extend(plots::by_step(&all, &dir.join("plots"))?);
     }

@@ -22,16 +22,41 @@ fn palette(i: usize) -> RGBColor {
     [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)][i % 4]
 }
 
-/// Write every plot into `dir`; returns the files written.
-pub fn write_all(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
+/// Write every plot into `dir` from the NFA rows and the FACT rows (empty when the run measured
+/// none); returns the files written.
+pub fn write_all(rows: &[Row], fact: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
     register_font();
     std::fs::create_dir_all(dir)?;
     let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
     let weights = distinct(rows.iter().map(|r| r.weights.clone()));
+    let bars = if rows.iter().chain(fact).any(|r| r.ci.is_some()) { " (bars: 95% jackknife interval)" } else { "" };
     let mut written = Vec::new();
+    let line = |label: String, rows, w: &String, power, k, dashed| Line {
+        label,
+        rows,
+        weights: w.clone(),
+        power,
+        color: palette(k),
+        dashed,
+    };
+    if !fact.is_empty() {
+        // NFA and FACT side by side, each against its random-init level: solid NFA (α = 0.5 when
+        // measured, else the first power), dashed FACT, one colour per weights setting.
+        let alpha = powers.iter().copied().find(|&p| p == 0.5).or(powers.first().copied()).unwrap_or(0.5);
+        let mut lines = Vec::new();
+        for (k, w) in weights.iter().enumerate() {
+            lines.push(line(format!("NFA α={alpha} {w}"), rows, w, alpha, k, false));
+            lines.push(line(format!("FACT {w}"), fact, w, 1.0, k, true));
+        }
+        let path = dir.join("by-layer-fact.png");
+        let title = format!("NFA (NFM vs AGOP^α, solid) and FACT (NFM vs −WᵀG, dashed): Pearson by layer{bars}");
+        by_layer(&lines, &title, &path)?;
+        written.push(path);
+    }
     for &p in &powers {
         let path = dir.join(format!("by-layer-power{p}.png"));
-        by_layer(rows, &weights, p, &path)?;
+        let lines: Vec<Line> = weights.iter().enumerate().map(|(k, w)| line(w.clone(), rows, w, p, k, false)).collect();
+        by_layer(&lines, &format!("NFM vs AGOP^{p}: Pearson correlation by layer{bars}"), &path)?;
         written.push(path);
         for m in head_module_names() {
             for w in &weights {
@@ -49,16 +74,31 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing plot: {e}")
 }
 
-/// One panel per module: Pearson correlation against layer, a line per weights setting.
-fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result<()> {
-    let layers = distinct(rows.iter().map(|r| r.layer));
+/// One line of a by-layer plot: the Pearson cells of (`weights`, `power`) in `rows`.
+struct Line<'a> {
+    label: String,
+    rows: &'a [Row],
+    weights: String,
+    power: f64,
+    color: RGBColor,
+    dashed: bool,
+}
+
+/// One panel per module: Pearson correlation against layer, one line per [`Line`].
+fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
+    let layers = distinct(lines.iter().flat_map(|l| l.rows.iter().map(|r| r.layer)));
     let max_layer = layers.iter().copied().max().unwrap_or(0);
     let root = BitMapBackend::new(path, (1400, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let bars = if rows.iter().any(|r| r.ci.is_some()) { " (bars: 95% jackknife interval)" } else { "" };
-    let root = root
-        .titled(&format!("NFM vs AGOP^{power}: Pearson correlation by layer{bars}"), ("sans-serif", 24))
-        .map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
+    // FACT correlations can be negative: the y axis reaches down to the lowest value shown.
+    let lowest = lines
+        .iter()
+        .flat_map(|l| l.rows.iter().filter(|r| r.weights == l.weights && r.power == l.power && r.metric == "pearson"))
+        .map(|r| r.ci.map_or(r.value, |c| c.0.min(r.value)))
+        .filter(|v| v.is_finite())
+        .fold(-0.2f64, f64::min);
+    let y0 = if lowest < -0.2 { lowest - 0.05 } else { -0.2 };
     let panels = root.split_evenly((2, 4));
     for (i, m) in module_names().iter().enumerate() {
         let mut chart = ChartBuilder::on(&panels[i])
@@ -66,7 +106,7 @@ fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(40)
-            .build_cartesian_2d(-0.5f64..(max_layer as f64 + 0.5), -0.2f64..1.0f64)
+            .build_cartesian_2d(-0.5f64..(max_layer as f64 + 0.5), y0..1.0f64)
             .map_err(err)?;
         chart
             .configure_mesh()
@@ -76,24 +116,35 @@ fn by_layer(rows: &[Row], weights: &[String], power: f64, path: &Path) -> Result
             .light_line_style(WHITE)
             .draw()
             .map_err(err)?;
-        for (k, w) in weights.iter().enumerate() {
+        for line in lines {
             let cells: Vec<_> = layers
                 .iter()
-                .filter_map(|&l| cell_ci(rows, w, l, m, power, "pearson").map(|(v, ci)| (l as f64, v, ci)))
+                .filter_map(|&l| {
+                    cell_ci(line.rows, &line.weights, l, m, line.power, "pearson").map(|(v, ci)| (l as f64, v, ci))
+                })
                 .collect();
             let pts: Vec<(f64, f64)> = cells.iter().map(|c| (c.0, c.1)).collect();
-            let color = palette(k);
+            let color = line.color;
             // 95% intervals as error bars.
             chart
                 .draw_series(cells.iter().filter_map(|&(x, v, ci)| {
                     ci.map(|(lo, hi)| ErrorBar::new_vertical(x, lo, v, hi, color.stroke_width(1), 6))
                 }))
                 .map_err(err)?;
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(err)?
-                .label(w.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2));
+            if line.dashed {
+                chart
+                    .draw_series(DashedLineSeries::new(pts.clone(), 6, 4, color.stroke_width(2)))
+                    .map_err(err)?
+                    .label(line.label.as_str())
+                    .legend(legend);
+            } else {
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    .map_err(err)?
+                    .label(line.label.as_str())
+                    .legend(legend);
+            }
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
         }
         chart

@@ -34,15 +34,38 @@ const SHIFTED: &str = "a → b ± h: the 95% interval is b ± h, centred on the 
                        not on the value a; a correlation of a noisy AGOP (few tokens, few probes) is biased \
                        towards 0, and a large a → b shift says the measurement needs more tokens or probes";
 
-/// Rows of a layer × module table: one column per (power, weights).
-fn body(out: &mut String, rows: &[Row], weights: &[String], powers: &[f64], mark_zero: bool) -> Result<()> {
-    let layers = distinct(rows.iter().map(|r| r.layer));
-    let mut header = format!("{:>5}  {:<12}", "layer", "module");
+/// One column of the table: its header and where its cells come from.
+struct Column<'a> {
+    header: String,
+    rows: &'a [Row],
+    weights: String,
+    power: f64,
+}
+
+/// The columns: NFA for each (power, weights), then FACT for each weights.
+fn columns<'a>(nfa: &'a [Row], fact: &'a [Row], weights: &[String], mark_zero: bool) -> Vec<Column<'a>> {
+    let powers = distinct(nfa.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
+    let name = |w: &str, what: String| if mark_zero { what } else { format!("{w} {what}") };
+    let mut out = Vec::new();
     for p in powers {
         for w in weights {
-            let name = if mark_zero { format!("α={p}") } else { format!("{w} α={p}") };
-            header.push_str(&format!("  {name:>W$}"));
+            out.push(Column { header: name(w, format!("α={p}")), rows: nfa, weights: w.clone(), power: p });
         }
+    }
+    if !fact.is_empty() {
+        for w in weights {
+            out.push(Column { header: name(w, "FACT".into()), rows: fact, weights: w.clone(), power: 1.0 });
+        }
+    }
+    out
+}
+
+/// Rows of a layer × module table, one column per [`Column`].
+fn body(out: &mut String, cols: &[Column], mark_zero: bool) -> Result<()> {
+    let layers = distinct(cols.iter().flat_map(|c| c.rows.iter().map(|r| r.layer)));
+    let mut header = format!("{:>5}  {:<12}", "layer", "module");
+    for c in cols {
+        header.push_str(&format!("  {:>W$}", c.header));
     }
     writeln!(out, "{header}")?;
     writeln!(out, "{}", "-".repeat(header.chars().count()))?;
@@ -50,20 +73,18 @@ fn body(out: &mut String, rows: &[Row], weights: &[String], powers: &[f64], mark
         for m in module_names() {
             let mut line = format!("{l:>5}  {m:<12}");
             let mut any = false;
-            for &p in powers {
-                for w in weights {
-                    match cell_ci(rows, w, l, m, p, "pearson") {
-                        Some((v, ci)) => {
-                            any = true;
-                            let mut t = value_text(v, ci);
-                            // A difference whose interval excludes 0.
-                            if mark_zero {
-                                t.push(if ci.is_some_and(|(lo, hi)| lo > 0.0 || hi < 0.0) { '*' } else { ' ' });
-                            }
-                            line.push_str(&format!("  {t:>W$}"));
+            for c in cols {
+                match cell_ci(c.rows, &c.weights, l, m, c.power, "pearson") {
+                    Some((v, ci)) => {
+                        any = true;
+                        let mut t = value_text(v, ci);
+                        // A difference whose interval excludes 0.
+                        if mark_zero {
+                            t.push(if ci.is_some_and(|(lo, hi)| lo > 0.0 || hi < 0.0) { '*' } else { ' ' });
                         }
-                        None => line.push_str(&format!("  {:>W$}", "–")),
+                        line.push_str(&format!("  {t:>W$}"));
                     }
+                    None => line.push_str(&format!("  {:>W$}", "–")),
                 }
             }
             if any {
@@ -74,23 +95,23 @@ fn body(out: &mut String, rows: &[Row], weights: &[String], powers: &[f64], mark
     Ok(())
 }
 
-/// The pretrained − random-init section (contrasts.parquet).
-pub fn render_contrasts(rows: &[Row]) -> Result<String> {
-    let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
+/// The pretrained − random-init section (contrasts.parquet): NFA rows and FACT rows.
+pub fn render_contrasts(rows: &[Row], fact: &[Row]) -> Result<String> {
     let mut out = String::new();
     writeln!(
         out,
         "\nPretrained − random-init difference of the Pearson correlation, ± half-width of its 95% interval \
          (paired over window groups; * the interval excludes 0)\n"
     )?;
-    body(&mut out, rows, &["pretrained − random-init".to_string()], &powers, true)?;
+    body(&mut out, &columns(rows, fact, &["pretrained − random-init".to_string()], true), true)?;
     if out.contains('→') {
         writeln!(out, "{SHIFTED}")?;
     }
     Ok(out)
 }
 
-pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
+/// The table of NFA rows (`rows`) and, when the run measured FACT, FACT rows (`fact`) beside them.
+pub fn render(rows: &[Row], fact: &[Row], df: &DataFrame) -> Result<String> {
     let first = |c: &str| -> String {
         let Ok(col) = df.column(c) else { return String::new() };
         if let Ok(s) = col.str() {
@@ -105,7 +126,6 @@ pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
         String::new()
     };
     let weights = distinct(rows.iter().map(|r| r.weights.clone()));
-    let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
     let mut out = String::new();
     writeln!(
         out,
@@ -124,8 +144,10 @@ pub fn render(rows: &[Row], df: &DataFrame) -> Result<String> {
     } else {
         String::new()
     };
-    writeln!(out, "Pearson correlation of NFM and AGOP^α{ci} (median over heads for attn.q/k/v)\n")?;
-    body(&mut out, rows, &weights, &powers, false)?;
+    let fact_text =
+        if fact.is_empty() { "" } else { " (α columns) and with the FACT matrix −WᵀG, symmetric part (FACT)" };
+    writeln!(out, "Pearson correlation of the NFM with AGOP^α{fact_text}{ci}; median over heads for attn.q/k/v\n")?;
+    body(&mut out, &columns(rows, fact, &weights, false), false)?;
     if out.contains('→') {
         writeln!(out, "{SHIFTED}")?;
     }
