@@ -168,6 +168,10 @@ pub fn run(command: Command) -> Result<()> {
 
 fn correlate_command(a: &CorrelateArgs) -> Result<DataFrame> {
     let model = a.model.resolve()?;
-    let opts = correlate::CorrelateOptions { powers: a.powers.clone(), agop_out: a.agop_out.clone(), force: a.force };
+    let opts = correlate::CorrelateOptions {
+        agop_out: a.agop_out.clone(),
+        force: a.force,
+        ..correlate::CorrelateOptions::new(&a.powers)
+    };
     correlate::correlate_files(&model, &a.gop, &a.out, &opts, &RunContext::default())
 }

@@ -595,4 +595,58 @@ fn checkpoint_series_from_hub_branches() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("checkpoint-999"), "{}", text(&o));
     assert!(bad_out.join("gop-pretrained@checkpoint-10.safetensors").is_file());
+
+    // keep_checkpoints = false: each later checkpoint is measured, correlated and deleted from the
+    // cache; the table equals the run that kept them, and a re-run needs neither the weights nor
+    // the hub.
+    let evict_out = env.tmp.path().join("evict-out");
+    let evict = pipeline(
+        "evict",
+        "id = \"testorg/series\"\nrevisions = [\"checkpoint-10\", \"checkpoint-200\"]\nkeep_checkpoints = false",
+    );
+    let o = run(&evict, evict_out.to_str().unwrap());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("[evict pretrained@checkpoint-200]"), "{}", text(&o));
+    let snapshot = |branch: &str| env.cache().join("models--testorg--series/snapshots").join(branch_commit(branch));
+    assert!(
+        !snapshot("checkpoint-200").join("pytorch_model.bin").exists(),
+        "the checkpoint's weights are still cached"
+    );
+    assert!(snapshot("checkpoint-200").join("config.json").is_file());
+    assert!(snapshot("checkpoint-10").join("model.safetensors").is_file(), "the first checkpoint (the base) is kept");
+    let keyed = |d: &polars::prelude::DataFrame| -> BTreeMap<String, (Option<f64>, Option<f64>)> {
+        let s = |c: &str| -> Vec<String> {
+            let col = d.column(c).unwrap().cast(&polars::prelude::DataType::String).unwrap();
+            col.str().unwrap().iter().map(|x| x.unwrap_or("-").to_string()).collect()
+        };
+        let cols: Vec<Vec<String>> =
+            ["weights", "step", "layer", "module", "head", "power", "metric", "ansatz", "nfm", "revision"]
+                .iter()
+                .map(|c| s(c))
+                .collect();
+        let (v, se) = (
+            pick(d, "value", &(0..d.height()).collect::<Vec<_>>()),
+            pick(d, "se", &(0..d.height()).collect::<Vec<_>>()),
+        );
+        (0..d.height())
+            .map(|i| (cols.iter().map(|c| c[i].as_str()).collect::<Vec<_>>().join("|"), (v[i], se[i])))
+            .collect()
+    };
+    let ev = agop::util::parquet::read_parquet(&evict_out.join("correlations.parquet")).unwrap();
+    assert_eq!(ev.height(), n);
+    assert_eq!(keyed(&ev), keyed(&df), "keep_checkpoints = false changed the table");
+    assert!(!evict_out.join("contrasts.parquet").exists(), "a series has no contrasts");
+    // Re-run offline: every stage up to date, the deleted weights not fetched again.
+    let o = env.agop(
+        &hub.endpoint(),
+        &["run", evict.to_str().unwrap(), "--out", evict_out.to_str().unwrap()],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("is up to date") && !text(&o).contains("[evict"), "{}", text(&o));
+    assert!(!snapshot("checkpoint-200").join("pytorch_model.bin").exists());
+    // Not for clusters: agop slurm refuses it, saying why.
+    let o = env.agop(&hub.endpoint(), &["slurm", evict.to_str().unwrap(), "--shards", "2"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("keep_checkpoints = false is for single-process runs"), "{}", text(&o));
 }

@@ -60,11 +60,15 @@ pub struct CorrelateOptions {
     pub agop_out: Option<PathBuf>,
     /// Correlate even when the model's weights are not those the GOP file was measured on.
     pub force: bool,
+    /// Correlations tables of earlier correlate runs whose rows are appended to the output
+    /// (checkpoints of a series correlated before their weights were deleted); with any, no
+    /// contrasts are written (more than one pretrained run).
+    pub extra_tables: Vec<PathBuf>,
 }
 
 impl CorrelateOptions {
     pub fn new(powers: &[f64]) -> Self {
-        Self { powers: powers.to_vec(), agop_out: None, force: false }
+        Self { powers: powers.to_vec(), agop_out: None, force: false, extra_tables: vec![] }
     }
 }
 
@@ -169,9 +173,15 @@ pub fn correlate_sources(
         runs.push((info, rows));
     }
     let mut df = table::correlations_frame(&runs)?;
+    for extra in &opts.extra_tables {
+        let more = crate::util::parquet::read_parquet(extra)?;
+        df.vstack_mut(&more)
+            .map_err(|e| crate::bad!("{}: not a correlations table like this one: {e}", extra.display()))?;
+    }
     table::write_correlations(out, &mut df, &ctx.text, seed, &ctx.inputs)?;
     let cpath = contrasts_path(out);
-    match contrasts::contrasts(&sums, &runs)? {
+    let contrasts = if opts.extra_tables.is_empty() { contrasts::contrasts(&sums, &runs)? } else { None };
+    match contrasts {
         Some(rows) => {
             let mut cdf = table::contrasts_frame(&rows)?;
             table::write_correlations(&cpath, &mut cdf, &ctx.text, seed, &ctx.inputs)?;

@@ -229,6 +229,29 @@ pub fn resolve_model(id: &str, revision: Option<&str>) -> Result<ResolvedModel> 
     Ok(ResolvedModel::new(id.to_string(), commit, dir))
 }
 
+/// Delete a hub model's weights from the cache: each weights file's snapshot link and the blob it
+/// points to (config and tokenizer stay, so the snapshot still names its commit; a later
+/// resolve fetches the weights again). Refuses a folder outside the hub cache: a local model is
+/// never deleted. Returns the bytes freed.
+pub fn evict_weights(m: &ResolvedModel) -> Result<u64> {
+    let cache = std::fs::canonicalize(cache_dir()).unwrap_or_else(|_| cache_dir());
+    let dir = std::fs::canonicalize(&m.dir).unwrap_or_else(|_| m.dir.clone());
+    if m.revision == "local" || !dir.starts_with(&cache) {
+        anyhow::bail!("{} is not in the hub cache {}; its weights are not deleted", m.dir.display(), cache.display());
+    }
+    let mut freed = 0;
+    for f in crate::model::weights::weights_files(&m.dir)? {
+        if let Ok(blob) = std::fs::canonicalize(&f) {
+            if blob.starts_with(&cache) {
+                freed += std::fs::metadata(&blob).map(|md| md.len()).unwrap_or(0);
+                std::fs::remove_file(&blob)?;
+            }
+        }
+        std::fs::remove_file(&f)?;
+    }
+    Ok(freed)
+}
+
 /// A parsed `hf://datasets/{owner}/{name}[@revision]/{path or glob}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatasetPath {

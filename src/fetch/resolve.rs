@@ -75,6 +75,15 @@ impl ResolvedModel {
         })
     }
 
+    /// The model a record describes, trusting its weights sha256 without looking at the files:
+    /// for a checkpoint whose weights were deleted from the cache after it was measured
+    /// (`keep_checkpoints = false`), to check its outputs without fetching it again.
+    pub fn recorded(r: &ModelRecord) -> Self {
+        let m = Self::new(r.id.clone(), r.revision.clone(), r.dir.clone());
+        let _ = m.sha.set(r.weights_sha256.clone());
+        m
+    }
+
     /// The model a record describes, if its weights files are unchanged (same paths, sizes and
     /// modification times); `None` when anything differs, so the caller resolves and hashes anew.
     pub fn from_record(r: &ModelRecord) -> Option<Self> {

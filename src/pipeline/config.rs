@@ -57,6 +57,15 @@ pub struct ModelSpec {
     /// With `steps`: the revision of a step, `{step}` replaced (`"checkpoint-{step}"`).
     #[serde(default)]
     pub revision_format: Option<String>,
+    /// In a series, `false` deletes each checkpoint after the first from the hub cache once it
+    /// is measured and correlated (its rows are kept in `correlations-<tag>.parquet`), so a long
+    /// series needs the disk of two checkpoints, not of all of them. Single-process runs only.
+    #[serde(default = "default_true")]
+    pub keep_checkpoints: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One checkpoint of the pretrained weights: a revision and its training step, if known.
@@ -230,6 +239,9 @@ impl Pipeline {
             if let Some(d) = revs.iter().enumerate().find(|(i, r)| revs[..*i].contains(r)) {
                 bail_bad!("[model] revision {:?} appears twice in the series", d.1.as_deref().unwrap_or(""));
             }
+        }
+        if !m.keep_checkpoints && !self.is_series() {
+            bail_bad!("[model] keep_checkpoints = false applies to a checkpoint series (`revisions` or `steps`)");
         }
         if self.corpus.sources.is_empty() {
             bail_bad!("[corpus] sources is empty");

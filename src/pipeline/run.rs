@@ -9,6 +9,8 @@
 //!   shards/gop-<weights>-<i>-of-<n>.safetensors   only for sharded (cluster) runs
 //!   gop-pretrained.safetensors, gop-random-init.safetensors
 //!   gop-pretrained@<revision>.safetensors          each checkpoint of a series (instead)
+//!   model-pretrained@<revision>.json, correlations-pretrained@<revision>.parquet
+//!                                  a checkpoint deleted from the cache (`keep_checkpoints = false`)
 //!   correlations.parquet
 //!   plots/*.png
 
@@ -87,13 +89,22 @@ fn pipeline_model(p: &Pipeline, out: &Path, quiet: bool) -> Result<ResolvedModel
 }
 
 /// The pretrained checkpoints to measure with their resolved models: the prepared model, and in
-/// a series each further revision resolved (fetched when needed) in turn.
+/// a series each further revision: from its record (`model-<tag>.json`) while its files are
+/// unchanged, else resolved (fetched when needed), hashed once and recorded.
 fn checkpoint_model(p: &Pipeline, prep: &Prepared, k: usize) -> Result<ResolvedModel> {
     if k == 0 {
         return Ok(prep.model.clone());
     }
+    let record = checkpoint_record_path(&prep.out, &tag(p, WeightsKind::Pretrained, k));
+    let recorded: Option<ModelRecord> =
+        std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(m) = recorded.as_ref().and_then(ResolvedModel::from_record) {
+        return Ok(m);
+    }
     let c = &p.checkpoints()[k];
-    resolve_model(&p.model_spec().expect("validated"), c.revision.as_deref())
+    let m = resolve_model(&p.model_spec().expect("validated"), c.revision.as_deref())?;
+    write_atomic(&record, serde_json::to_string_pretty(&m.record()?)?.as_bytes())?;
+    Ok(m)
 }
 
 /// Fetch (or find in the cache) every checkpoint of a series, so that cluster jobs can read
@@ -127,6 +138,23 @@ fn checkpoint_indices(p: &Pipeline, weights: WeightsKind) -> std::ops::Range<usi
         WeightsKind::Pretrained => 0..p.checkpoints().len(),
         WeightsKind::RandomInit => 0..1,
     }
+}
+
+/// Are checkpoints after the first deleted from the cache once measured and correlated?
+fn evicts(p: &Pipeline) -> bool {
+    p.is_series() && !p.model.keep_checkpoints
+}
+
+/// The record of checkpoint `tag` of a series (as `model.json` is of the first): identity,
+/// commit, weights sha256 and file stamps, so later stages neither resolve nor hash it again,
+/// and a checkpoint deleted from the cache is still known by its sha256.
+fn checkpoint_record_path(out: &Path, tag: &str) -> PathBuf {
+    out.join(format!("model-{tag}.json"))
+}
+
+/// The correlation rows of a checkpoint that [`evicts`] deletes, made before its deletion.
+fn evicted_rows_path(out: &Path, tag: &str) -> PathBuf {
+    out.join(format!("correlations-{tag}.parquet"))
 }
 
 /// `model.json` of an output folder.
@@ -274,6 +302,15 @@ pub fn measure_checkpoint(
     shard: Option<(usize, usize)>,
     quiet: bool,
 ) -> Result<PathBuf> {
+    if weights == WeightsKind::Pretrained && k > 0 && evicts(p) {
+        if shard.is_some() {
+            bail_bad!(
+                "[model] keep_checkpoints = false is for single-process runs (`agop run`): shards are merged and \
+                 correlated in the reduce job, which needs every checkpoint's weights"
+            );
+        }
+        return measure_evicted(p, prep, k, quiet);
+    }
     let tag = tag(p, weights, k);
     let path = match shard {
         Some((i, n)) => tagged_shard_path(&prep.out, &tag, i, n),
@@ -288,6 +325,22 @@ pub fn measure_checkpoint(
         say(quiet, format!("[{label}] {} is up to date", path.display()));
         return Ok(path);
     }
+    measure_into(p, prep, &model, weights, shard, &path, &label, quiet)?;
+    Ok(path)
+}
+
+/// Measure `weights` of `model` (one shard, or all windows) into `path`.
+#[allow(clippy::too_many_arguments)]
+fn measure_into(
+    p: &Pipeline,
+    prep: &Prepared,
+    model: &ResolvedModel,
+    weights: WeightsKind,
+    shard: Option<(usize, usize)>,
+    path: &Path,
+    label: &str,
+    quiet: bool,
+) -> Result<()> {
     let m = &p.measure;
     say(
         quiet,
@@ -299,7 +352,60 @@ pub fn measure_checkpoint(
         groups: m.groups,
         ..MeasureOptions::new(weights, settings(p), m.batch)
     };
-    measure::measure(&model, &prep.tokens, &path, &opts)?;
+    measure::measure(model, &prep.tokens, path, &opts)?;
+    Ok(())
+}
+
+/// The run context of a pipeline's correlate runs, with the fingerprint of their inputs.
+fn context(p: &Pipeline, inputs: String) -> RunContext {
+    RunContext { pipeline: p.name.clone(), corpus: p.corpus.sources.join(", "), text: p.text.clone(), inputs }
+}
+
+/// What a checkpoint's own correlation rows are made from: its GOP file (and group files, whose
+/// sums the GOP file's sha covers through its metadata), the correlate settings, and the base
+/// checkpoint of the delta-gram rows.
+fn evicted_rows_key(p: &Pipeline, prep: &Prepared, gop: &Path) -> Result<String> {
+    let settings = format!("{:?} groups {}", p.correlate.powers, p.measure.groups);
+    Ok(fingerprint(&[&sha256_file(gop)?, &settings, prep.model.weights_sha256()?, &p.name]))
+}
+
+/// Checkpoint `k` > 0 of a series with `keep_checkpoints = false`: fetched, measured, correlated
+/// on its own (rows in `correlations-<tag>.parquet`, which the reduce stage adds to the table),
+/// then its weights deleted from the hub cache. Up to date without fetching when its record,
+/// GOP file and rows all still match.
+fn measure_evicted(p: &Pipeline, prep: &Prepared, k: usize, quiet: bool) -> Result<PathBuf> {
+    let weights = WeightsKind::Pretrained;
+    let tag = tag(p, weights, k);
+    let (path, rows, record) =
+        (tagged_gop_path(&prep.out, &tag), evicted_rows_path(&prep.out, &tag), checkpoint_record_path(&prep.out, &tag));
+    let label = format!("measure {tag}");
+    let recorded: Option<ModelRecord> =
+        std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(r) = &recorded {
+        let model = ResolvedModel::recorded(r);
+        let gop_ok = GroupedFile::open(&path)
+            .map(|g| gop_matches(&g.total.meta, p, prep, &model, weights, None))
+            .unwrap_or(false);
+        if gop_ok && has_inputs_key(&rows, &evicted_rows_key(p, prep, &path)?) {
+            say(quiet, format!("[{label}] {} and {} are up to date", path.display(), rows.display()));
+            return Ok(path);
+        }
+    }
+    let model = checkpoint_model(p, prep, k)?;
+    let gop_ok =
+        GroupedFile::open(&path).map(|g| gop_matches(&g.total.meta, p, prep, &model, weights, None)).unwrap_or(false);
+    if gop_ok {
+        say(quiet, format!("[{label}] {} is up to date", path.display()));
+    } else {
+        measure_into(p, prep, &model, weights, None, &path, &label, quiet)?;
+    }
+    say(quiet, format!("[correlate {tag}] → {}", rows.display()));
+    let source = correlate::Source { model: model.clone(), gop: path.clone(), step: p.checkpoints()[k].step };
+    let ctx = context(p, evicted_rows_key(p, prep, &path)?);
+    let opts = correlate::CorrelateOptions::new(&p.correlate.powers);
+    correlate::correlate_sources(&[source], Some(&prep.model), &rows, &opts, &ctx)?;
+    let freed = crate::fetch::hub::evict_weights(&model)?;
+    say(quiet, format!("[evict {tag}] deleted its weights from the hub cache ({:.1} MB)", freed as f64 / 1e6));
     Ok(path)
 }
 
@@ -307,9 +413,23 @@ pub fn measure_checkpoint(
 /// report.
 pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool) -> Result<()> {
     let mut sources = Vec::new();
+    // Checkpoints deleted after their own correlate run: their GOP files and rows.
+    let (mut evicted_gops, mut evicted_rows) = (Vec::new(), Vec::new());
     for &weights in &p.measure.weights {
         for k in checkpoint_indices(p, weights) {
             let tag = tag(p, weights, k);
+            if weights == WeightsKind::Pretrained && k > 0 && evicts(p) {
+                if shards.is_some() {
+                    bail_bad!(
+                        "[model] keep_checkpoints = false is for single-process runs (`agop run`), not sharded ones"
+                    );
+                }
+                // Measured, correlated and deleted by the measure stage (again here if its rows
+                // are missing or stale).
+                evicted_gops.push(measure_evicted(p, prep, k, true)?);
+                evicted_rows.push(evicted_rows_path(&prep.out, &tag));
+                continue;
+            }
             let model = checkpoint_model(p, prep, if weights == WeightsKind::Pretrained { k } else { 0 })?;
             let path = tagged_gop_path(&prep.out, &tag);
             if let Some(n) = shards {
@@ -336,7 +456,12 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
     }
 
     let corr = prep.out.join("correlations.parquet");
-    let shas = sources.iter().map(|s| sha256_file(&s.gop)).collect::<Result<Vec<_>>>()?;
+    let shas = sources
+        .iter()
+        .map(|s| s.gop.as_path())
+        .chain(evicted_gops.iter().map(PathBuf::as_path))
+        .map(sha256_file)
+        .collect::<Result<Vec<_>>>()?;
     let powers = format!("{:?} groups {}", p.correlate.powers, p.measure.groups);
     let mut parts: Vec<&str> = shas.iter().map(String::as_str).collect();
     parts.push(&powers);
@@ -346,13 +471,11 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
         say(quiet, format!("[correlate] {} is up to date", corr.display()));
     } else {
         say(quiet, format!("[correlate] → {}", corr.display()));
-        let ctx = RunContext {
-            pipeline: p.name.clone(),
-            corpus: p.corpus.sources.join(", "),
-            text: p.text.clone(),
-            inputs: key,
+        let ctx = context(p, key);
+        let opts = correlate::CorrelateOptions {
+            extra_tables: evicted_rows,
+            ..correlate::CorrelateOptions::new(&p.correlate.powers)
         };
-        let opts = correlate::CorrelateOptions::new(&p.correlate.powers);
         let base = p.is_series().then_some(&prep.model);
         correlate::correlate_sources(&sources, base, &corr, &opts, &ctx)?;
     }

@@ -73,6 +73,13 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
     if o.shards == 0 {
         bail_bad!("--shards must be at least 1");
     }
+    if !p.model.keep_checkpoints {
+        bail_bad!(
+            "{}: [model] keep_checkpoints = false is for single-process runs (`agop run`): on a cluster the \
+             prepare job fetches every checkpoint for the offline array tasks, and the reduce job reads them all",
+            pipeline_file.display()
+        );
+    }
     let exe = std::env::current_exe().context("locating the agop binary")?;
     let abs = |x: &Path| -> Result<PathBuf> {
         Ok(if x.is_absolute() { x.to_path_buf() } else { std::env::current_dir()?.join(x) })
