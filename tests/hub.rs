@@ -469,7 +469,15 @@ fn checkpoint_series_from_hub_branches() {
             .collect()
     };
     r.insert("models/testorg/series".into(), files(10));
-    r.insert("models/testorg/series@checkpoint-10".into(), files(10));
+    // Both checkpoints' branches hold only pytorch_model.bin: this one written by the test helper
+    // (PyTorch's zip layout, from the same weights as main's safetensors).
+    let mut first = files(10);
+    let st = env.tmp.path().join("ckpt10/model.safetensors");
+    let bin10 = env.tmp.path().join("ckpt10.bin");
+    torch_bin::write_pytorch_bin(&bin10, &torch_bin::read_safetensors_f32(&st));
+    first.remove("model.safetensors");
+    first.insert("pytorch_model.bin".into(), std::fs::read(&bin10).unwrap());
+    r.insert("models/testorg/series@checkpoint-10".into(), first);
     // The later checkpoint has only PyTorch weights (torch.save, as the CRFM runs' branches do).
     let mut bin = files(11);
     bin.remove("model.safetensors");
@@ -525,9 +533,11 @@ fn checkpoint_series_from_hub_branches() {
         .filter(|&i| step[i] == Some(200) && nfm[i].as_deref() == Some("delta-gram"))
         .all(|i| value[i].is_some()));
     assert!(out.join("plots/by-step-power1.png").is_file());
-    // The .bin checkpoint was measured from its .bin (the fingerprint is that file's).
+    // Each checkpoint was measured from its .bin (the fingerprint is that file's).
     let g = agop::measure::Gop::load(&out.join("gop-pretrained@checkpoint-200.safetensors")).unwrap();
     assert_eq!(g.meta.model_sha256, agop::util::hash::sha256_files(&[bin_dir.join("pytorch_model.bin")]).unwrap());
+    let g = agop::measure::Gop::load(&out.join("gop-pretrained@checkpoint-10.safetensors")).unwrap();
+    assert_eq!(g.meta.model_sha256, agop::util::hash::sha256_files(std::slice::from_ref(&bin10)).unwrap());
 
     // The same revision measured alone gives the same rows (value and se).
     let alone_out = env.tmp.path().join("alone-out");
@@ -613,7 +623,7 @@ fn checkpoint_series_from_hub_branches() {
         "the checkpoint's weights are still cached"
     );
     assert!(snapshot("checkpoint-200").join("config.json").is_file());
-    assert!(snapshot("checkpoint-10").join("model.safetensors").is_file(), "the first checkpoint (the base) is kept");
+    assert!(snapshot("checkpoint-10").join("pytorch_model.bin").is_file(), "the first checkpoint (the base) is kept");
     let keyed = |d: &polars::prelude::DataFrame| -> BTreeMap<String, (Option<f64>, Option<f64>)> {
         let s = |c: &str| -> Vec<String> {
             let col = d.column(c).unwrap().cast(&polars::prelude::DataType::String).unwrap();

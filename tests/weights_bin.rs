@@ -33,6 +33,20 @@ fn bin_checkpoints_load_the_same_weights_as_safetensors() {
     }
 }
 
+/// The test helper's `.bin` writer (PyTorch's zip layout, written in Rust) round-trips the
+/// fixture's weights through candle's reader, as torch's own file does.
+#[test]
+fn bin_written_by_the_test_helper_loads_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("helper");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(fixture_model().join("config.json"), dir.join("config.json")).unwrap();
+    let tensors = torch_bin::read_safetensors_f32(&fixture_model().join("model.safetensors"));
+    torch_bin::write_pytorch_bin(&dir.join("pytorch_model.bin"), &tensors);
+    assert_eq!(params(&dir), params(&fixture_model()));
+    assert_eq!(params(&dir), params(&bin_dir("single")));
+}
+
 #[test]
 fn bin_and_safetensors_give_identical_gop_sums() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixture paths and golden values.
 #![allow(dead_code)]
 
+pub mod torch_bin;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 

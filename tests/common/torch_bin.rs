@@ -1,0 +1,113 @@
+//! A writer of PyTorch `.bin` checkpoints (`torch.save` of a state dict, zip layout), for tests
+//! that need `.bin` files of given weights without Python.
+//!
+//! The layout torch ≥ 1.6 writes: a zip archive (entries stored, uncompressed) whose folder
+//! `archive/` holds `data.pkl`, a pickle (protocol 2) of an `OrderedDict` name → tensor, each
+//! tensor `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
+//! OrderedDict())` with the storage a persistent id `('storage', torch.FloatStorage, key, 'cpu',
+//! numel)`; `data/<key>` holds the storage's raw little-endian bytes; `version` holds `3`.
+//! (`tests/fixtures/tiny-gpt2-bin/make.py` writes the same layout with torch itself; those files
+//! are read by the same reader.)
+
+use std::io::Write;
+use std::path::Path;
+
+/// Pickle opcodes used here.
+mod op {
+    pub const PROTO: u8 = 0x80;
+    pub const GLOBAL: u8 = b'c';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const REDUCE: u8 = b'R';
+    pub const MARK: u8 = b'(';
+    pub const BINUNICODE: u8 = b'X';
+    pub const BININT: u8 = b'J';
+    pub const TUPLE: u8 = b't';
+    pub const BINPERSID: u8 = b'Q';
+    pub const NEWFALSE: u8 = 0x89;
+    pub const SETITEMS: u8 = b'u';
+    pub const STOP: u8 = b'.';
+}
+
+fn text(out: &mut Vec<u8>, s: &str) {
+    out.push(op::BINUNICODE);
+    out.extend((s.len() as u32).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn int(out: &mut Vec<u8>, v: usize) {
+    out.push(op::BININT);
+    out.extend((v as i32).to_le_bytes());
+}
+
+fn global(out: &mut Vec<u8>, module: &str, name: &str) {
+    out.push(op::GLOBAL);
+    out.extend(format!("{module}\n{name}\n").as_bytes());
+}
+
+fn ints(out: &mut Vec<u8>, v: &[usize]) {
+    out.push(op::MARK);
+    v.iter().for_each(|&x| int(out, x));
+    out.push(op::TUPLE);
+}
+
+/// Write F32 tensors (name, shape, values) as a PyTorch `.bin` checkpoint.
+pub fn write_pytorch_bin(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let mut pkl = vec![op::PROTO, 2];
+    global(&mut pkl, "collections", "OrderedDict");
+    pkl.extend([op::EMPTY_TUPLE, op::REDUCE, op::MARK]);
+    for (key, (name, shape, values)) in tensors.iter().enumerate() {
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
+        text(&mut pkl, name);
+        global(&mut pkl, "torch._utils", "_rebuild_tensor_v2");
+        pkl.push(op::MARK);
+        // The storage, as a persistent id.
+        pkl.push(op::MARK);
+        text(&mut pkl, "storage");
+        global(&mut pkl, "torch", "FloatStorage");
+        text(&mut pkl, &key.to_string());
+        text(&mut pkl, "cpu");
+        int(&mut pkl, values.len());
+        pkl.extend([op::TUPLE, op::BINPERSID]);
+        int(&mut pkl, 0); // storage offset
+        ints(&mut pkl, shape);
+        let strides: Vec<usize> = (0..shape.len()).map(|i| shape[i + 1..].iter().product()).collect();
+        ints(&mut pkl, &strides);
+        pkl.push(op::NEWFALSE); // requires_grad
+        global(&mut pkl, "collections", "OrderedDict");
+        pkl.extend([op::EMPTY_TUPLE, op::REDUCE]); // backward hooks
+        pkl.extend([op::TUPLE, op::REDUCE]);
+    }
+    pkl.extend([op::SETITEMS, op::STOP]);
+
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", stored).unwrap();
+    zip.write_all(&pkl).unwrap();
+    zip.start_file("archive/version", stored).unwrap();
+    zip.write_all(b"3\n").unwrap();
+    for (key, (_, _, values)) in tensors.iter().enumerate() {
+        zip.start_file(format!("archive/data/{key}"), stored).unwrap();
+        for v in values {
+            zip.write_all(&v.to_le_bytes()).unwrap();
+        }
+    }
+    zip.finish().unwrap();
+}
+
+/// Every tensor of a safetensors file (F32) as (name, shape, values).
+pub fn read_safetensors_f32(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let data = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&data).unwrap();
+    let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            assert_eq!(v.dtype(), safetensors::Dtype::F32, "{n}");
+            let vals = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            (n, v.shape().to_vec(), vals)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
