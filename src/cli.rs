@@ -40,6 +40,9 @@ pub enum Command {
         /// pretrained weights.
         #[arg(long)]
         checkpoint: Option<usize>,
+        /// Measure on this device instead of the pipeline's `[measure] device` (cpu, cuda, cuda:N).
+        #[arg(long)]
+        device: Option<String>,
     },
     /// Write sbatch scripts for a pipeline (prepare, measure arrays, reduce); --submit submits them.
     Slurm {
@@ -149,6 +152,9 @@ pub struct MeasureArgs {
     /// Each group costs one more GOP file of disk (see the README). 1: no groups.
     #[arg(long, default_value_t = 1)]
     pub groups: u32,
+    /// Where to measure: cpu, cuda (GPU 0) or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Also sum the FACT weight gradients G = Σ δ hᵀ of the summed next-token loss (one more
     /// backward per window; the GOP file grows by the model's weights in f64); correlate then
     /// writes `ansatz` = `fact` rows.

@@ -26,8 +26,8 @@ impl ModelArgs {
 }
 
 impl MeasureArgs {
-    fn options(&self) -> MeasureOptions {
-        MeasureOptions {
+    fn options(&self) -> Result<MeasureOptions> {
+        Ok(MeasureOptions {
             shard: self.shard,
             progress: true,
             checkpoint_windows: self.checkpoint_windows,
@@ -45,6 +45,7 @@ impl MeasureArgs {
                 self.batch,
             )
         }
+        .on(agop::model::parse_device(&self.device)?))
     }
 }
 
@@ -64,13 +65,17 @@ impl TokenizeArgs {
 /// Run one command.
 pub fn run(command: Command) -> Result<()> {
     match command {
-        Command::Run { pipeline, out, stage, weights, shard, shards, checkpoint } => {
-            let p = match pipeline {
+        Command::Run { pipeline, out, stage, weights, shard, shards, checkpoint, device } => {
+            let mut p = match pipeline {
                 Some(path) => Pipeline::from_file(&path)?,
                 None => {
                     Pipeline::from_str(DEFAULT_PIPELINE, PathBuf::from("pipelines"), "the built-in default pipeline")?
                 }
             };
+            if let Some(d) = device {
+                agop::model::parse_device(&d)?;
+                p.measure.device = d;
+            }
             let dir = run::out_dir(&p, out.as_deref());
             match stage {
                 None => {
@@ -135,7 +140,7 @@ pub fn run(command: Command) -> Result<()> {
             println!("{}", agop::report::report(&dir)?);
         }
         Command::Measure(a) => {
-            let (gop, secs) = measure::run::measure_timed(&a.model.resolve()?, &a.tokens, &a.out, &a.options())?;
+            let (gop, secs) = measure::run::measure_timed(&a.model.resolve()?, &a.tokens, &a.out, &a.options()?)?;
             eprintln!(
                 "measured {} windows ({} tokens) → {}; {secs:.1} s in passes, {:.1} tokens/s",
                 gop.meta.n_windows,

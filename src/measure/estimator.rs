@@ -21,7 +21,7 @@ use super::gop::Gop;
 use super::settings::{Estimator, Output, Settings};
 use crate::bail_bad;
 use crate::math::linalg;
-use crate::model::ops::bmm;
+use crate::model::ops::matmul as bmm;
 use crate::model::Network;
 use crate::tokenize::Window;
 
@@ -190,6 +190,9 @@ impl<'a, N: Network> Measurer<'a, N> {
     /// ∇ℓ_t at the ln_f output, wteᵀ(softmax(z_t) − e_{y_t}), for t < T−1; zero at t = T−1. (B, T, C).
     fn loss_directions(&self, hidden: &Tensor, toks: &[&[u32]]) -> Result<Tensor> {
         let unembedding = self.model.unembedding();
+        if !hidden.device().is_cpu() {
+            return loss_directions_on_device(hidden, unembedding, toks);
+        }
         let (b, t, _) = hidden.dims3()?;
         let v = unembedding.dim(0)?;
         let probs = candle_nn::ops::softmax_last_dim(&bmm(hidden, unembedding, false, true)?)?;
@@ -207,4 +210,19 @@ impl<'a, N: Network> Measurer<'a, N> {
         let g = Tensor::from_vec(p, (b, t, v), self.model.device())?;
         Ok(bmm(&g, unembedding, false, false)?)
     }
+}
+
+/// [`Measurer::loss_directions`] where the tensors live on a GPU, without copying the (B, T, V)
+/// probabilities to the host: softmax(z_t)·wte − wte[y_{t+1}], zero at the last position.
+fn loss_directions_on_device(hidden: &Tensor, unembedding: &Tensor, toks: &[&[u32]]) -> Result<Tensor> {
+    let dev = hidden.device();
+    let (b, t, c) = hidden.dims3()?;
+    let probs = candle_nn::ops::softmax_last_dim(&bmm(hidden, unembedding, false, true)?)?;
+    let expected = bmm(&probs, unembedding, false, false)?;
+    let next: Vec<u32> =
+        toks.iter().flat_map(|w| (0..t).map(move |pos| if pos + 1 < t { w[pos + 1] } else { 0 })).collect();
+    let target = unembedding.embedding(&Tensor::from_vec(next, b * t, dev)?)?.reshape((b, t, c))?;
+    let mask: Vec<f32> = (0..b * t).map(|i| if i % t + 1 < t { 1.0 } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, (b, t, 1), dev)?.to_dtype(hidden.dtype())?;
+    Ok((expected - target)?.broadcast_mul(&mask)?)
 }

@@ -63,6 +63,10 @@ pub struct GopMeta {
     /// Whether the file also holds the FACT sums G = Σ δ hᵀ of the summed loss ([`super::fact`]).
     #[serde(default)]
     pub fact: bool,
+    /// Where it was measured (`cpu`, `cuda:0`; `cpu+cuda:0` for merged parts): recorded, but not
+    /// a setting that must match (CPU and GPU shards merge). Empty in files from before.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device: String,
 }
 
 /// Which group a group file holds: its index (0-based, in global window order) and how many
@@ -103,6 +107,7 @@ impl GopMeta {
             groups: 1,
             group: None,
             fact: false,
+            device: String::new(),
         }
     }
 }
@@ -116,6 +121,10 @@ pub struct Gop {
     /// With `meta.fact`: FACT tensor name ([`fact_tensor`]) → the weight gradient G of a whole
     /// module; empty otherwise.
     pub fact: BTreeMap<String, FactSum>,
+    /// Sums added on a GPU since the last [`Gop::sync`]: tensor name → f64 tensor on the device
+    /// (the square sum of `sums`, or the d_out × d_in G of `fact`). Only the sums are copied
+    /// back to the host, never a per-window product.
+    pub device: BTreeMap<String, candle_core::Tensor>,
 }
 
 /// One whole module's FACT sum G = Σ δ hᵀ (nn.Linear view: d_out rows × d_in columns, row-major).
@@ -147,7 +156,7 @@ impl Gop {
         } else {
             BTreeMap::new()
         };
-        Self { meta, sums, fact }
+        Self { meta, sums, fact, device: BTreeMap::new() }
     }
 
     /// The stored sum for a module.
@@ -161,6 +170,15 @@ impl Gop {
     /// added one at a time, in batch order, so the result does not depend on how windows are
     /// grouped into batches.
     pub fn add(&mut self, grads: &[Grad], scale: f64) -> Result<()> {
+        if let Some(g) = grads.first() {
+            let t = match g {
+                Grad::Module(_, t) => t,
+                Grad::Packed { tensor, .. } => tensor,
+            };
+            if !t.device().is_cpu() {
+                return self.add_on_device(grads, scale);
+            }
+        }
         for g in grads {
             match g {
                 Grad::Module(m, grad) => {
@@ -195,6 +213,17 @@ impl Gop {
             let name = fact_tensor(&g.module);
             let (b, t, dout) = g.delta.dims3()?;
             let din = g.operand.dim(2)?;
+            if !g.delta.device().is_cpu() {
+                match self.fact.get(&name) {
+                    Some(f) if (f.rows, f.cols) == (dout, din) => {}
+                    _ => bail!("no FACT sum {name} of {dout} × {din} (measured without --fact?)"),
+                }
+                // Per window δᵀh (B, d_out, d_in) as one batched matmul, summed in f64 on the device.
+                let d = g.delta.contiguous()?.transpose(1, 2)?.contiguous()?;
+                let prod = d.matmul(&g.operand.contiguous()?)?;
+                self.add_device(name, prod.to_dtype(candle_core::DType::F64)?.sum(0)?)?;
+                continue;
+            }
             let acc = match self.fact.get_mut(&name) {
                 Some(f) if (f.rows, f.cols) == (dout, din) => &mut f.values,
                 Some(f) => bail!("weight gradient of {dout} × {din} for {name}, whose sum is {} × {}", f.rows, f.cols),
@@ -204,6 +233,70 @@ impl Gop {
                 Products::F32(p) => add_windows(acc, &p, b, dout * din, 0, 1.0),
                 Products::F64(p) => add_windows(acc, &p, b, dout * din, 0, 1.0),
             }
+        }
+        Ok(())
+    }
+
+    /// [`Gop::add`] for gradients on a GPU: each window's Gram is one matrix of a batched f32
+    /// matmul (Gᵀ G over the window's T positions, TF32 off), converted to f64 and summed over the
+    /// batch on the device, then added into the device sum of the module. The order of the f64
+    /// additions differs from the CPU path's (window by window): the sums agree to rounding.
+    fn add_on_device(&mut self, grads: &[Grad], scale: f64) -> Result<()> {
+        use candle_core::DType;
+        for g in grads {
+            match g {
+                Grad::Module(m, grad) => {
+                    let d = grad.dim(2)?;
+                    self.acc(m, d)?; // checks the shape
+                    let x = grad.contiguous()?;
+                    let gram = x.transpose(1, 2)?.contiguous()?.matmul(&x)?; // (B, d, d)
+                    let sum = (gram.to_dtype(DType::F64)?.sum(0)? * scale)?;
+                    self.add_device(m.gop_tensor(), sum)?;
+                }
+                Grad::Packed { modules, width, tensor } => {
+                    let (b, t, cols) = tensor.dims3()?;
+                    let (n, w) = (modules.len(), *width);
+                    if cols != n * w {
+                        bail!("packed gradient of {cols} columns for {n} modules of width {w}");
+                    }
+                    // (B, T, n, w) → (B, n, w, T) · (B, n, T, w) = (B, n, w, w), summed over B.
+                    let x = tensor.reshape((b, t, n, w))?.transpose(1, 2)?.contiguous()?;
+                    let gram = x.transpose(2, 3)?.contiguous()?.matmul(&x)?;
+                    let sums = (gram.to_dtype(DType::F64)?.sum(0)? * scale)?; // (n, w, w)
+                    for (i, m) in modules.iter().enumerate() {
+                        self.acc(m, w)?;
+                        self.add_device(m.gop_tensor(), sums.get(i)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Add an f64 device tensor into the device sum `name`.
+    fn add_device(&mut self, name: String, sum: candle_core::Tensor) -> Result<()> {
+        let next = match self.device.remove(&name) {
+            Some(acc) => (acc + sum)?,
+            None => sum,
+        };
+        self.device.insert(name, next);
+        Ok(())
+    }
+
+    /// Copy the sums added on a GPU since the last call into the host sums (and FACT sums), and
+    /// clear them there. Called before the sums are checked, saved or read.
+    pub fn sync(&mut self) -> Result<()> {
+        for (name, t) in std::mem::take(&mut self.device) {
+            let v = t.flatten_all()?.to_vec1::<f64>()?;
+            let acc = match (self.sums.get_mut(&name), self.fact.get_mut(&name)) {
+                (Some((_, acc)), _) => acc,
+                (None, Some(f)) => &mut f.values,
+                _ => bail!("device sum {name} has no host sum"),
+            };
+            if acc.len() != v.len() {
+                bail!("device sum {name} has {} values, its host sum {}", v.len(), acc.len());
+            }
+            acc.iter_mut().zip(&v).for_each(|(a, b)| *a += b);
         }
         Ok(())
     }
@@ -278,7 +371,7 @@ impl Gop {
                 fact.insert(fact_tensor(&m), f.fact(&m)?);
             }
         }
-        Ok(Gop { meta: f.meta, sums, fact })
+        Ok(Gop { meta: f.meta, sums, fact, device: BTreeMap::new() })
     }
 }
 

@@ -81,6 +81,10 @@ pub fn merge(parts: &[(String, Gop)]) -> Result<Gop> {
     }
     out.meta.windows = normalize_ranges(all.iter().map(|(s, e, _)| (*s, *e)).collect());
     out.meta.shard = String::new();
+    let mut devices: Vec<&str> = parts.iter().map(|(_, g)| g.meta.device.as_str()).filter(|d| !d.is_empty()).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    out.meta.device = devices.join("+");
     Ok(out)
 }
 

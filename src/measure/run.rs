@@ -48,6 +48,11 @@ pub struct MeasureOptions {
 }
 
 impl MeasureOptions {
+    /// The same options measuring on `device`.
+    pub fn on(self, device: Device) -> Self {
+        Self { device, ..self }
+    }
+
     pub fn new(weights: WeightsKind, settings: Settings, batch: usize) -> Self {
         Self {
             weights,
@@ -128,7 +133,7 @@ fn measure_windows<N: Network>(
     let mut unchecked: Vec<u64> = Vec::new();
     for chunk in todo.chunks(opts.batch) {
         let chunk: Vec<Window> = chunk.iter().map(|w| (*w).clone()).collect();
-        measurer.measure_batch(&chunk, &mut gop)?;
+        measurer.measure_batch(&chunk, &mut gop).map_err(|e| out_of_memory(e, opts.batch))?;
         let tokens: u64 = chunk.iter().map(|w| w.tokens.len() as u64).sum();
         gop.meta.n_windows += chunk.len() as u64;
         gop.meta.n_tokens += tokens;
@@ -140,6 +145,7 @@ fn measure_windows<N: Network>(
             let by_count = opts.checkpoint_windows > 0 && since >= opts.checkpoint_windows;
             let by_time = last.elapsed().as_secs_f64() >= opts.checkpoint_secs;
             if by_count || by_time {
+                gop.sync()?;
                 check_sums(&gop, &mut unchecked)?;
                 gop.meta.windows = gop::ranges_of(done_idx.clone());
                 gop.save(path)?;
@@ -148,9 +154,24 @@ fn measure_windows<N: Network>(
             }
         }
     }
+    gop.sync()?;
     check_sums(&gop, &mut unchecked)?;
     gop.meta.windows = gop::ranges_of(done_idx);
     Ok(gop)
+}
+
+/// A device out-of-memory error as bad input suggesting a smaller batch; anything else unchanged.
+fn out_of_memory(e: anyhow::Error, batch: usize) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("out of memory") || text.contains("OUT_OF_MEMORY") {
+        let smaller = (batch / 2).max(1);
+        crate::bad!(
+            "out of GPU memory measuring a batch of {batch} windows ({text}); try --batch {smaller} (pipeline: \
+             [measure] batch = {smaller})"
+        )
+    } else {
+        e
+    }
 }
 
 /// Refuse sums that are no longer finite, naming the module and the windows added since the
@@ -214,6 +235,7 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
         groups: plan.len(),
         group: None,
         fact: opts.settings.fact,
+        device: crate::model::device_name(&opts.device),
     };
     let ckpt = checkpoint_path(out);
     let resume = if ckpt.is_file() { Some(load_checkpoint(&ckpt, &meta, &plan, opts.progress)?) } else { None };
@@ -250,7 +272,11 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
                     bar.inc(start.meta.n_tokens);
                     measure_windows(&measurer, &ws, start, opts, Some(&ckpt), &bar)?
                 }
-                None => match Gop::load(&path).ok().filter(|f| f.meta == done) {
+                // (Measured on any device: the device is recorded, not a setting.)
+                None => match Gop::load(&path)
+                    .ok()
+                    .filter(|f| f.meta == GopMeta { device: f.meta.device.clone(), ..done.clone() })
+                {
                     Some(f) => {
                         bar.inc(f.meta.n_tokens);
                         total.add_gop(&f);
@@ -283,6 +309,7 @@ fn load_checkpoint(ckpt: &Path, meta: &GopMeta, plan: &GroupPlan, progress: bool
         n_windows: part.meta.n_windows,
         n_tokens: part.meta.n_tokens,
         group: part.meta.group.filter(|p| p.index < plan.len()).map(|p| plan.part(p.index)),
+        device: part.meta.device.clone(),
         ..meta.clone()
     };
     if part.meta != expect {

@@ -15,7 +15,7 @@ use super::config::Gpt2Config;
 use super::modules::{Kind, Module};
 use super::network::{Grad, Network, WeightGrad};
 use super::ops::attention::{AttentionBackward, AttentionMix, AttentionProbs};
-use super::ops::kernels;
+use super::ops::{kernels, plain};
 use super::params::{LayerNorm, Linear, Params};
 
 /// A GPT-2 language model; the LM head is tied to `wte`.
@@ -23,6 +23,9 @@ use super::params::{LayerNorm, Linear, Params};
 pub struct Gpt2 {
     pub cfg: Gpt2Config,
     pub params: Params,
+    /// Run candle's own ops ([`plain`]) even on the CPU (tests: the second code path). Off the
+    /// CPU they are always used.
+    pub plain_ops: bool,
 }
 
 /// Saved LayerNorm statistics: normalized input and 1/σ.
@@ -100,7 +103,17 @@ pub struct BlockOperands {
 
 impl Gpt2 {
     pub fn new(cfg: Gpt2Config, params: Params) -> Self {
-        Self { cfg, params }
+        Self { cfg, params, plain_ops: false }
+    }
+
+    /// The same model computing with candle's own ops ([`plain`]) on the CPU too.
+    pub fn with_plain_ops(self) -> Self {
+        Self { plain_ops: true, ..self }
+    }
+
+    /// Which implementation of the ops this model runs.
+    fn ops(&self) -> Ops {
+        Ops { plain: self.plain_ops || !self.device().is_cpu(), erf: self.cfg.gelu_erf() }
     }
 
     /// The device the parameters live on.
@@ -128,25 +141,26 @@ impl Gpt2 {
         let (c, h) = (cfg.n_embd, cfg.n_head);
         let eps = cfg.layer_norm_epsilon;
         let p = &self.params;
+        let ops = self.ops();
         let tok = p.wte.embedding(&ids.flatten_all()?)?.reshape((b, t, c))?;
         let mut x = tok.broadcast_add(&p.wpe.narrow(0, 0, t)?)?;
         let mut caches = Vec::with_capacity(p.blocks.len());
         for (l, blk) in p.blocks.iter().enumerate() {
-            let (a, ln_1) = layer_norm(&x, &blk.ln_1, eps)?;
+            let (a, ln_1) = ops.layer_norm(&x, &blk.ln_1, eps)?;
             let a = hook(l, Site::AttnIn, a)?;
-            let qkv = hook(l, Site::QkvOut, linear(&a, &blk.attn.c_attn)?)?.contiguous()?;
+            let qkv = hook(l, Site::QkvOut, ops.linear(&a, &blk.attn.c_attn)?)?.contiguous()?;
             let scale = self.attn_scale(l);
-            let att = qkv.apply_op1_no_bwd(&AttentionProbs { heads: h, scale })?;
-            let y = hook(l, Site::ProjIn, att.apply_op2_no_bwd(&qkv, &AttentionMix { heads: h })?)?;
-            x = (x + linear(&y, &blk.attn.c_proj)?)?;
-            let (m, ln_2) = layer_norm(&x, &blk.ln_2, eps)?;
+            let att = ops.attention_probs(&qkv, h, scale)?;
+            let y = hook(l, Site::ProjIn, ops.attention_mix(&att, &qkv, h)?)?;
+            x = (x + ops.linear(&y, &blk.attn.c_proj)?)?;
+            let (m, ln_2) = ops.layer_norm(&x, &blk.ln_2, eps)?;
             let m = hook(l, Site::FcIn, m)?;
-            let fc_pre = linear(&m, &blk.mlp.c_fc)?;
-            let u = self.gelu(&fc_pre)?;
-            x = (x + hook(l, Site::MlpOut, linear(&u, &blk.mlp.c_proj)?)?)?;
+            let fc_pre = ops.linear(&m, &blk.mlp.c_fc)?;
+            let u = ops.gelu(&fc_pre)?;
+            x = (x + hook(l, Site::MlpOut, ops.linear(&u, &blk.mlp.c_proj)?)?)?;
             caches.push(BlockCache { ln_1, qkv, ln_2, fc_pre });
         }
-        let (hidden, ln_f) = layer_norm(&x, &p.ln_f, eps)?;
+        let (hidden, ln_f) = ops.layer_norm(&x, &p.ln_f, eps)?;
         Ok(Forward { blocks: caches, ln_f, hidden })
     }
 
@@ -166,17 +180,17 @@ impl Gpt2 {
 
     /// The same model computing in `dtype` (F64 for finite-difference checks).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
-        Ok(Self { cfg: self.cfg.clone(), params: self.params.try_map(|t| Ok(t.to_dtype(dtype)?))? })
+        Ok(Self { params: self.params.try_map(|t| Ok(t.to_dtype(dtype)?))?, ..self.clone() })
     }
 
     /// The same model on another device.
     pub fn to_device(&self, device: &Device) -> Result<Self> {
-        Ok(Self { cfg: self.cfg.clone(), params: self.params.try_map(|t| Ok(t.to_device(device)?))? })
+        Ok(Self { params: self.params.try_map(|t| Ok(t.to_device(device)?))?, ..self.clone() })
     }
 
     /// Logits (B, T, V) from the ln_f output.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(kernels::bmm(hidden, &self.params.wte, false, true)?)
+        self.ops().matmul_t(hidden, &self.params.wte)
     }
 
     /// Backward from `seed` = ∂f/∂(ln_f output), shape (B, T, C). Calls `visit(layer, grads)` for
@@ -210,33 +224,33 @@ impl Gpt2 {
     ) -> Result<()> {
         let cfg = &self.cfg;
         let h = cfg.n_head;
-        let mut dx = layer_norm_backward(seed, &fwd.ln_f, &self.params.ln_f)?;
+        let ops = self.ops();
+        let mut dx = ops.layer_norm_backward(seed, &fwd.ln_f, &self.params.ln_f)?;
         for l in (0..self.params.blocks.len()).rev() {
             let blk = &self.params.blocks[l];
             let cache = &fwd.blocks[l];
             // MLP: x_out = x_mid + gelu(ln_2(x_mid)·W_fc + b)·W_mp + b
             let mlp_out = dx.clone();
-            let du = matmul_t(&mlp_out, &blk.mlp.c_proj.weight)?;
-            let d_fc = du.apply_op2_no_bwd(&cache.fc_pre, &kernels::GeluBackward { erf: self.cfg.gelu_erf() })?;
-            let fc_in = matmul_t(&d_fc, &blk.mlp.c_fc.weight)?;
-            dx = (dx + layer_norm_backward(&fc_in, &cache.ln_2, &blk.ln_2)?)?;
+            let du = ops.matmul_t(&mlp_out, &blk.mlp.c_proj.weight)?;
+            let d_fc = ops.gelu_backward(&du, &cache.fc_pre)?;
+            let fc_in = ops.matmul_t(&d_fc, &blk.mlp.c_fc.weight)?;
+            dx = (dx + ops.layer_norm_backward(&fc_in, &cache.ln_2, &blk.ln_2)?)?;
             // Attention: x_mid = x_in + attn(ln_1(x_in))·W_ap + b
             let proj_out = dx.clone();
-            let proj_in = matmul_t(&dx, &blk.attn.c_proj.weight)?;
+            let proj_in = ops.matmul_t(&dx, &blk.attn.c_proj.weight)?;
             // Through att · V and the causal softmax of scale · Q Kᵀ, to the packed (Q | K | V).
-            let op = AttentionBackward { heads: h, scale: self.attn_scale(l) };
             // The probabilities are recomputed from the cached Q | K | V rather than kept from the
             // forward: (B, H, T, T) per layer is the largest activation (1.3 GB for gpt2-xl at
             // batch 4), and the recomputation is the same deterministic op, so bitwise the same.
-            let att = cache.qkv.apply_op1_no_bwd(&AttentionProbs { heads: h, scale: self.attn_scale(l) })?;
-            let qkv_out = proj_in.apply_op3_no_bwd(&att, &cache.qkv, &op)?;
-            let attn_in = matmul_t(&qkv_out, &blk.attn.c_attn.weight)?;
-            let ops = if operands {
+            let att = ops.attention_probs(&cache.qkv, h, self.attn_scale(l))?;
+            let qkv_out = ops.attention_backward(&proj_in, &att, &cache.qkv, h, self.attn_scale(l))?;
+            let attn_in = ops.matmul_t(&qkv_out, &blk.attn.c_attn.weight)?;
+            let operand_values = if operands {
                 Some(BlockOperands {
-                    attn: layer_norm_output(&cache.ln_1, &blk.ln_1)?,
-                    proj: att.apply_op2_no_bwd(&cache.qkv, &AttentionMix { heads: h })?,
-                    fc: layer_norm_output(&cache.ln_2, &blk.ln_2)?,
-                    mlp_proj: self.gelu(&cache.fc_pre)?,
+                    attn: ops.layer_norm_output(&cache.ln_1, &blk.ln_1)?,
+                    proj: ops.attention_mix(&att, &cache.qkv, h)?,
+                    fc: ops.layer_norm_output(&cache.ln_2, &blk.ln_2)?,
+                    mlp_proj: ops.gelu(&cache.fc_pre)?,
                 })
             } else {
                 None
@@ -251,11 +265,11 @@ impl Gpt2 {
                     mlp_out: &mlp_out,
                     proj_out: &proj_out,
                     fc_out: &d_fc,
-                    operands: ops.as_ref(),
+                    operands: operand_values.as_ref(),
                 },
             )?;
             if l > 0 {
-                dx = (dx + layer_norm_backward(&attn_in, &cache.ln_1, &blk.ln_1)?)?;
+                dx = (dx + ops.layer_norm_backward(&attn_in, &cache.ln_1, &blk.ln_1)?)?;
             }
         }
         Ok(())
@@ -271,39 +285,102 @@ impl Gpt2 {
         }
         s
     }
+}
+
+/// The ops of the forward and backward passes, from one of two implementations: the CPU kernels
+/// of [`kernels`] and [`super::ops::attention`] (host memory, work split by window and head, so a
+/// window's numbers never depend on its batch), or candle's own ops ([`plain`]: any device,
+/// CUDA included).
+#[derive(Debug, Clone, Copy)]
+struct Ops {
+    plain: bool,
+    /// gelu with erf instead of the tanh form.
+    erf: bool,
+}
+
+impl Ops {
+    /// x (B, T, in) · W (in, out) + b.
+    fn linear(&self, x: &Tensor, l: &Linear) -> Result<Tensor> {
+        Ok(if self.plain { plain::bmm_bias(x, &l.weight, &l.bias)? } else { kernels::bmm_bias(x, &l.weight, &l.bias)? })
+    }
+
+    /// g (B, T, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
+    fn matmul_t(&self, g: &Tensor, w: &Tensor) -> Result<Tensor> {
+        Ok(if self.plain { plain::bmm(g, w, false, true)? } else { kernels::bmm(g, w, false, true)? })
+    }
+
+    /// LayerNorm over the last dimension, returning the output and the statistics for backward.
+    fn layer_norm(&self, x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
+        let packed = if self.plain {
+            plain::layer_norm_forward(x, eps)?
+        } else {
+            x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })?
+        };
+        let cache = LnCache { packed };
+        Ok((self.layer_norm_output(&cache, ln)?, cache))
+    }
+
+    /// The LayerNorm output γ·x̂ + β again, from the statistics the forward kept.
+    fn layer_norm_output(&self, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
+        if self.plain {
+            return Ok(plain::layer_norm_affine(&cache.packed, &ln.weight, &ln.bias)?);
+        }
+        let affine = kernels::LayerNormAffine { gamma: f64_values(&ln.weight)?, beta: f64_values(&ln.bias)? };
+        Ok(cache.packed.apply_op1_no_bwd(&affine)?)
+    }
+
+    /// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ (one fused pass on the CPU).
+    fn layer_norm_backward(&self, dy: &Tensor, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
+        if self.plain {
+            return Ok(plain::layer_norm_backward(dy, &cache.packed, &ln.weight)?);
+        }
+        let op = kernels::LayerNormBackward { gamma: f64_values(&ln.weight)? };
+        Ok(dy.contiguous()?.apply_op2_no_bwd(&cache.packed, &op)?)
+    }
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.contiguous()?.apply_op1_no_bwd(&kernels::Gelu { erf: self.cfg.gelu_erf() })?)
+        Ok(if self.plain {
+            plain::gelu(x, self.erf)?
+        } else {
+            x.contiguous()?.apply_op1_no_bwd(&kernels::Gelu { erf: self.erf })?
+        })
     }
-}
 
-/// x (B, T, in) · W (in, out) + b. Products go through [`kernels::bmm`], window by window, so a
-/// window's numbers never depend on which other windows share its batch.
-fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
-    Ok(kernels::bmm_bias(x, &l.weight, &l.bias)?)
-}
+    /// du ⊙ gelu'(pre).
+    fn gelu_backward(&self, du: &Tensor, pre: &Tensor) -> Result<Tensor> {
+        Ok(if self.plain {
+            plain::gelu_backward(du, pre, self.erf)?
+        } else {
+            du.apply_op2_no_bwd(pre, &kernels::GeluBackward { erf: self.erf })?
+        })
+    }
 
-/// g (B, T, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
-fn matmul_t(g: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Ok(kernels::bmm(g, w, false, true)?)
-}
+    /// att (B, H, T, T) = causal softmax(scale · Q Kᵀ) from the packed Q | K | V.
+    fn attention_probs(&self, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+        Ok(if self.plain {
+            plain::attention_probs(qkv, heads, scale)?
+        } else {
+            qkv.apply_op1_no_bwd(&AttentionProbs { heads, scale })?
+        })
+    }
 
-/// LayerNorm over the last dimension, returning the output and the statistics for backward.
-fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
-    let cache = LnCache { packed: x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })? };
-    Ok((layer_norm_output(&cache, ln)?, cache))
-}
+    /// y (B, T, C) = att · V per head.
+    fn attention_mix(&self, att: &Tensor, qkv: &Tensor, heads: usize) -> Result<Tensor> {
+        Ok(if self.plain {
+            plain::attention_mix(att, qkv, heads)?
+        } else {
+            att.apply_op2_no_bwd(qkv, &AttentionMix { heads })?
+        })
+    }
 
-/// The LayerNorm output γ·x̂ + β again, from the statistics the forward kept.
-fn layer_norm_output(cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
-    let affine = kernels::LayerNormAffine { gamma: f64_values(&ln.weight)?, beta: f64_values(&ln.bias)? };
-    Ok(cache.packed.apply_op1_no_bwd(&affine)?)
-}
-
-/// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ (one fused pass).
-fn layer_norm_backward(dy: &Tensor, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
-    let op = kernels::LayerNormBackward { gamma: f64_values(&ln.weight)? };
-    Ok(dy.contiguous()?.apply_op2_no_bwd(&cache.packed, &op)?)
+    /// d(Q | K | V) from dy at the merged heads, through att · V and the causal softmax.
+    fn attention_backward(&self, dy: &Tensor, att: &Tensor, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+        Ok(if self.plain {
+            plain::attention_backward(dy, att, qkv, heads, scale)?
+        } else {
+            dy.apply_op3_no_bwd(att, qkv, &AttentionBackward { heads, scale })?
+        })
+    }
 }
 
 /// A 1-D parameter (γ or β) as f64 values, for the kernels.

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod gpt2;
 pub mod modules;
 pub mod network;
@@ -20,6 +21,7 @@ use candle_core::Device;
 
 pub use checkpoint::{init_model, save_checkpoint};
 pub use config::Gpt2Config;
+pub use device::{device_name, parse_device};
 pub use gpt2::{BlockGrads, BlockOperands, Forward, Gpt2, Site};
 pub use modules::{all_modules, Kind, Module, Side};
 pub use network::{Grad, Network, WeightGrad};

@@ -128,6 +128,14 @@ pub struct MeasureSpec {
     /// correlate stage writes `ansatz` = `fact` rows.
     #[serde(default)]
     pub fact: bool,
+    /// Where to measure: `cpu`, `cuda` or `cuda:N` (`measure --device`; `agop run --device`
+    /// overrides it, as the Slurm scripts of `agop slurm --gpus` do).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_device() -> String {
+    "cpu".into()
 }
 
 fn default_output() -> Output {
@@ -160,6 +168,7 @@ impl Default for MeasureSpec {
             weights: default_weights(),
             groups: default_groups(),
             fact: false,
+            device: default_device(),
         }
     }
 }

@@ -351,7 +351,8 @@ fn measure_into(
         shard,
         groups: m.groups,
         ..MeasureOptions::new(weights, settings(p), m.batch)
-    };
+    }
+    .on(crate::model::parse_device(&m.device)?);
     measure::measure(model, &prep.tokens, path, &opts)?;
     Ok(())
 }

@@ -58,8 +58,9 @@ fn header(name: &str, logs: &Path, o: &SlurmOptions, array: Option<usize>) -> St
     if let Some(m) = &o.mem {
         h.push_str(&format!("#SBATCH --mem={m}\n"));
     }
-    if let Some(g) = o.gpus {
-        h.push_str(&format!("#SBATCH --gpus={g}\n"));
+    if let (Some(g), Some(_)) = (o.gpus, array) {
+        // Only the measure arrays use a GPU.
+        h.push_str(&format!("#SBATCH --gres=gpu:{g}\n"));
     }
     h.push_str("set -euo pipefail\n");
     if let Some(c) = o.cpus {
@@ -105,6 +106,8 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
         format!("{}{base} --stage prepare\n", header(&format!("agop-{}-prepare", p.name), &logs, o, None)),
     )?;
     let mut measure = Vec::new();
+    // With --gpus the measure tasks run on the GPU (each task uses one).
+    let mbase = if o.gpus.is_some() { format!("{base} --device cuda") } else { base.clone() };
     for w in &p.measure.weights {
         let name = format!("agop-{}-measure-{}", p.name, w.as_str());
         let body = if p.is_series() && *w == crate::model::WeightsKind::Pretrained {
@@ -112,14 +115,14 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
             let n = p.checkpoints().len();
             format!(
                 "{}export HF_HUB_OFFLINE=1\nK=$((SLURM_ARRAY_TASK_ID / {s}))\nI=$((SLURM_ARRAY_TASK_ID % {s}))\n\
-                 {base} --stage measure --weights {} --checkpoint \"$K\" --shard \"$I/{s}\"\n",
+                 {mbase} --stage measure --weights {} --checkpoint \"$K\" --shard \"$I/{s}\"\n",
                 header(&name, &logs, o, Some(n * o.shards)),
                 w.as_str(),
                 s = o.shards
             )
         } else {
             format!(
-                "{}export HF_HUB_OFFLINE=1\n{base} --stage measure --weights {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"\n",
+                "{}export HF_HUB_OFFLINE=1\n{mbase} --stage measure --weights {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"\n",
                 header(&name, &logs, o, Some(o.shards)),
                 w.as_str(),
                 o.shards

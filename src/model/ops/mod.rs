@@ -12,6 +12,15 @@ use candle_core::{CpuStorage, Layout, Result, Shape};
 
 pub use kernels::{bmm, bmm_bias, fast_exp, fast_tanh, Real};
 
+/// [`bmm`] on the tensors' device: the CPU kernel in host memory, candle's matmul elsewhere.
+pub fn matmul(a: &candle_core::Tensor, b: &candle_core::Tensor, a_t: bool, b_t: bool) -> Result<candle_core::Tensor> {
+    if a.device().is_cpu() {
+        bmm(a, b, a_t, b_t)
+    } else {
+        plain::bmm(a, b, a_t, b_t)
+    }
+}
+
 /// The contiguous part of a storage slice described by `l`.
 pub(crate) fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
@@ -154,3 +163,4 @@ macro_rules! custom_op {
 // After the macro, so that the ops see it (textual scope).
 pub mod attention;
 pub mod kernels;
+pub mod plain;

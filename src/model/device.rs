@@ -1,0 +1,76 @@
+//! `--device cpu|cuda[:N]`: where the model and the measurement run.
+
+use anyhow::Result;
+use candle_core::Device;
+
+use crate::bail_bad;
+
+/// The device named by `spec`: `cpu`, `cuda` (GPU 0) or `cuda:N`. A CUDA device needs a build
+/// with the `cuda` feature and a visible GPU; both failures are bad input (exit 2) saying what to
+/// do. On a GPU, f32 matmuls run in full f32 (TF32 off).
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim();
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match spec.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => match rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => n,
+            None => bail_bad!("--device {spec}: expected cpu, cuda or cuda:N"),
+        },
+        None => bail_bad!("--device {spec}: expected cpu, cuda or cuda:N"),
+    };
+    cuda(ordinal, spec)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(ordinal: usize, spec: &str) -> Result<Device> {
+    candle_core::cuda::set_gemm_reduced_precision_f32(false);
+    candle_core::cuda::set_gemm_reduced_precision_f16(false);
+    candle_core::cuda::set_gemm_reduced_precision_bf16(false);
+    match Device::new_cuda(ordinal) {
+        Ok(d) => Ok(d),
+        Err(e) => bail_bad!(
+            "--device {spec}: no usable NVIDIA GPU {ordinal} ({e}); check `nvidia-smi`, CUDA_VISIBLE_DEVICES, and that \
+             the CUDA 13 libraries (cuBLAS, cuRAND) are on LD_LIBRARY_PATH"
+        ),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_ordinal: usize, spec: &str) -> Result<Device> {
+    bail_bad!(
+        "--device {spec}: this agop was built without CUDA. Build it with `cargo build --release --features cuda` \
+         (with a CUDA toolkit installed, or one laid out by scripts/cuda-toolkit.sh; README \"GPU\")"
+    )
+}
+
+/// How a device is recorded in GOP metadata: `cpu` or `cuda:N`.
+pub fn device_name(d: &Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs() {
+        assert!(matches!(parse_device("cpu").unwrap(), Device::Cpu));
+        for bad in ["gpu", "cuda:x", "cuda1", "cuda:"] {
+            let e = parse_device(bad).unwrap_err();
+            assert!(crate::error::is_bad_input(&e), "{bad}: {e:#}");
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let e = format!("{:#}", parse_device("cuda:1").unwrap_err());
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+        assert_eq!(device_name(&Device::Cpu), "cpu");
+    }
+}

@@ -1,0 +1,232 @@
+//! The device path: the GPU runs the model through candle's own ops (`model::ops::plain`), and GOP
+//! and FACT sums are added on the device. On the CPU (every build, CI included), the plain ops
+//! are checked against the CPU kernels as a second code path; with `--features cuda` on a
+//! machine with a GPU, the GPU is checked against the CPU (golden fixture, a GPT-2-small-dimension
+//! model, and a CPU shard merged with a GPU shard). Without a GPU those tests say so and pass.
+
+mod common;
+
+use agop::measure::{Estimator, Gop, GopMeta, Measurer, Output, Settings};
+use agop::model::{self, Gpt2, WeightsKind};
+use agop::tokenize::Window;
+use candle_core::{DType, Device, Tensor};
+use common::*;
+
+fn fixture() -> Gpt2 {
+    model::load_dir(&fixture_model(), WeightsKind::Pretrained, 0).unwrap()
+}
+
+fn ids(windows: &[Window], dev: &Device) -> Tensor {
+    let flat: Vec<u32> = windows.iter().flat_map(|w| w.tokens.iter().copied()).collect();
+    Tensor::from_vec(flat, (windows.len(), windows[0].tokens.len()), dev).unwrap()
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    rel_frob(&a, &b)
+}
+
+/// Every tensor a backward pass hands out (with operands), in order.
+fn backward_tensors(m: &Gpt2, windows: &[Window], seed: &Tensor) -> Vec<(String, Tensor)> {
+    let fwd = m.forward(&ids(windows, m.device())).unwrap();
+    let mut out = vec![("hidden".to_string(), fwd.hidden.clone())];
+    m.backward_operands(&fwd, seed, |l, g| {
+        let ops = g.operands.unwrap();
+        for (n, t) in [
+            ("qkv_out", g.qkv_out),
+            ("attn_in", g.attn_in),
+            ("proj_in", g.proj_in),
+            ("fc_in", g.fc_in),
+            ("mlp_out", g.mlp_out),
+            ("proj_out", g.proj_out),
+            ("fc_out", g.fc_out),
+            ("a", &ops.attn),
+            ("y", &ops.proj),
+            ("m", &ops.fc),
+            ("u", &ops.mlp_proj),
+        ] {
+            out.push((format!("h.{l} {n}"), t.clone()));
+        }
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+/// The plain-op path and the CPU kernels agree on the forward, every backward tensor and the
+/// operands: to f64 rounding in f64, to f32 rounding in f32.
+#[test]
+fn plain_ops_match_the_cpu_kernels() {
+    let windows = golden_windows();
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        let kernels = fixture().to_dtype(dtype).unwrap();
+        let plain = kernels.clone().with_plain_ops();
+        let (b, t, c) = (windows.len(), windows[0].tokens.len(), kernels.cfg.n_embd);
+        let seed = Tensor::randn(0f32, 1.0, (b, t, c), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let (k, p) = (backward_tensors(&kernels, &windows, &seed), backward_tensors(&plain, &windows, &seed));
+        let mut worst = 0f64;
+        for ((name, a), (_, b)) in k.iter().zip(&p) {
+            let e = max_rel(b, a);
+            assert!(e < tol, "{dtype:?} {name}: plain ops vs kernels, relative error {e:.3e}");
+            worst = worst.max(e);
+        }
+        eprintln!("{dtype:?}: plain ops vs CPU kernels, worst relative error {worst:.3e}");
+    }
+}
+
+fn settings(fact: bool) -> Settings {
+    Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 2, seed: 3, fact }
+}
+
+fn sums(m: &Gpt2, windows: &[Window], fact: bool) -> Gop {
+    let meta = GopMeta { fact, seq_len: windows[0].tokens.len(), ..GopMeta::for_config(m.cfg.clone()) };
+    let mut gop = Gop::zeros(meta);
+    let measurer = Measurer::new(m, settings(fact)).unwrap();
+    for chunk in windows.chunks(2) {
+        measurer.measure_batch(chunk, &mut gop).unwrap();
+    }
+    gop.sync().unwrap();
+    gop
+}
+
+fn assert_sums_close(a: &Gop, b: &Gop, tol: f64, what: &str) -> f64 {
+    let mut worst = 0f64;
+    for (k, (_, v)) in &a.sums {
+        let e = rel_frob(&b.sums[k].1, v);
+        assert!(e <= tol, "{what} {k}: relative Frobenius difference {e:.3e}");
+        worst = worst.max(e);
+    }
+    for (k, f) in &a.fact {
+        let e = rel_frob(&b.fact[k].values, &f.values);
+        assert!(e <= tol, "{what} {k}: relative Frobenius difference {e:.3e}");
+        worst = worst.max(e);
+    }
+    worst
+}
+
+/// GOP and FACT sums through the plain ops equal the kernels' (the same probes).
+#[test]
+fn plain_ops_give_the_same_sums() {
+    let m = fixture();
+    let windows: Vec<Window> = (0..5u64)
+        .map(|i| Window { index: i, tokens: (0..8u64).map(|j| ((i * 13 + j * 7) % 50) as u32).collect() })
+        .collect();
+    let (a, b) = (sums(&m, &windows, true), sums(&m.clone().with_plain_ops(), &windows, true));
+    let worst = assert_sums_close(&a, &b, 1e-5, "plain vs kernels");
+    eprintln!("sums, plain ops vs CPU kernels: worst relative difference {worst:.3e}");
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use std::path::PathBuf;
+
+    use agop::measure::{self, MeasureOptions};
+    use agop::tokenize::{write_tokens, TokensMeta};
+
+    use super::*;
+
+    /// GPU 0, or None (the test then passes with a message) when this machine has none.
+    fn gpu() -> Option<Device> {
+        match agop::model::parse_device("cuda") {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("skipped: no GPU visible ({e:#})");
+                None
+            }
+        }
+    }
+
+    /// On the golden fixture: the exact AGOP measured on the GPU matches the golden f64 AGOPs, and
+    /// the GPU's sketch and FACT sums match the CPU's (the same probes).
+    #[test]
+    fn gpu_matches_cpu_and_golden_on_the_fixture() {
+        let Some(dev) = gpu() else { return };
+        let cpu = fixture();
+        let gpu = cpu.to_device(&dev).unwrap();
+        let windows = golden_windows();
+        let (a, b) = (sums(&cpu, &windows, true), sums(&gpu, &windows, true));
+        let worst = assert_sums_close(&a, &b, 1e-4, "fixture GPU vs CPU");
+        eprintln!("fixture: GPU vs CPU sums, worst relative difference {worst:.3e}");
+        // Exact AGOP vs golden.
+        let exact = Settings { output: Output::Logits, estimator: Estimator::Exact, probes: 0, seed: 0, fact: false };
+        let mut gop = Gop::zeros(GopMeta { seq_len: 8, ..GopMeta::for_config(cpu.cfg.clone()) });
+        Measurer::new(&gpu, exact).unwrap().measure_batch(&windows, &mut gop).unwrap();
+        gop.sync().unwrap();
+        let golden = golden_tensors();
+        let mut worst = 0f64;
+        for m in agop::model::all_modules(&cpu.cfg) {
+            // golden.safetensors holds the operand-space sums (mean AGOP × tokens).
+            let key = format!("logits/{}", m.name());
+            let (_, want) = &golden[&key];
+            let w = agop::correlate::gram::weight(&cpu, &m).unwrap();
+            let got = agop::correlate::gram::agop_mean(gop.get(&m).unwrap(), 16, &m, &w).dense();
+            let got: Vec<f64> = agop::math::linalg::to_row_major(&got).into_iter().map(|x| x * 16.0).collect();
+            let e = rel_frob(&got, want);
+            assert!(e < 1e-4, "{key}: GPU exact AGOP vs golden {e:.3e}");
+            worst = worst.max(e);
+        }
+        eprintln!("fixture: GPU exact AGOP vs golden, worst relative error {worst:.3e}");
+    }
+
+    fn windows_file(dir: &std::path::Path, n: u64, t: usize) -> PathBuf {
+        let path = dir.join("tokens.parquet");
+        let w: Vec<Window> = (0..n)
+            .map(|i| Window {
+                index: i,
+                tokens: (0..t as u64).map(|j| ((i * 7919 + j * 104729) % 50257) as u32).collect(),
+            })
+            .collect();
+        write_tokens(&path, &w, &TokensMeta::default()).unwrap();
+        path
+    }
+
+    /// A GPT-2-small-dimension random-init model: GPU and CPU sums and correlations agree, and a
+    /// CPU shard merged with a GPU shard equals the CPU run.
+    #[test]
+    fn gpu_matches_cpu_on_gpt2_small_dimensions() {
+        let Some(dev) = gpu() else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let model_dir = init_checkpoint(
+            tmp.path(),
+            "g2",
+            r#"{"model_type":"gpt2","n_layer":12,"n_head":12,"n_embd":768,"n_positions":1024,"vocab_size":50257}"#,
+            5,
+        );
+        let tokens = windows_file(tmp.path(), 4, 128);
+        let resolved = agop::fetch::ResolvedModel::local(&model_dir).unwrap();
+        let opts = |shard, device: &Device| {
+            MeasureOptions { shard, groups: 1, ..MeasureOptions::new(WeightsKind::RandomInit, settings(true), 2) }
+                .on(device.clone())
+        };
+        let p = |n: &str| tmp.path().join(n);
+        let cpu = measure::measure(&resolved, &tokens, &p("cpu.safetensors"), &opts(None, &Device::Cpu)).unwrap();
+        let gpu = measure::measure(&resolved, &tokens, &p("gpu.safetensors"), &opts(None, &dev)).unwrap();
+        assert_eq!(gpu.meta.device, "cuda:0");
+        let worst = assert_sums_close(&cpu, &gpu, 1e-4, "gpt2-small dims GPU vs CPU");
+        eprintln!("gpt2-small dims: GPU vs CPU sums, worst relative difference {worst:.3e}");
+        // Correlations (NFA and FACT rows).
+        let c = |gop: &str, out: &str| {
+            agop::correlate::correlate_files(
+                &resolved,
+                &[p(gop)],
+                &p(out),
+                &agop::correlate::CorrelateOptions::new(&[0.5, 1.0]),
+                &Default::default(),
+            )
+            .unwrap()
+        };
+        let (dc, dg) = (c("cpu.safetensors", "cpu.parquet"), c("gpu.safetensors", "gpu.parquet"));
+        let (vc, vg) = (dc.column("value").unwrap().f64().unwrap(), dg.column("value").unwrap().f64().unwrap());
+        let worst = vc.iter().zip(vg.iter()).filter_map(|(a, b)| Some((a? - b?).abs())).fold(0.0, f64::max);
+        assert!(worst < 1e-4, "correlations GPU vs CPU: {worst:.3e}");
+        eprintln!("gpt2-small dims: correlations GPU vs CPU, max |difference| {worst:.3e}");
+        // A CPU shard and a GPU shard merged.
+        measure::measure(&resolved, &tokens, &p("s0.safetensors"), &opts(Some((0, 2)), &Device::Cpu)).unwrap();
+        measure::measure(&resolved, &tokens, &p("s1.safetensors"), &opts(Some((1, 2)), &dev)).unwrap();
+        let merged = measure::merge_files(&[p("s0.safetensors"), p("s1.safetensors")], &p("m.safetensors")).unwrap();
+        assert_eq!(merged.meta.device, "cpu+cuda:0");
+        let worst = assert_sums_close(&cpu, &merged, 1e-4, "CPU shard + GPU shard vs CPU");
+        eprintln!("CPU shard + GPU shard merged vs CPU run: worst relative difference {worst:.3e}");
+    }
+}
