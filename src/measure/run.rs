@@ -41,7 +41,8 @@ pub struct MeasureOptions {
     pub checkpoint_windows: usize,
     /// Write a checkpoint when this many seconds have passed since the last one.
     pub checkpoint_secs: f64,
-    /// Where the model runs (not recorded: results do not depend on it beyond rounding).
+    /// Where the model runs (`--device`); recorded in the GOP metadata, but not a setting that
+    /// must match: results depend on it only through rounding.
     pub device: Device,
     /// Window groups whose sums are kept apart for error bars ([`super::groups`]); 1: none.
     pub groups: u32,
