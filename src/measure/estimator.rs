@@ -16,6 +16,7 @@ use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
+use rayon::prelude::*;
 
 use super::gop::Gop;
 use super::settings::{Estimator, Output, Settings};
@@ -126,11 +127,12 @@ impl<'a, N: Network> Measurer<'a, N> {
         for p in 0..self.settings.probes {
             let seed = match &loss_dirs {
                 None => {
-                    let mut z = Vec::with_capacity(b * t * c);
-                    for w in windows {
+                    // Each window's draws come from its own stream: drawn in parallel, laid out in order.
+                    let mut z = vec![0f32; b * t * c];
+                    z.par_chunks_mut(t * c).zip(windows).for_each(|(zw, w)| {
                         let mut rng = probe_rng(self.settings.seed, w.index, p);
-                        z.extend((0..t * c).map(|_| rng.sample::<f32, _>(StandardNormal)));
-                    }
+                        zw.iter_mut().for_each(|x| *x = rng.sample::<f32, _>(StandardNormal));
+                    });
                     let z = Tensor::from_vec(z, (b, t, c), dev)?;
                     bmm(&z, &self.factor, false, true)?
                 }
