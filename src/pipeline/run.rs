@@ -96,9 +96,7 @@ fn checkpoint_model(p: &Pipeline, prep: &Prepared, k: usize) -> Result<ResolvedM
         return Ok(prep.model.clone());
     }
     let record = checkpoint_record_path(&prep.out, &tag(p, WeightsKind::Pretrained, k));
-    let recorded: Option<ModelRecord> =
-        std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(m) = recorded.as_ref().and_then(ResolvedModel::from_record) {
+    if let Some(m) = read_record(&record).as_ref().and_then(ResolvedModel::from_record) {
         return Ok(m);
     }
     let c = &p.checkpoints()[k];
@@ -157,6 +155,11 @@ fn evicted_rows_path(out: &Path, tag: &str) -> PathBuf {
     out.join(format!("correlations-{tag}.parquet"))
 }
 
+/// A model record (`model.json`, `model-<tag>.json`), if it exists and parses.
+fn read_record(path: &Path) -> Option<ModelRecord> {
+    std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok())
+}
+
 /// `model.json` of an output folder.
 fn record_path(out: &Path) -> PathBuf {
     out.join("model.json")
@@ -199,9 +202,7 @@ pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
 /// and tokens, without hashing the weights again when `model.json` still describes the files on
 /// disk (same paths, sizes and modification times). Anything missing or stale: run prepare.
 pub fn prepared(p: &Pipeline, out: &Path) -> Result<Prepared> {
-    let record: Option<ModelRecord> =
-        std::fs::read_to_string(record_path(out)).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let Some(model) = record.as_ref().and_then(ResolvedModel::from_record) else {
+    let Some(model) = read_record(&record_path(out)).as_ref().and_then(ResolvedModel::from_record) else {
         return prepare(p, out, true);
     };
     let tokens = out.join("tokens.parquet");
@@ -258,6 +259,19 @@ fn gop_matches(
             Some((i, n)) => meta.shard == format!("{i}/{n}"),
             None => meta.n_windows == prep.n_windows,
         }
+}
+
+/// Is the GOP file at `path` (with its group files) this pipeline's finished measurement of
+/// `weights` on `model` ([`gop_matches`])?
+fn gop_done(
+    path: &Path,
+    p: &Pipeline,
+    prep: &Prepared,
+    model: &ResolvedModel,
+    weights: WeightsKind,
+    shard: Option<(usize, usize)>,
+) -> bool {
+    GroupedFile::open(path).map(|g| gop_matches(&g.total.meta, p, prep, model, weights, shard)).unwrap_or(false)
 }
 
 /// The whole-run GOP file of one weights setting.
@@ -321,7 +335,7 @@ pub fn measure_checkpoint(
         None => format!("measure {tag}"),
     };
     let model = checkpoint_model(p, prep, if weights == WeightsKind::Pretrained { k } else { 0 })?;
-    if GroupedFile::open(&path).map(|g| gop_matches(&g.total.meta, p, prep, &model, weights, shard)).unwrap_or(false) {
+    if gop_done(&path, p, prep, &model, weights, shard) {
         say(quiet, format!("[{label}] {} is up to date", path.display()));
         return Ok(path);
     }
@@ -380,22 +394,16 @@ fn measure_evicted(p: &Pipeline, prep: &Prepared, k: usize, quiet: bool) -> Resu
     let (path, rows, record) =
         (tagged_gop_path(&prep.out, &tag), evicted_rows_path(&prep.out, &tag), checkpoint_record_path(&prep.out, &tag));
     let label = format!("measure {tag}");
-    let recorded: Option<ModelRecord> =
-        std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(r) = &recorded {
+    if let Some(r) = &read_record(&record) {
         let model = ResolvedModel::recorded(r);
-        let gop_ok = GroupedFile::open(&path)
-            .map(|g| gop_matches(&g.total.meta, p, prep, &model, weights, None))
-            .unwrap_or(false);
-        if gop_ok && has_inputs_key(&rows, &evicted_rows_key(p, prep, &path)?) {
+        if gop_done(&path, p, prep, &model, weights, None) && has_inputs_key(&rows, &evicted_rows_key(p, prep, &path)?)
+        {
             say(quiet, format!("[{label}] {} and {} are up to date", path.display(), rows.display()));
             return Ok(path);
         }
     }
     let model = checkpoint_model(p, prep, k)?;
-    let gop_ok =
-        GroupedFile::open(&path).map(|g| gop_matches(&g.total.meta, p, prep, &model, weights, None)).unwrap_or(false);
-    if gop_ok {
+    if gop_done(&path, p, prep, &model, weights, None) {
         say(quiet, format!("[{label}] {} is up to date", path.display()));
     } else {
         measure_into(p, prep, &model, weights, None, &path, &label, quiet)?;
@@ -434,9 +442,7 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
             let model = checkpoint_model(p, prep, if weights == WeightsKind::Pretrained { k } else { 0 })?;
             let path = tagged_gop_path(&prep.out, &tag);
             if let Some(n) = shards {
-                let done = GroupedFile::open(&path)
-                    .map(|g| gop_matches(&g.total.meta, p, prep, &model, weights, None))
-                    .unwrap_or(false);
+                let done = gop_done(&path, p, prep, &model, weights, None);
                 if done {
                     say(quiet, format!("[merge {tag}] {} is up to date", path.display()));
                 } else {
