@@ -31,9 +31,11 @@ fn cuda(ordinal: usize, spec: &str) -> Result<Device> {
     candle_core::cuda::set_gemm_reduced_precision_bf16(false);
     match Device::new_cuda(ordinal) {
         Ok(d) => Ok(d),
+        // candle's error text carries a backtrace after the first line.
         Err(e) => bail_bad!(
-            "--device {spec}: no usable NVIDIA GPU {ordinal} ({e}); check `nvidia-smi`, CUDA_VISIBLE_DEVICES, and that \
-             the CUDA 13 libraries (cuBLAS, cuRAND) are on LD_LIBRARY_PATH"
+            "--device {spec}: no usable NVIDIA GPU {ordinal} ({}); check `nvidia-smi`, CUDA_VISIBLE_DEVICES, and \
+             that the CUDA 13 libraries (cuBLAS, cuRAND) are on LD_LIBRARY_PATH",
+            e.to_string().lines().next().unwrap_or_default()
         ),
     }
 }
