@@ -230,3 +230,42 @@ mod gpu {
         eprintln!("CPU shard + GPU shard merged vs CPU run: worst relative difference {worst:.3e}");
     }
 }
+
+/// `--device cuda` on a build without the feature, and a malformed device anywhere: exit 2 with
+/// what to do.
+#[test]
+fn device_errors_are_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.parquet");
+    let w = vec![Window { index: 0, tokens: vec![1, 2, 3, 4] }];
+    agop::tokenize::write_tokens(&tokens, &w, &agop::tokenize::TokensMeta::default()).unwrap();
+    let measure = |device: &str| {
+        std::process::Command::new(agop_bin())
+            .args(["measure", "--model"])
+            .arg(fixture_model())
+            .arg("--tokens")
+            .arg(&tokens)
+            .arg("--out")
+            .arg(tmp.path().join("g.safetensors"))
+            .args(["--device", device])
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    let o = measure("gpu0");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("expected cpu, cuda or cuda:N"), "{}", text(&o));
+    #[cfg(not(feature = "cuda"))]
+    {
+        let o = measure("cuda");
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("--features cuda"), "{}", text(&o));
+    }
+    // A pipeline file's device is checked when the file is read.
+    let p = tmp.path().join("p.toml");
+    std::fs::write(&p, "name = \"p\"\n[model]\nid = \"x/y\"\n[corpus]\nsources = [\"a.txt\"]\nseq_len = 8\n[measure]\ndevice = \"gpu\"\n")
+        .unwrap();
+    let o = std::process::Command::new(agop_bin()).arg("run").arg(&p).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("[measure] device"), "{}", text(&o));
+}

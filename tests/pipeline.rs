@@ -222,3 +222,28 @@ fn later_stages_reuse_the_recorded_weights_hash() {
     assert_eq!(fresh.model.weights_sha256().unwrap(), changed);
     assert!(std::fs::read_to_string(out.join("model.json")).unwrap().contains(&changed));
 }
+
+/// `agop slurm --gpus G`: the measure arrays ask for G GPUs and measure with `--device cuda`;
+/// prepare and reduce ask for none.
+#[test]
+fn slurm_gpus_go_to_the_measure_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = Command::new(agop_bin())
+        .arg("slurm")
+        .arg(tiny_pipeline())
+        .args(["--shards", "2", "--gpus", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script = |n: &str| std::fs::read_to_string(out.join("slurm").join(format!("{n}.sbatch"))).unwrap();
+    for w in ["pretrained", "random-init"] {
+        let s = script(&format!("measure-{w}"));
+        assert!(s.contains("#SBATCH --gres=gpu:1") && s.contains("--device cuda"), "{s}");
+    }
+    for n in ["prepare", "reduce"] {
+        let s = script(n);
+        assert!(!s.contains("gres") && !s.contains("--device"), "{s}");
+    }
+}

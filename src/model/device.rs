@@ -9,19 +9,27 @@ use crate::bail_bad;
 /// with the `cuda` feature and a visible GPU; both failures are bad input (exit 2) saying what to
 /// do. On a GPU, f32 matmuls run in full f32 (TF32 off).
 pub fn parse_device(spec: &str) -> Result<Device> {
+    match device_spec(spec)? {
+        None => Ok(Device::Cpu),
+        Some(ordinal) => cuda(ordinal, spec.trim()),
+    }
+}
+
+/// The GPU ordinal `spec` names (None: the CPU), checking only its form (no GPU is looked for:
+/// a pipeline file is checked this way on any machine).
+pub fn device_spec(spec: &str) -> Result<Option<usize>> {
     let spec = spec.trim();
     if spec == "cpu" {
-        return Ok(Device::Cpu);
+        return Ok(None);
     }
-    let ordinal = match spec.strip_prefix("cuda") {
-        Some("") => 0,
+    match spec.strip_prefix("cuda") {
+        Some("") => Ok(Some(0)),
         Some(rest) => match rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => n,
+            Some(n) => Ok(Some(n)),
             None => bail_bad!("--device {spec}: expected cpu, cuda or cuda:N"),
         },
         None => bail_bad!("--device {spec}: expected cpu, cuda or cuda:N"),
-    };
-    cuda(ordinal, spec)
+    }
 }
 
 #[cfg(feature = "cuda")]

@@ -267,6 +267,7 @@ impl Pipeline {
         if self.measure.groups == 0 {
             bail_bad!("[measure] groups must be at least 1 (1: no error bars)");
         }
+        crate::model::device::device_spec(&self.measure.device).map_err(|e| crate::bad!("[measure] device: {e}"))?;
         if self.measure.batch == 0 {
             bail_bad!("[measure] batch must be at least 1");
         }
