@@ -22,7 +22,7 @@ use super::gop::Gop;
 use super::settings::{Estimator, Output, Settings};
 use crate::bail_bad;
 use crate::math::linalg;
-use crate::model::ops::matmul as bmm;
+use crate::model::ops::matmul;
 use crate::model::Network;
 use crate::tokenize::Window;
 
@@ -134,7 +134,7 @@ impl<'a, N: Network> Measurer<'a, N> {
                         zw.iter_mut().for_each(|x| *x = rng.sample::<f32, _>(StandardNormal));
                     });
                     let z = Tensor::from_vec(z, (b, t, c), dev)?;
-                    bmm(&z, &self.factor, false, true)?
+                    matmul(&z, &self.factor, false, true)?
                 }
                 Some(dirs) => {
                     let mut eps = Vec::with_capacity(b * t);
@@ -197,7 +197,7 @@ impl<'a, N: Network> Measurer<'a, N> {
         }
         let (b, t, _) = hidden.dims3()?;
         let v = unembedding.dim(0)?;
-        let probs = candle_nn::ops::softmax_last_dim(&bmm(hidden, unembedding, false, true)?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&matmul(hidden, unembedding, false, true)?)?;
         let mut p = probs.flatten_all()?.to_vec1::<f32>()?;
         for (bi, w) in toks.iter().enumerate() {
             for pos in 0..t {
@@ -210,7 +210,7 @@ impl<'a, N: Network> Measurer<'a, N> {
             }
         }
         let g = Tensor::from_vec(p, (b, t, v), self.model.device())?;
-        Ok(bmm(&g, unembedding, false, false)?)
+        Ok(matmul(&g, unembedding, false, false)?)
     }
 }
 
@@ -219,8 +219,8 @@ impl<'a, N: Network> Measurer<'a, N> {
 fn loss_directions_on_device(hidden: &Tensor, unembedding: &Tensor, toks: &[&[u32]]) -> Result<Tensor> {
     let dev = hidden.device();
     let (b, t, c) = hidden.dims3()?;
-    let probs = candle_nn::ops::softmax_last_dim(&bmm(hidden, unembedding, false, true)?)?;
-    let expected = bmm(&probs, unembedding, false, false)?;
+    let probs = candle_nn::ops::softmax_last_dim(&matmul(hidden, unembedding, false, true)?)?;
+    let expected = matmul(&probs, unembedding, false, false)?;
     let next: Vec<u32> =
         toks.iter().flat_map(|w| (0..t).map(move |pos| if pos + 1 < t { w[pos + 1] } else { 0 })).collect();
     let target = unembedding.embedding(&Tensor::from_vec(next, b * t, dev)?)?.reshape((b, t, c))?;

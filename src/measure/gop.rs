@@ -213,22 +213,19 @@ impl Gop {
             let name = fact_tensor(&g.module);
             let (b, t, dout) = g.delta.dims3()?;
             let din = g.operand.dim(2)?;
+            match self.fact.get(&name) {
+                Some(f) if (f.rows, f.cols) == (dout, din) => {}
+                Some(f) => bail!("weight gradient of {dout} × {din} for {name}, whose sum is {} × {}", f.rows, f.cols),
+                None => bail!("no FACT sum {name} (measured without --fact?)"),
+            }
             if !g.delta.device().is_cpu() {
-                match self.fact.get(&name) {
-                    Some(f) if (f.rows, f.cols) == (dout, din) => {}
-                    _ => bail!("no FACT sum {name} of {dout} × {din} (measured without --fact?)"),
-                }
                 // Per window δᵀh (B, d_out, d_in) as one batched matmul, summed in f64 on the device.
                 let d = g.delta.contiguous()?.transpose(1, 2)?.contiguous()?;
                 let prod = d.matmul(&g.operand.contiguous()?)?;
                 self.add_device(name, prod.to_dtype(candle_core::DType::F64)?.sum(0)?)?;
                 continue;
             }
-            let acc = match self.fact.get_mut(&name) {
-                Some(f) if (f.rows, f.cols) == (dout, din) => &mut f.values,
-                Some(f) => bail!("weight gradient of {dout} × {din} for {name}, whose sum is {} × {}", f.rows, f.cols),
-                None => bail!("no FACT sum {name} (measured without --fact?)"),
-            };
+            let acc = &mut self.fact.get_mut(&name).expect("checked above").values;
             match cross_products(&g.delta.contiguous()?, &g.operand.contiguous()?, b, t, dout, din)? {
                 Products::F32(p) => add_windows(acc, &p, b, dout * din, 0, 1.0),
                 Products::F64(p) => add_windows(acc, &p, b, dout * din, 0, 1.0),
