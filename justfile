@@ -24,3 +24,12 @@ tiny:
 # Throughput against the PyTorch + transformers baseline on this machine.
 bench:
     bash benches/throughput.sh
+
+# Build the GPU binary (`--device cuda`); without a system CUDA toolkit, lay one out from wheels.
+build-cuda:
+    cargo fetch
+    if command -v nvcc >/dev/null; then CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} cargo build --release --features cuda; else eval "$(bash scripts/cuda-toolkit.sh)" && cargo build --release --features cuda; fi
+
+# Throughput on this machine's GPU against the PyTorch baseline on the same GPU (after build-cuda).
+bench-gpu:
+    AGOP=target/release/agop bash benches/throughput.sh --gpu
