@@ -57,7 +57,7 @@ const ROW_BLOCK: usize = 128;
 /// Per-window products δ_bᵀ h_b (B, d_out, d_in) of δ (B, T, d_out) and h (B, T, d_in), in the
 /// inputs' precision, window by window and row block by row block, each block one
 /// single-threaded GEMM: a window's product does not depend on its batch or the thread count.
-pub fn window_cross<T: Copy + Default + Send + Sync + 'static>(
+pub fn window_cross<T: Copy + Default + From<f32> + Send + Sync + 'static>(
     delta: &[T],
     h: &[T],
     b: usize,
@@ -69,7 +69,7 @@ pub fn window_cross<T: Copy + Default + Send + Sync + 'static>(
     let tasks: Vec<(usize, usize)> = (0..b).flat_map(|w| (0..nb).map(move |i| (w, i))).collect();
     let mut out = vec![T::default(); b * dout * din];
     let dst = SyncPtr(out.as_mut_ptr());
-    let one: T = unit();
+    let one = T::from(1.0);
     tasks.into_par_iter().for_each(|(w, bi)| {
         let r0 = bi * ROW_BLOCK;
         let rows = ROW_BLOCK.min(dout - r0);
@@ -81,18 +81,6 @@ pub fn window_cross<T: Copy + Default + Send + Sync + 'static>(
         unsafe { gemm_into(rows, din, t, dst.at(w * dout * din + r0 * din), din, a, bv, one) };
     });
     out
-}
-
-/// 1 in T (f32 or f64).
-fn unit<T: Copy + 'static>() -> T {
-    use std::any::Any;
-    if let Some(x) = (&1f32 as &dyn Any).downcast_ref::<T>() {
-        *x
-    } else if let Some(x) = (&1f64 as &dyn Any).downcast_ref::<T>() {
-        *x
-    } else {
-        panic!("window_cross: f32 or f64")
-    }
 }
 
 #[cfg(test)]
