@@ -84,6 +84,9 @@ pub enum Command {
     Correlate(CorrelateArgs),
     /// Print the table and write the plots of a finished run folder.
     Report { dir: PathBuf },
+    /// Train a GPT-2 from a config.json on corpus sources into checkpoint-<step>/ folders (a
+    /// series to measure); re-running the same command resumes from the newest checkpoint.
+    Train(TrainArgs),
     /// Write a random-init checkpoint in HF layout from a config.json.
     InitModel {
         #[arg(long)]
@@ -189,6 +192,52 @@ pub struct CorrelateArgs {
     /// (their sha256 differs). For experts: the result describes neither model.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The model's config.json (GPT-2; vocab_size at least 50257, the GPT-2 tokenizer's).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// .txt, .jsonl, .parquet, folder, builtin:shakespeare or hf://datasets/... sources.
+    #[arg(long, required = true, num_args = 1..)]
+    pub corpus: Vec<String>,
+    /// Tokens per training window.
+    #[arg(long)]
+    pub seq_len: usize,
+    /// Optimizer updates.
+    #[arg(long)]
+    pub steps: u64,
+    /// Output folder: checkpoint-<step>/, train.parquet, eval-tokens.parquet.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Windows per update.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Peak learning rate (AdamW, β = (0.9, 0.95)).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Decoupled weight decay on the 2-D weights.
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Linear warm-up updates (default: a tenth of --steps, at most 100).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Clip the global gradient norm to this.
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Seed of the initial weights, the held-out windows and the batches.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Steps to save, comma-separated (0 and --steps are always saved; default: quarters).
+    #[arg(long, value_delimiter = ',')]
+    pub save_steps: Option<Vec<u64>>,
+    /// Held-out windows for the eval loss (never trained on).
+    #[arg(long, default_value_t = 32)]
+    pub eval_windows: usize,
+    /// JSONL field / Parquet column holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
 }
 
 #[derive(Args, Debug)]

@@ -14,7 +14,7 @@ use agop::pipeline::{run, slurm, Pipeline};
 use agop::tokenize::corpus::CorpusOptions;
 use agop::tokenize::{self, TokenizeOptions};
 
-use crate::cli::{Command, CorrelateArgs, MeasureArgs, ModelArgs, Stage, TokenizeArgs};
+use crate::cli::{Command, CorrelateArgs, MeasureArgs, ModelArgs, Stage, TokenizeArgs, TrainArgs};
 
 /// The pipeline `agop run` runs without a file.
 const DEFAULT_PIPELINE: &str = include_str!("../pipelines/gpt2-shakespeare.toml");
@@ -59,6 +59,31 @@ impl TokenizeArgs {
             progress: true,
             inputs: String::new(),
         }
+    }
+}
+
+impl TrainArgs {
+    fn options(&self) -> Result<agop::train::TrainOptions> {
+        let config = std::fs::read_to_string(&self.config)
+            .map_err(|e| agop::bad!("cannot read --config {}: {e}", self.config.display()))?;
+        let settings = agop::train::TrainSettings {
+            config,
+            sources: self.corpus.clone(),
+            text_column: self.text_column.clone(),
+            seq_len: self.seq_len,
+            steps: self.steps,
+            batch: self.batch,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            warmup: self.warmup.unwrap_or((self.steps / 10).min(100)),
+            grad_clip: self.grad_clip,
+            seed: self.seed,
+            save_steps: self.save_steps.clone().unwrap_or_else(|| agop::train::default_save_steps(self.steps)),
+            eval_windows: self.eval_windows,
+        }
+        .validate()
+        .map_err(|e| e.context(format!("agop train --config {}", self.config.display())))?;
+        Ok(agop::train::TrainOptions { settings, out: self.out.clone(), progress: true })
     }
 }
 
@@ -162,6 +187,22 @@ pub fn run(command: Command) -> Result<()> {
         Command::Correlate(a) => {
             let df = correlate_command(&a)?;
             eprintln!("{} correlations → {}", df.height(), a.out.display());
+        }
+        Command::Train(a) => {
+            let opts = a.options()?;
+            let r = agop::train::train(&opts)?;
+            if let Some(k) = r.resumed_from {
+                eprintln!("resumed from checkpoint-{k}");
+            }
+            let last = r.rows.last().and_then(|row| row.eval_loss.map(|e| (row.step, e)));
+            let first = r.rows.first().and_then(|row| row.eval_loss);
+            if let (Some(f), Some((step, e))) = (first, last) {
+                eprintln!("eval loss {f:.3} (step 0) → {e:.3} (step {step})");
+            }
+            if let Some(tps) = r.tokens_per_sec {
+                eprintln!("{tps:.0} training tokens/s");
+            }
+            eprintln!("{} checkpoints → {}", r.checkpoints.len(), a.out.display());
         }
         Command::InitModel { config, seed, out } => {
             agop::model::init_model(&config, seed, &out)?;

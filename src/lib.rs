@@ -12,6 +12,7 @@
 //!   backward, CPU kernels, module list, and the [`model::Network`] trait measurement uses.
 //! - [`fetch`]: `--model` resolved to a local checkpoint (hub, cache, directories).
 //! - [`tokenize`]: corpus → windows → `tokens.parquet`.
+//! - [`train`]: `agop train`, a GPT-2 trained on a corpus into a series of checkpoints.
 //! - [`measure`]: estimators, GOP sums and files, the checkpointed measure loop, merge.
 //! - [`correlate`]: NFM against AGOP^α → `correlations.parquet`.
 //! - [`report`]: terminal table and plots.
@@ -26,6 +27,8 @@ pub mod model;
 pub mod fetch;
 
 pub mod tokenize;
+
+pub mod train;
 
 pub mod measure;
 

@@ -45,8 +45,9 @@ fn loss(m: &Gpt2, windows: &[Window]) -> f64 {
 }
 
 /// ∂L/∂(ln_f output), (B, T, C), written out here independently of the engine:
-/// (softmax(z_t) − e_{y_{t+1}})·wte for t < T−1, zero at the last position.
-fn loss_seed(m: &Gpt2, windows: &[Window], hidden: &Tensor) -> Tensor {
+/// (softmax(z_t) − e_{y_{t+1}})·E for t < T−1, zero at the last position; E is the LM head the
+/// test says the model has (`wte`, or the untied head it wrote).
+fn loss_seed(m: &Gpt2, windows: &[Window], hidden: &Tensor, head: &Tensor) -> Tensor {
     let z = m.logits(hidden).unwrap().to_vec3::<f64>().unwrap();
     let (b, t, v) = (windows.len(), windows[0].tokens.len(), z[0][0].len());
     let mut p = vec![0f64; b * t * v];
@@ -62,16 +63,20 @@ fn loss_seed(m: &Gpt2, windows: &[Window], hidden: &Tensor) -> Tensor {
         }
     }
     let p = Tensor::from_vec(p, (b, t, v), m.device()).unwrap();
-    p.broadcast_matmul(&m.params.wte).unwrap()
+    p.broadcast_matmul(head).unwrap()
 }
 
 /// The FACT sums of a (f64) model through the engine's backward with operands and
-/// `Gop::add_fact`, seeded with [`loss_seed`].
+/// `Gop::add_fact`, seeded with [`loss_seed`] (E = `wte`).
 fn fact_sums_f64(m: &Gpt2, windows: &[Window]) -> Gop {
+    fact_sums_f64_head(m, windows, &m.params.wte)
+}
+
+fn fact_sums_f64_head(m: &Gpt2, windows: &[Window], head: &Tensor) -> Gop {
     let meta = GopMeta { fact: true, ..GopMeta::for_config(m.cfg.clone()) };
     let mut gop = Gop::zeros(meta);
     let fwd = m.forward(&ids(windows, m.device())).unwrap();
-    let seed = loss_seed(m, windows, &fwd.hidden);
+    let seed = loss_seed(m, windows, &fwd.hidden, head);
     m.backward_weights(&fwd, &seed, &mut |g| gop.add_fact(g)).unwrap();
     gop
 }
@@ -121,8 +126,9 @@ fn ln_plain(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Tensor {
 }
 
 /// The weight gradients of the summed loss by candle's autograd on a second, plain forward
-/// pass written here from SPEC.md §1 (no custom ops): name of each whole module → G (out × in).
-fn autograd_gradients(m: &Gpt2, windows: &[Window]) -> std::collections::HashMap<String, Vec<f64>> {
+/// pass written here from the definitions (no custom ops), with LM head `head` (V × C): name of
+/// each whole module → G (out × in).
+fn autograd_gradients(m: &Gpt2, windows: &[Window], head: &Tensor) -> std::collections::HashMap<String, Vec<f64>> {
     use candle_core::{Var, D};
     let cfg = &m.cfg;
     let dev = m.device();
@@ -173,7 +179,7 @@ fn autograd_gradients(m: &Gpt2, windows: &[Window]) -> std::collections::HashMap
         vars.push((l, v));
     }
     let hid = ln_plain(&x, &p.ln_f.weight, &p.ln_f.bias, cfg.layer_norm_epsilon);
-    let z = hid.broadcast_matmul(&p.wte.t().unwrap()).unwrap().narrow(1, 0, t - 1).unwrap().contiguous().unwrap(); // (B, T−1, V)
+    let z = hid.broadcast_matmul(&head.t().unwrap()).unwrap().narrow(1, 0, t - 1).unwrap().contiguous().unwrap(); // (B, T−1, V)
     let lse = z.exp().unwrap().sum_keepdim(D::Minus1).unwrap().log().unwrap(); // (B, T−1, 1)
     let next: Vec<u32> = windows.iter().flat_map(|w| w.tokens[1..].to_vec()).collect();
     let next = Tensor::from_vec(next, (b, t - 1, 1), dev).unwrap();
@@ -209,7 +215,7 @@ fn fact_sums_equal_the_weight_gradient_of_the_summed_loss() {
     let meta = GopMeta { fact: true, seq_len: 8, ..GopMeta::for_config(m32.cfg.clone()) };
     let mut gop32 = Gop::zeros(meta);
     Measurer::new(&m32, settings).unwrap().measure_batch(&windows, &mut gop32).unwrap();
-    let reference = autograd_gradients(&m, &windows);
+    let reference = autograd_gradients(&m, &windows, &m.params.wte);
     let (mut worst64, mut worst32, mut worst_fd) = (0f64, 0f64, 0f64);
     for owner in fact_modules(&m.cfg) {
         let name = fact_tensor(&owner);
@@ -240,6 +246,55 @@ fn fact_sums_equal_the_weight_gradient_of_the_summed_loss() {
         "G vs autograd, every module and head: worst relative error {worst64:.3e} (f64), {worst32:.3e} (engine, \
          f32); autograd vs finite differences {worst_fd:.3e}"
     );
+}
+
+/// An untied LM head (`tie_word_embeddings: false` with its own `lm_head.weight`) is the
+/// unembedding: the checkpoint is written with a head H unlike `wte`, loaded from disk, and its G
+/// (engine f32 and f64 backward) checked against autograd through H, and its logits against
+/// hidden·Hᵀ (issue 24, item 2).
+#[test]
+fn an_untied_lm_head_is_used() {
+    let tied = fixture();
+    let (v, c) = (tied.cfg.vocab_size, tied.cfg.n_embd);
+    let head = (Tensor::randn(0f32, 0.05, (v, c), &Device::Cpu).unwrap() + 0.01).unwrap();
+    let mut untied = tied.clone();
+    untied.cfg.tie_word_embeddings = false;
+    untied.params.lm_head = Some(head.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("untied");
+    agop::model::save_checkpoint(&untied, &dir).unwrap();
+    let cfg_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    assert!(cfg_text.contains("\"tie_word_embeddings\": false"), "{cfg_text}");
+    let loaded = model::load_dir(&dir, WeightsKind::Pretrained, 0).unwrap();
+    let m = loaded.to_dtype(DType::F64).unwrap();
+    let head64 = head.to_dtype(DType::F64).unwrap();
+    let windows = golden_windows();
+    let reference = autograd_gradients(&m, &windows, &head64);
+    let tied_reference = autograd_gradients(
+        &tied.to_dtype(DType::F64).unwrap(),
+        &windows,
+        &tied.params.wte.to_dtype(DType::F64).unwrap(),
+    );
+    let gop64 = fact_sums_f64_head(&m, &windows, &head64);
+    let settings = Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 1, seed: 0, fact: true };
+    let meta = GopMeta { fact: true, seq_len: 8, ..GopMeta::for_config(loaded.cfg.clone()) };
+    let mut gop32 = Gop::zeros(meta);
+    Measurer::new(&loaded, settings).unwrap().measure_batch(&windows, &mut gop32).unwrap();
+    for owner in fact_modules(&m.cfg) {
+        let name = fact_tensor(&owner);
+        let e64 = rel_frob(&gop64.fact[&name].values, &reference[&name]);
+        let e32 = rel_frob(&gop32.fact[&name].values, &reference[&name]);
+        assert!(e64 < 1e-6 && e32 < 1e-4, "{name}: G vs autograd through the untied head: {e64:.2e} {e32:.2e}");
+        // And the head matters: the tied model's G is another.
+        let other = rel_frob(&tied_reference[&name], &reference[&name]);
+        assert!(other > 0.1, "{name}: the untied head changed nothing ({other:.2e})");
+    }
+    // The logits (and so the sketch's EᵀE) read the head written, not wte.
+    let hidden = loaded.forward(&ids(&windows, &Device::Cpu)).unwrap().hidden;
+    let z = loaded.logits(&hidden).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let want = hidden.broadcast_matmul(&head.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let diff = z.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-5, "logits vs hidden·Hᵀ: {diff:.2e}");
 }
 
 /// The FACT rows' numbers against N, F and F_s formed densely and correlated entry by entry.

@@ -120,6 +120,16 @@ pub fn correlate_sources(
     ctx: &RunContext,
 ) -> Result<polars::prelude::DataFrame> {
     let (powers, agop_out) = (&opts.powers[..], opts.agop_out.as_deref());
+    let mut inputs: Vec<PathBuf> = sources.iter().map(|s| s.gop.clone()).collect();
+    inputs.extend(sources.iter().map(|s| crate::measure::groups::groups_dir(&s.gop)));
+    for m in sources.iter().map(|s| &s.model).chain(base) {
+        inputs.extend(m.protected_files());
+    }
+    crate::util::fs::check_output(out, "--out", &inputs)?;
+    if let Some(a) = agop_out {
+        inputs.push(out.to_path_buf());
+        crate::util::fs::check_output(a, "--agop-out", &inputs)?;
+    }
     if powers.is_empty() || powers.iter().any(|p| !p.is_finite() || *p <= 0.0) {
         bail_bad!("--powers must be positive numbers, got {powers:?}");
     }

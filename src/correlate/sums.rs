@@ -132,9 +132,33 @@ impl RunSums {
         Ok((d, acc, files.iter().map(|f| f.meta.n_tokens).sum()))
     }
 
-    /// Module `m`'s sum over all parts: (dim, values, tokens).
+    /// Module `m`'s sum over all parts: (dim, values, tokens). With group files, the total is
+    /// checked to be their sum (a total edited or left from another run is refused).
     pub fn total(&self, m: &Module) -> Result<(usize, Vec<f64>, u64)> {
-        Self::add(&self.parts.iter().map(|f| &f.total).collect::<Vec<_>>(), m)
+        let total = Self::add(&self.parts.iter().map(|f| &f.total).collect::<Vec<_>>(), m)?;
+        if self.groups.iter().flatten().any(|s| matches!(s, GroupSource::Group(..))) {
+            let mut sum = vec![0f64; total.1.len()];
+            for g in 0..self.groups.len() {
+                self.group(g, m)?.1.iter().zip(sum.iter_mut()).for_each(|(v, a)| *a += v);
+            }
+            let diff: f64 = sum.iter().zip(&total.1).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+            let norm: f64 = total.1.iter().map(|b| b * b).sum::<f64>().sqrt();
+            if diff.is_nan() || diff > 1e-9 * norm.max(f64::MIN_POSITIVE) {
+                bail_bad!(
+                    "{}: the sum of {} is not the sum of its group files in {} (relative difference {:.2e}); the \
+                     file or its groups were changed or left from another run: measure again",
+                    self.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                    m.name(),
+                    self.paths
+                        .iter()
+                        .map(|p| crate::measure::groups::groups_dir(p).display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    diff / norm.max(f64::MIN_POSITIVE)
+                );
+            }
+        }
+        Ok(total)
     }
 
     /// Module `m`'s sum over group `g`: (dim, values, tokens).

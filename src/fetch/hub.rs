@@ -232,20 +232,62 @@ pub fn resolve_model(id: &str, revision: Option<&str>) -> Result<ResolvedModel> 
 /// Delete a hub model's weights from the cache: each weights file's snapshot link and the blob it
 /// points to (config and tokenizer stay, so the snapshot still names its commit; a later
 /// resolve fetches the weights again). Refuses a folder outside the hub cache: a local model is
-/// never deleted. Returns the bytes freed.
-pub fn evict_weights(m: &ResolvedModel) -> Result<u64> {
-    let cache = std::fs::canonicalize(cache_dir()).unwrap_or_else(|_| cache_dir());
-    let dir = std::fs::canonicalize(&m.dir).unwrap_or_else(|_| m.dir.clone());
+/// never deleted.
+///
+/// Nothing another checkpoint can still need is touched: when `m` is `keep`'s snapshot (a later
+/// revision at the same commit, e.g. `main` = the first checkpoint), nothing is deleted; a link
+/// is removed only from `m`'s own snapshot, and a blob only when no file of any other snapshot of
+/// the repository points to it (the hub cache shares one blob between commits with equal files).
+/// Returns the bytes freed.
+pub fn evict_weights(m: &ResolvedModel, keep: &ResolvedModel) -> Result<u64> {
+    evict_weights_in(&cache_dir(), m, keep)
+}
+
+/// [`evict_weights`] with the cache folder given (tests use a folder of their own).
+pub fn evict_weights_in(cache: &Path, m: &ResolvedModel, keep: &ResolvedModel) -> Result<u64> {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let cache = canon(cache);
+    let dir = canon(&m.dir);
     if m.revision == "local" || !dir.starts_with(&cache) {
         anyhow::bail!("{} is not in the hub cache {}; its weights are not deleted", m.dir.display(), cache.display());
     }
+    if dir == canon(&keep.dir) {
+        return Ok(0);
+    }
+    // Blobs that a file of another snapshot of this repository points to (the snapshots folder is
+    // the parent of every commit's folder).
+    let mut shared = std::collections::HashSet::new();
+    if let Some(snapshots) = dir.parent() {
+        for snap in std::fs::read_dir(snapshots)?.flatten() {
+            let snap = canon(&snap.path());
+            if snap == dir {
+                continue;
+            }
+            let mut stack = vec![snap];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d)?.flatten() {
+                    let p = e.path();
+                    let target = canon(&p);
+                    if target.is_dir() {
+                        stack.push(p);
+                    } else {
+                        shared.insert(target);
+                    }
+                }
+            }
+        }
+    }
+    let kept: std::collections::HashSet<PathBuf> =
+        crate::model::weights::weights_files(&keep.dir).unwrap_or_default().iter().map(|f| canon(f)).collect();
     let mut freed = 0;
     for f in crate::model::weights::weights_files(&m.dir)? {
-        if let Ok(blob) = std::fs::canonicalize(&f) {
-            if blob.starts_with(&cache) {
-                freed += std::fs::metadata(&blob).map(|md| md.len()).unwrap_or(0);
-                std::fs::remove_file(&blob)?;
-            }
+        let blob = canon(&f);
+        let size = std::fs::metadata(&blob).map(|md| md.len()).unwrap_or(0);
+        if !std::fs::symlink_metadata(&f)?.file_type().is_symlink() {
+            freed += size; // a plain file in the snapshot: removing it frees it
+        } else if blob.starts_with(&cache) && !shared.contains(&blob) && !kept.contains(&blob) {
+            freed += size;
+            std::fs::remove_file(&blob)?;
         }
         std::fs::remove_file(&f)?;
     }

@@ -51,6 +51,17 @@ impl ResolvedModel {
         Ok(Self::new(dir.display().to_string(), "local".into(), dir.to_path_buf()))
     }
 
+    /// The files an output must never replace: config.json, the weights files (also the names a
+    /// loader would read before the present ones: `model.safetensors`, `pytorch_model.bin`) and
+    /// the tokenizer files.
+    pub fn protected_files(&self) -> Vec<std::path::PathBuf> {
+        ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.json", "merges.txt"]
+            .iter()
+            .map(|f| self.dir.join(f))
+            .chain(crate::model::weights::weights_files(&self.dir).unwrap_or_default())
+            .collect()
+    }
+
     pub fn config(&self) -> Result<Gpt2Config> {
         Gpt2Config::from_file(&self.dir.join("config.json"))
     }

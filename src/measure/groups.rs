@@ -83,7 +83,12 @@ impl GroupPlan {
 
 /// The folder of the group files of GOP file `gop`: `x.safetensors` → `x.groups`.
 pub fn groups_dir(gop: &Path) -> PathBuf {
-    gop.with_extension("groups")
+    // From the whole file name, so that `run.pretrained` and `run.random` get folders of their
+    // own (`run.pretrained.groups`), and `x.groups` is never its own folder; only the
+    // `.safetensors` extension is replaced (`gop-pretrained.groups`, as always).
+    let name = gop.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let base = name.strip_suffix(".safetensors").unwrap_or(&name);
+    gop.with_file_name(format!("{base}.groups"))
 }
 
 /// The file of group `g` of `n` of GOP file `gop`.

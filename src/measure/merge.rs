@@ -14,6 +14,7 @@ use crate::bail_bad;
 /// files merged too, group by group (the pieces of a group that a shard boundary cut are added
 /// back together); the group files are written before the merged file.
 pub fn merge_files(parts: &[PathBuf], out: &Path) -> Result<Gop> {
+    crate::util::fs::check_output(out, "--out", parts)?;
     let loaded = parts.iter().map(|p| Ok((p.display().to_string(), Gop::load(p)?))).collect::<Result<Vec<_>>>()?;
     let merged = merge(&loaded)?;
     drop(loaded);

@@ -205,6 +205,9 @@ pub fn measure(model: &ResolvedModel, tokens: &Path, out: &Path, opts: &MeasureO
 /// [`measure`], also returning the seconds spent in forward/backward passes (not loading).
 pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: &MeasureOptions) -> Result<(Gop, f64)> {
     let cfg = resolved.config()?;
+    let mut inputs = resolved.protected_files();
+    inputs.push(tokens.to_path_buf());
+    crate::util::fs::check_output(out, "--out", &inputs)?;
     let (mut windows, tmeta) = read_tokens(tokens)?;
     if windows.is_empty() {
         bail_bad!("{}: no windows to measure", tokens.display());

@@ -29,7 +29,6 @@ pub fn save_checkpoint(model: &Gpt2, dir: &Path) -> Result<()> {
     let mut cfg = serde_json::to_value(&model.cfg)?;
     if let Some(o) = cfg.as_object_mut() {
         o.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"]));
-        o.insert("tie_word_embeddings".into(), serde_json::json!(true));
     }
     write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
     Ok(())
@@ -39,6 +38,18 @@ pub fn save_checkpoint(model: &Gpt2, dir: &Path) -> Result<()> {
 /// tokenizer files when the vocabulary is GPT-2's, so that it can tokenize corpora).
 pub fn init_model(config: &Path, seed: u64, out: &Path) -> Result<()> {
     let cfg = Gpt2Config::from_file(config)?;
+    if out.is_file() {
+        crate::bail_bad!("--out {} is a file; init-model writes a model folder", out.display());
+    }
+    if let Some(f) = ["config.json", "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"]
+        .iter()
+        .find(|f| out.join(f).exists())
+    {
+        crate::bail_bad!(
+            "--out {} already holds a model ({f}); init-model does not replace a model: give a new folder",
+            out.display()
+        );
+    }
     let model = random_init(&cfg, seed, &Device::Cpu)?;
     save_checkpoint(&model, out)?;
     if cfg.vocab_size == 50257 {

@@ -37,6 +37,10 @@ pub struct Gpt2Config {
     pub initializer_range: f64,
     #[serde(default)]
     pub eos_token_id: Option<u32>,
+    /// Whether the LM head is `wte` (HF's default, every OpenAI GPT-2); when false the
+    /// checkpoint's own `lm_head.weight` [V, C] is the unembedding.
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
 }
 
 fn default_eps() -> f64 {
@@ -125,7 +129,8 @@ impl Gpt2Config {
         let c2 = c.checked_mul(c)?;
         let cf = c.checked_mul(f)?;
         let block = c2.checked_mul(4)?.checked_add(cf.checked_mul(2)?)?.checked_add(9 * c + f)?;
-        embed.checked_add(block.checked_mul(l)?)?.checked_add(2 * c)
+        let head = if self.tie_word_embeddings { 0 } else { v.checked_mul(c)? };
+        embed.checked_add(block.checked_mul(l)?)?.checked_add(2 * c)?.checked_add(head)
     }
 
     /// MLP width F.

@@ -18,7 +18,7 @@ use super::ops::attention::{AttentionBackward, AttentionMix, AttentionProbs};
 use super::ops::{kernels, plain};
 use super::params::{LayerNorm, Linear, Params};
 
-/// A GPT-2 language model; the LM head is tied to `wte`.
+/// A GPT-2 language model; the LM head is `wte` unless the config unties it.
 #[derive(Debug, Clone)]
 pub struct Gpt2 {
     pub cfg: Gpt2Config,
@@ -47,7 +47,7 @@ struct BlockCache {
 pub struct Forward {
     blocks: Vec<BlockCache>,
     ln_f: LnCache,
-    /// ln_f output (B, T, C); logits are `hidden · wteᵀ`.
+    /// ln_f output (B, T, C); logits are `hidden · Eᵀ` (E = `wte` or the untied head).
     pub hidden: Tensor,
 }
 
@@ -188,9 +188,14 @@ impl Gpt2 {
         Ok(Self { params: self.params.try_map(|t| Ok(t.to_device(device)?))?, ..self.clone() })
     }
 
+    /// The LM head E (V × C): `wte`, or the untied `lm_head.weight`.
+    pub fn unembedding_tensor(&self) -> &Tensor {
+        self.params.lm_head.as_ref().unwrap_or(&self.params.wte)
+    }
+
     /// Logits (B, T, V) from the ln_f output.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.ops().matmul_t(hidden, &self.params.wte)
+        self.ops().matmul_t(hidden, self.unembedding_tensor())
     }
 
     /// Backward from `seed` = ∂f/∂(ln_f output), shape (B, T, C). Calls `visit(layer, grads)` for
@@ -435,7 +440,7 @@ impl Network for Gpt2 {
     }
 
     fn unembedding(&self) -> &Tensor {
-        &self.params.wte
+        self.unembedding_tensor()
     }
 
     fn forward(&self, ids: &Tensor) -> Result<Forward> {

@@ -48,7 +48,7 @@ pub struct Block<T = Tensor> {
     pub mlp: Mlp<T>,
 }
 
-/// Every parameter of a GPT-2 language model (the LM head is tied to `wte`).
+/// Every parameter of a GPT-2 language model.
 #[derive(Debug, Clone)]
 pub struct Params<T = Tensor> {
     /// Token embeddings [V, C].
@@ -57,6 +57,9 @@ pub struct Params<T = Tensor> {
     pub wpe: T,
     pub blocks: Vec<Block<T>>,
     pub ln_f: LayerNorm<T>,
+    /// The untied LM head `lm_head.weight` [V, C] (nn.Linear layout) when the config says
+    /// `tie_word_embeddings: false`; `None` when the head is `wte`.
+    pub lm_head: Option<T>,
 }
 
 /// A parameter's HF name and shape.
@@ -124,7 +127,9 @@ impl<T> Params<T> {
         }
         let wte = take("wte.weight".into(), &[v, c])?;
         let wpe = take("wpe.weight".into(), &[p, c])?;
-        Ok(Params { wte, wpe, blocks, ln_f })
+        // Last, so that a tied model's random-init draws are what they always were.
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(take("lm_head.weight".into(), &[v, c])?) };
+        Ok(Params { wte, wpe, blocks, ln_f, lm_head })
     }
 
     /// The same structure with `f` applied to every parameter (no names: the structure is the
@@ -140,7 +145,9 @@ impl<T> Params<T> {
                 mlp: Mlp { c_fc: b.mlp.c_fc.try_map(f)?, c_proj: b.mlp.c_proj.try_map(f)? },
             });
         }
-        Ok(Params { wte: f(&self.wte)?, wpe: f(&self.wpe)?, blocks, ln_f: self.ln_f.try_map(f)? })
+        let (wte, wpe, ln_f) = (f(&self.wte)?, f(&self.wpe)?, self.ln_f.try_map(f)?);
+        let lm_head = self.lm_head.as_ref().map(&mut *f).transpose()?;
+        Ok(Params { wte, wpe, blocks, ln_f, lm_head })
     }
 
     /// Every parameter, in [`Params::try_map`] order.

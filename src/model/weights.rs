@@ -105,6 +105,45 @@ enum WeightsReader {
     Pytorch(Vec<(PathBuf, PthTensors)>),
 }
 
+/// Stack of the thread that parses a pickle: 1 GiB of address space (a 400 KB pickle nested at
+/// every byte needs about 200 MB in candle's recursive reader).
+const PICKLE_STACK: usize = 1 << 30;
+
+/// What candle's reader does not check in a PyTorch zip archive: exactly one `data.pkl` (with
+/// two, the later one silently wins) and little-endian storage (`byteorder`, when present).
+fn check_torch_zip(path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| bad!("{}: cannot open: {e}", path.display()))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
+        bad!("{}: not a zip archive (PyTorch checkpoints are zip archives since PyTorch 1.6): {e}", path.display())
+    })?;
+    let names: Vec<String> = (0..zip.len())
+        .filter_map(|i| zip.by_index_raw(i).ok().and_then(|f| f.name().ok().map(|n| n.to_string())))
+        .collect();
+    let pickles: Vec<&String> = names.iter().filter(|n| n.ends_with("data.pkl")).collect();
+    if pickles.len() != 1 {
+        bail_bad!(
+            "{}: {} data.pkl entries ({}); a PyTorch checkpoint has exactly one",
+            path.display(),
+            pickles.len(),
+            pickles.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if let Some(name) = names.iter().find(|n| n.as_str() == "byteorder" || n.ends_with("/byteorder")).cloned() {
+        let mut text = String::new();
+        use std::io::Read;
+        zip.by_name(&name)?.take(64).read_to_string(&mut text).map_err(|e| bad!("{}: {name}: {e}", path.display()))?;
+        if text.trim() != "little" {
+            bail_bad!(
+                "{}: {name} says {:?}; agop reads little-endian checkpoints only (re-save it on a little-endian \
+                 machine)",
+                path.display(),
+                text.trim()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// One stored tensor: (file index, its name in the file, shape, dtype name).
 type Entry = (usize, String, Vec<usize>, String);
 
@@ -115,13 +154,27 @@ impl WeightsReader {
             return Ok(Self::Safetensors(files.iter().map(|f| TensorFile::open(f)).collect::<Result<_>>()?));
         }
         let open = |f: &PathBuf| -> Result<(PathBuf, PthTensors)> {
-            let t = PthTensors::new(f, None).map_err(|e| {
+            check_torch_zip(f)?;
+            let not_readable = |e: String| {
                 bad!(
                     "{}: not a readable PyTorch checkpoint (a zip archive holding a pickled state dict, as \
                      torch.save writes since PyTorch 1.6): {e}",
                     f.display()
                 )
-            })?;
+            };
+            // candle's pickle reader panics on some crafted pickles and recurses once per nesting
+            // level: read on a thread with a large stack (reserved, touched only as used) and
+            // turn a panic into an error naming the file.
+            let path = f.clone();
+            let read = std::thread::Builder::new()
+                .stack_size(PICKLE_STACK)
+                .spawn(move || std::panic::catch_unwind(|| PthTensors::new(&path, None).map_err(|e| e.to_string())))?
+                .join();
+            let t = match read {
+                Ok(Ok(Ok(t))) => t,
+                Ok(Ok(Err(e))) => return Err(not_readable(e)),
+                _ => return Err(not_readable("its pickle is malformed (the reader gave up on it)".into())),
+            };
             Ok((f.clone(), t))
         };
         Ok(Self::Pytorch(files.iter().map(open).collect::<Result<_>>()?))
@@ -166,11 +219,13 @@ impl WeightsReader {
             Self::Safetensors(f) => Ok(Tensor::from_raw_buffer(&f[i].read(key)?, dtype, shape, device)?),
             Self::Pytorch(f) => {
                 let (path, t) = &f[i];
-                let tensor = t
-                    .get(key)
+                let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.get(key)))
+                    .map_err(|_| bad!("{}: tensor {key} is malformed (the reader gave up on it)", path.display()))?;
+                let tensor = got
                     .map_err(|e| bad!("{}: cannot read tensor {key}: {e}", path.display()))?
                     .ok_or_else(|| bad!("{}: tensor {key} is missing", path.display()))?;
-                Ok(tensor.to_device(device)?)
+                // A stored view may be strided (a transposed `wte`): make it contiguous.
+                Ok(tensor.contiguous()?.to_device(device)?)
             }
         }
     }
@@ -187,6 +242,16 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<
     let mut tensors: HashMap<String, Entry> = HashMap::new();
     for e in reader.entries() {
         let name = e.1.strip_prefix("transformer.").unwrap_or(&e.1).to_string();
+        // Two tensors for one parameter (`wte.weight` and `transformer.wte.weight`, or one name in
+        // two shards): which one a reader takes is arbitrary, so neither is taken.
+        if let Some(first) = tensors.get(&name) {
+            let (a, b) = (reader.path(first.0).display(), reader.path(e.0).display());
+            let (ka, kb) = (&first.1, &e.1);
+            bail_bad!(
+                "parameter {name} is stored twice: as {ka} in {a} and as {kb} in {b}; refusing a checkpoint whose \
+                 weights are ambiguous"
+            );
+        }
         tensors.insert(name, e);
     }
     let described = if files.len() == 1 { files[0].display().to_string() } else { format!("{}", dir.display()) };
@@ -225,9 +290,10 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<
 }
 
 /// Tensors HF GPT-2 checkpoints carry beside the parameters: the causal-mask buffers
-/// `h.{l}.attn.bias` / `h.{l}.attn.masked_bias` of older files, and the tied `lm_head.weight`.
+/// `h.{l}.attn.bias` / `h.{l}.attn.masked_bias` of older files, and `lm_head.weight` when the
+/// config ties it to `wte` (transformers then uses `wte` too, whatever the file holds).
 fn is_known_buffer(name: &str, cfg: &Gpt2Config) -> bool {
-    if name == "lm_head.weight" {
+    if name == "lm_head.weight" && cfg.tie_word_embeddings {
         return true;
     }
     let Some(rest) = name.strip_prefix("h.") else { return false };

@@ -22,6 +22,9 @@ pub struct Pipeline {
     pub measure: MeasureSpec,
     #[serde(default)]
     pub correlate: CorrelateSpec,
+    /// `[train]`: train the `init_config` model on the corpus first; its checkpoints are the series.
+    #[serde(default)]
+    pub train: Option<TrainSpec>,
     /// Folder holding the pipeline file; relative paths resolve against it (not serialized).
     #[serde(skip)]
     pub base: PathBuf,
@@ -79,6 +82,52 @@ pub struct Checkpoint {
 fn trailing_step(rev: &str) -> Option<u64> {
     let digits: String = rev.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
     digits.chars().rev().collect::<String>().parse().ok()
+}
+
+/// `[train]`: the flags of `agop train` (the config is `[model] init_config`, the seed
+/// `[model] init_seed`). The checkpoints go to `<out>/train/` and become the measured series.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    pub steps: u64,
+    /// Training sources; default: `[corpus] sources`.
+    #[serde(default)]
+    pub sources: Option<Vec<String>>,
+    /// Training window length; default: `[corpus] seq_len`.
+    #[serde(default)]
+    pub seq_len: Option<usize>,
+    #[serde(default = "default_train_batch")]
+    pub batch: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Default: a tenth of `steps`, at most 100.
+    #[serde(default)]
+    pub warmup: Option<u64>,
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: f64,
+    /// Default: 0, quarters of `steps`, `steps`.
+    #[serde(default)]
+    pub save_steps: Option<Vec<u64>>,
+    #[serde(default = "default_eval_windows")]
+    pub eval_windows: usize,
+}
+
+fn default_train_batch() -> usize {
+    8
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_weight_decay() -> f64 {
+    0.1
+}
+fn default_grad_clip() -> f64 {
+    1.0
+}
+fn default_eval_windows() -> usize {
+    32
 }
 
 /// `[corpus]`: sources and windowing.
@@ -219,6 +268,67 @@ impl Pipeline {
             _ => {}
         }
         let m = &self.model;
+        if let Some(t) = &self.train {
+            if m.init_config.is_none() {
+                bail_bad!("[train] trains the model of `[model] init_config`; give init_config (the config.json)");
+            }
+            if !m.revisions.is_empty() || !m.steps.is_empty() || m.revision_format.is_some() {
+                bail_bad!("[train] makes the series itself (its save_steps); remove [model] revisions and steps");
+            }
+            if !m.keep_checkpoints {
+                bail_bad!("[model] keep_checkpoints = false deletes hub downloads; a trained series is never deleted");
+            }
+            self.train_settings(t)?;
+        }
+        if let Some(dir) = self.local_dir() {
+            if m.revision.is_some() {
+                bail_bad!("[model] revision applies to hub models; {} is a local folder", dir.display());
+            }
+            if !m.keep_checkpoints {
+                bail_bad!(
+                    "[model] keep_checkpoints = false deletes hub downloads; the local series {} is never deleted",
+                    dir.display()
+                );
+            }
+            let is_checkpoint = dir.join("config.json").is_file();
+            if is_checkpoint && (!m.revisions.is_empty() || m.revision_format.is_some()) {
+                bail_bad!(
+                    "[model] {} is one checkpoint (it has a config.json), so it has no revisions; for a series, \
+                     point id at the folder that holds the checkpoint folders",
+                    dir.display()
+                );
+            }
+            if !is_checkpoint {
+                let cps = self.checkpoints();
+                if cps.is_empty() {
+                    bail_bad!(
+                        "[model] {} has no config.json and no checkpoint folders (checkpoint-<N> or step<N>); \
+                         it is neither a model nor a series",
+                        dir.display()
+                    );
+                }
+                for c in &cps {
+                    let sub = dir.join(c.revision.as_deref().unwrap_or(""));
+                    if !sub.join("config.json").is_file() {
+                        bail_bad!("[model] series checkpoint {} has no config.json", sub.display());
+                    }
+                }
+            }
+        }
+        if self.is_series() {
+            let cps = self.checkpoints();
+            let steps: Vec<Option<u64>> = cps.iter().map(|c| c.step).collect();
+            if steps.iter().all(Option::is_some) {
+                if let Some(w) = steps.windows(2).find(|w| w[1] <= w[0]) {
+                    bail_bad!(
+                        "[model] the series' steps must increase; step {} follows step {} (give the revisions in \
+                         training order, or `steps`)",
+                        w[1].unwrap_or(0),
+                        w[0].unwrap_or(0)
+                    );
+                }
+            }
+        }
         if !m.revisions.is_empty() || !m.steps.is_empty() || m.revision_format.is_some() {
             if m.id.is_none() {
                 bail_bad!("[model] a checkpoint series (revisions, steps) needs `id`, a hub repository");
@@ -280,14 +390,92 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Is `[model]` a checkpoint series?
+    /// Is `[model]` a checkpoint series (hub revisions, a local folder of checkpoints, or the
+    /// checkpoints of `[train]`)?
     pub fn is_series(&self) -> bool {
-        !self.model.revisions.is_empty() || self.model.revision_format.is_some()
+        !self.model.revisions.is_empty()
+            || self.model.revision_format.is_some()
+            || self.train.is_some()
+            || self.local_series().is_some()
+    }
+
+    /// `[model] id` as a local folder, when it is one.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        let id = self.model.id.as_ref()?;
+        let local = self.resolve_path(id);
+        local.is_dir().then_some(local)
+    }
+
+    /// A local folder of checkpoint folders (no config.json of its own): the series' folder.
+    pub fn local_series(&self) -> Option<PathBuf> {
+        self.local_dir().filter(|d| !d.join("config.json").is_file())
+    }
+
+    /// The folder of checkpoint `c` of a local series or a `[train]` run (`out` is the
+    /// pipeline's output folder); `None` for hub checkpoints.
+    pub fn local_checkpoint(&self, out: &Path, c: &Checkpoint) -> Option<PathBuf> {
+        let rev = c.revision.as_deref()?;
+        if self.train.is_some() {
+            return Some(out.join("train").join(rev));
+        }
+        self.local_series().map(|d| d.join(rev))
+    }
+
+    /// The `agop train` settings of `[train]` (config read from `[model] init_config`).
+    pub fn train_settings(&self, t: &TrainSpec) -> Result<crate::train::TrainSettings> {
+        let cfg = self.model.init_config.as_deref().unwrap_or_default();
+        let path = self.resolve_path(cfg);
+        let config = std::fs::read_to_string(&path).map_err(|e| bad!("[model] init_config {}: {e}", path.display()))?;
+        let sources = match &t.sources {
+            Some(s) => s.iter().map(|x| self.resolve_source(x)).collect(),
+            None => self.sources(),
+        };
+        crate::train::TrainSettings {
+            config,
+            sources,
+            text_column: self.corpus.text_column.clone(),
+            seq_len: t.seq_len.unwrap_or(self.corpus.seq_len),
+            steps: t.steps,
+            batch: t.batch,
+            lr: t.lr,
+            weight_decay: t.weight_decay,
+            warmup: t.warmup.unwrap_or((t.steps / 10).min(100)),
+            grad_clip: t.grad_clip,
+            seed: self.model.init_seed,
+            save_steps: t.save_steps.clone().unwrap_or_else(|| crate::train::default_save_steps(t.steps)),
+            eval_windows: t.eval_windows,
+        }
+        .validate()
+        .map_err(|e| e.context("[train]"))
     }
 
     /// The checkpoints of the pretrained weights, in order: the series, or the one `revision`.
     pub fn checkpoints(&self) -> Vec<Checkpoint> {
         let m = &self.model;
+        if let Some(t) = &self.train {
+            let save = self.train_settings(t).map(|s| s.save_steps).unwrap_or_default();
+            return save
+                .into_iter()
+                .map(|s| Checkpoint { revision: Some(format!("checkpoint-{s}")), step: Some(s) })
+                .collect();
+        }
+        if let (Some(dir), true) = (self.local_series(), m.revisions.is_empty() && m.revision_format.is_none()) {
+            // Subfolders named checkpoint-<N> (HF's Trainer) or step<N> (Pythia), by step.
+            let mut found: Vec<Checkpoint> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let digits = name.strip_prefix("checkpoint-").or_else(|| name.strip_prefix("step"))?;
+                    let step: u64 = digits.parse().ok()?;
+                    Some(Checkpoint { revision: Some(name), step: Some(step) })
+                })
+                .collect();
+            found.sort_by_key(|c| c.step);
+            return found;
+        }
         if let Some(f) = &m.revision_format {
             return m
                 .steps
@@ -328,17 +516,16 @@ impl Pipeline {
 
     /// Corpus sources with relative paths resolved.
     pub fn sources(&self) -> Vec<String> {
-        self.corpus
-            .sources
-            .iter()
-            .map(|s| {
-                if s.starts_with("hf://") || s.starts_with("builtin:") {
-                    s.clone()
-                } else {
-                    self.resolve_path(s).display().to_string()
-                }
-            })
-            .collect()
+        self.corpus.sources.iter().map(|s| self.resolve_source(s)).collect()
+    }
+
+    /// One corpus source with a relative path resolved.
+    fn resolve_source(&self, s: &str) -> String {
+        if s.starts_with("hf://") || s.starts_with("builtin:") {
+            s.to_string()
+        } else {
+            self.resolve_path(s).display().to_string()
+        }
     }
 }
 

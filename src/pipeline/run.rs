@@ -59,6 +59,12 @@ pub struct Prepared {
 /// `init_config` pipelines (rewritten only when the config or seed changed), else `[model] id`
 /// resolved (fetched when needed).
 fn pipeline_model(p: &Pipeline, out: &Path, quiet: bool) -> Result<ResolvedModel> {
+    if let Some(t) = &p.train {
+        train_series(p, t, out, quiet)?;
+    }
+    if let Some(dir) = p.local_checkpoint(out, &p.checkpoints()[0]) {
+        return ResolvedModel::local(&dir);
+    }
     match &p.model.init_config {
         Some(cfg) => {
             let dir = out.join("model");
@@ -77,6 +83,10 @@ fn pipeline_model(p: &Pipeline, out: &Path, quiet: bool) -> Result<ResolvedModel
                         dir.display()
                     ),
                 );
+                // The pipeline's own folder: a stale model is replaced (init-model refuses to).
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)?;
+                }
                 init_model(&cfg_path, p.model.init_seed, &dir)?;
                 write_atomic(&stamp, key.as_bytes())?;
             } else {
@@ -86,6 +96,22 @@ fn pipeline_model(p: &Pipeline, out: &Path, quiet: bool) -> Result<ResolvedModel
         }
         None => resolve_model(&p.model_spec().expect("validated"), p.checkpoints()[0].revision.as_deref()),
     }
+}
+
+/// `[train]`: train (or resume, or find finished) the run in `<out>/train/`.
+fn train_series(p: &Pipeline, t: &super::config::TrainSpec, out: &Path, quiet: bool) -> Result<()> {
+    let settings = p.train_settings(t)?;
+    let dir = out.join("train");
+    if crate::train::is_finished(&dir, &settings) {
+        say(quiet, format!("[train] {} is up to date ({} steps)", dir.display(), settings.steps));
+        return Ok(());
+    }
+    say(quiet, format!("[train] {} steps → {}", settings.steps, dir.display()));
+    let r = crate::train::train(&crate::train::TrainOptions { settings, out: dir, progress: !quiet })?;
+    if let Some(tps) = r.tokens_per_sec {
+        say(quiet, format!("[train] {tps:.0} training tokens/s"));
+    }
+    Ok(())
 }
 
 /// The pretrained checkpoints to measure with their resolved models: the prepared model, and in
@@ -100,7 +126,10 @@ fn checkpoint_model(p: &Pipeline, prep: &Prepared, k: usize) -> Result<ResolvedM
         return Ok(m);
     }
     let c = &p.checkpoints()[k];
-    let m = resolve_model(&p.model_spec().expect("validated"), c.revision.as_deref())?;
+    let m = match p.local_checkpoint(&prep.out, c) {
+        Some(dir) => ResolvedModel::local(&dir)?,
+        None => resolve_model(&p.model_spec().expect("validated"), c.revision.as_deref())?,
+    };
     write_atomic(&record, serde_json::to_string_pretty(&m.record()?)?.as_bytes())?;
     Ok(m)
 }
@@ -108,6 +137,9 @@ fn checkpoint_model(p: &Pipeline, prep: &Prepared, k: usize) -> Result<ResolvedM
 /// Fetch (or find in the cache) every checkpoint of a series, so that cluster jobs can read
 /// them offline (the prepare stage of `agop slurm`).
 pub fn fetch_checkpoints(p: &Pipeline, quiet: bool) -> Result<()> {
+    if p.train.is_some() || p.local_series().is_some() {
+        return Ok(()); // local folders: nothing to fetch
+    }
     for c in p.checkpoints().iter().skip(1) {
         let m = resolve_model(&p.model_spec().expect("validated"), c.revision.as_deref())?;
         say(quiet, format!("[model] {} @ {} → {}", m.id, m.revision, m.dir.display()));
@@ -413,7 +445,7 @@ fn measure_evicted(p: &Pipeline, prep: &Prepared, k: usize, quiet: bool) -> Resu
     let ctx = context(p, evicted_rows_key(p, prep, &path)?);
     let opts = correlate::CorrelateOptions::new(&p.correlate.powers);
     correlate::correlate_sources(&[source], Some(&prep.model), &rows, &opts, &ctx)?;
-    let freed = crate::fetch::hub::evict_weights(&model)?;
+    let freed = crate::fetch::hub::evict_weights(&model, &prep.model)?;
     say(quiet, format!("[evict {tag}] deleted its weights from the hub cache ({:.1} MB)", freed as f64 / 1e6));
     Ok(path)
 }

@@ -133,7 +133,8 @@ pub fn report(dir: &Path) -> Result<String> {
         rows.iter().filter(|r| r.step.is_none_or(|s| shown.contains(&s))).cloned().collect()
     };
     let (rows, fact) = (keep(&all), keep(&fact_all));
-    let mut text = table::render(&rows, &fact, &df)?;
+    let mut text = provenance(dir);
+    text.push_str(&table::render(&rows, &fact, &df)?);
     if let Some(c) = read_contrasts(dir)? {
         let (cfact, cnfa): (Vec<Row>, Vec<Row>) = c.into_iter().partition(|r| r.ansatz == "fact");
         text.push_str(&table::render_contrasts(&cnfa, &cfact)?);
@@ -144,6 +145,41 @@ pub fn report(dir: &Path) -> Result<String> {
     }
     text.push_str(&format!("\nplots: {} files in {}\n", written.len(), dir.join("plots").display()));
     Ok(text)
+}
+
+/// What the "pretrained" weights of a pipeline run are, when they are not a published
+/// checkpoint: trained here (`[train]`: steps and the eval loss of every saved step), or a random
+/// init (`init_config` alone), which a reader must not take for a trained model. From the
+/// pipeline text recorded in correlations.parquet; empty for other runs.
+pub fn provenance(dir: &Path) -> String {
+    let meta = crate::util::parquet::parquet_metadata(&dir.join("correlations.parquet")).unwrap_or_default();
+    let Some(text) = meta.iter().find(|(k, _)| k == "pipeline").map(|(_, v)| v.clone()) else {
+        return String::new();
+    };
+    let Ok(p) = text.parse::<toml::Table>() else { return String::new() };
+    let model = p.get("model").and_then(|m| m.as_table());
+    let init = model.and_then(|m| m.get("init_config")).is_some();
+    let seed = model.and_then(|m| m.get("init_seed")).and_then(|s| s.as_integer()).unwrap_or(0);
+    if let Some(steps) = p.get("train").and_then(|t| t.get("steps")).and_then(|s| s.as_integer()) {
+        let mut out = format!(
+            "Weights trained here: `agop train` for {steps} steps from a random init (seed {seed}), checkpoints in \
+             {}.\n",
+            dir.join("train").display()
+        );
+        if let Ok(losses) = crate::train::eval_losses(&dir.join("train")) {
+            let parts: Vec<String> = losses.iter().map(|(s, e)| format!("step {s}: {e:.3}")).collect();
+            out.push_str(&format!("Eval loss (held-out windows, nats/token): {}.\n", parts.join(", ")));
+        }
+        return out + "\n";
+    }
+    if init {
+        return format!(
+            "NOTE: the \"pretrained\" weights of this run are a random init (init_config, seed {seed}), not a \
+             trained model:\npretrained vs random-init compares two random draws, so no difference below is \
+             evidence of learned features.\n\n"
+        );
+    }
+    String::new()
 }
 
 /// Median of values (NaN-free input).

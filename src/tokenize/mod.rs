@@ -32,6 +32,14 @@ pub struct TokenizeOptions {
 /// Returns the number of windows.
 pub fn tokenize(model: &ResolvedModel, opts: &TokenizeOptions, out: &Path) -> Result<usize> {
     let cfg = model.config()?;
+    let mut inputs = model.protected_files();
+    inputs.extend(
+        opts.sources
+            .iter()
+            .filter(|s| !s.starts_with("hf://") && !s.starts_with("builtin:"))
+            .map(std::path::PathBuf::from),
+    );
+    crate::util::fs::check_output(out, "--out", &inputs)?;
     if opts.seq_len > cfg.n_positions {
         bail_bad!("--seq-len {} is larger than the model's n_positions {}", opts.seq_len, cfg.n_positions);
     }

@@ -41,3 +41,54 @@ fn tmp_name(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
+
+/// Check an output path before any work: it is not one of `inputs` (the same file under
+/// another name included), not inside an input folder, not a folder, and its folder can be
+/// written (created if missing; a probe file is written and removed). `flag` names the option
+/// in messages (`--out`). All failures are bad input naming the path.
+pub fn check_output(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()> {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    if out.is_dir() {
+        crate::bail_bad!("{flag} {} is a folder; give a file name", out.display());
+    }
+    let parent = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // Compare through the canonical folder (the file itself may not exist yet).
+    let out_full = canon(&parent).map(|d| d.join(out.file_name().unwrap_or_default()));
+    for input in inputs {
+        // An input that does not exist (a protected name) is compared through its folder.
+        let inp = match canon(input) {
+            Some(c) => c,
+            None => match (input.parent().and_then(canon), input.file_name()) {
+                (Some(d), Some(n)) => d.join(n),
+                _ => continue,
+            },
+        };
+        if out_full.as_ref().is_some_and(|o| *o == inp || canon(o).is_some_and(|c| c == inp)) {
+            crate::bail_bad!(
+                "{flag} {} is also an input ({}); write the output elsewhere",
+                out.display(),
+                input.display()
+            );
+        }
+        if inp.is_dir() && out_full.as_ref().is_some_and(|o| o.starts_with(&inp)) {
+            crate::bail_bad!(
+                "{flag} {} is inside the input folder {}, where it would become part of the input; write it elsewhere",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| crate::bad!("{flag} {}: cannot create its folder {}: {e}", out.display(), parent.display()))?;
+    let probe = parent.join(format!(".agop-write-probe{}", std::process::id()));
+    match File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => crate::bail_bad!("{flag} {}: its folder {} is not writable: {e}", out.display(), parent.display()),
+    }
+}

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Pickle opcodes used here.
-mod op {
+pub mod op {
     pub const PROTO: u8 = 0x80;
     pub const GLOBAL: u8 = b'c';
     pub const EMPTY_TUPLE: u8 = b')';
@@ -28,18 +28,18 @@ mod op {
     pub const STOP: u8 = b'.';
 }
 
-fn text(out: &mut Vec<u8>, s: &str) {
+pub fn text(out: &mut Vec<u8>, s: &str) {
     out.push(op::BINUNICODE);
     out.extend((s.len() as u32).to_le_bytes());
     out.extend(s.as_bytes());
 }
 
-fn int(out: &mut Vec<u8>, v: usize) {
+pub fn int(out: &mut Vec<u8>, v: usize) {
     out.push(op::BININT);
     out.extend((v as i32).to_le_bytes());
 }
 
-fn global(out: &mut Vec<u8>, module: &str, name: &str) {
+pub fn global(out: &mut Vec<u8>, module: &str, name: &str) {
     out.push(op::GLOBAL);
     out.extend(format!("{module}\n{name}\n").as_bytes());
 }
@@ -52,11 +52,24 @@ fn ints(out: &mut Vec<u8>, v: &[usize]) {
 
 /// Write F32 tensors (name, shape, values) as a PyTorch `.bin` checkpoint.
 pub fn write_pytorch_bin(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let entries: Vec<(String, Vec<usize>, Vec<usize>, usize)> = tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
+            let strides: Vec<usize> = (0..shape.len()).map(|i| shape[i + 1..].iter().product()).collect();
+            (name.clone(), shape.clone(), strides, values.len())
+        })
+        .collect();
+    let storages: Vec<&[f32]> = tensors.iter().map(|(_, _, v)| v.as_slice()).collect();
+    write_archive(path, &state_dict_pickle(&entries), &storages, &[]);
+}
+
+/// The pickle of a state dict: (name, shape, strides, numel of its storage); storage i is key i.
+pub fn state_dict_pickle(entries: &[(String, Vec<usize>, Vec<usize>, usize)]) -> Vec<u8> {
     let mut pkl = vec![op::PROTO, 2];
     global(&mut pkl, "collections", "OrderedDict");
     pkl.extend([op::EMPTY_TUPLE, op::REDUCE, op::MARK]);
-    for (key, (name, shape, values)) in tensors.iter().enumerate() {
-        assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
+    for (key, (name, shape, strides, numel)) in entries.iter().enumerate() {
         text(&mut pkl, name);
         global(&mut pkl, "torch._utils", "_rebuild_tensor_v2");
         pkl.push(op::MARK);
@@ -66,31 +79,39 @@ pub fn write_pytorch_bin(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
         global(&mut pkl, "torch", "FloatStorage");
         text(&mut pkl, &key.to_string());
         text(&mut pkl, "cpu");
-        int(&mut pkl, values.len());
+        int(&mut pkl, *numel);
         pkl.extend([op::TUPLE, op::BINPERSID]);
         int(&mut pkl, 0); // storage offset
         ints(&mut pkl, shape);
-        let strides: Vec<usize> = (0..shape.len()).map(|i| shape[i + 1..].iter().product()).collect();
-        ints(&mut pkl, &strides);
+        ints(&mut pkl, strides);
         pkl.push(op::NEWFALSE); // requires_grad
         global(&mut pkl, "collections", "OrderedDict");
         pkl.extend([op::EMPTY_TUPLE, op::REDUCE]); // backward hooks
         pkl.extend([op::TUPLE, op::REDUCE]);
     }
     pkl.extend([op::SETITEMS, op::STOP]);
+    pkl
+}
 
+/// A zip archive in torch's layout: `archive/data.pkl`, `archive/version`, storage i as
+/// `archive/data/<i>`, then `extra` entries (name, bytes) as given.
+pub fn write_archive(path: &Path, pkl: &[u8], storages: &[&[f32]], extra: &[(&str, &[u8])]) {
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
     let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", stored).unwrap();
-    zip.write_all(&pkl).unwrap();
+    zip.write_all(pkl).unwrap();
     zip.start_file("archive/version", stored).unwrap();
     zip.write_all(b"3\n").unwrap();
-    for (key, (_, _, values)) in tensors.iter().enumerate() {
+    for (key, values) in storages.iter().enumerate() {
         zip.start_file(format!("archive/data/{key}"), stored).unwrap();
-        for v in values {
+        for v in values.iter() {
             zip.write_all(&v.to_le_bytes()).unwrap();
         }
+    }
+    for (name, bytes) in extra {
+        zip.start_file(name.to_string(), stored).unwrap();
+        zip.write_all(bytes).unwrap();
     }
     zip.finish().unwrap();
 }

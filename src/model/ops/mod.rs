@@ -163,4 +163,5 @@ macro_rules! custom_op {
 // After the macro, so that the ops see it (textual scope).
 pub mod attention;
 pub mod kernels;
+pub mod loss;
 pub mod plain;

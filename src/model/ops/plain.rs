@@ -106,6 +106,11 @@ pub fn attention_probs(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor>
     let (q, k) = (head(qkv, 0, heads)?, head(qkv, 1, heads)?);
     let s = (q.matmul(&k.transpose(2, 3)?)? * scale)?;
     let s = s.broadcast_add(&causal_mask(t, qkv.dtype(), qkv.device())?)?;
+    if s.track_op() {
+        // Training (autograd records this graph): candle-nn's fused softmax has no backward.
+        let e = s.broadcast_sub(&s.max_keepdim(D::Minus1)?.detach())?.exp()?;
+        return e.broadcast_div(&e.sum_keepdim(D::Minus1)?);
+    }
     candle_nn::ops::softmax_last_dim(&s)
 }
 
