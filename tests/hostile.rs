@@ -372,3 +372,27 @@ fn crafted_pytorch_archives() {
         assert_bad(&o, &["pytorch_model.bin"]);
     }
 }
+
+/// Item 13 (the GOP half): a total that is not the sum of its group files is refused by
+/// correlate, naming the file and module.
+#[test]
+fn a_total_that_is_not_the_sum_of_its_groups_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(tmp.path(), 12);
+    let m = fixture_model();
+    let gop = tmp.path().join("g.safetensors");
+    let o = agop(&["measure", "--model", s(&m), "--tokens", s(&tokens), "--out", s(&gop), "--groups", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let corr = tmp.path().join("c.parquet");
+    let correlate = || agop(&["correlate", "--model", s(&m), "--gop", s(&gop), "--out", s(&corr)]);
+    let o = correlate();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut g = agop::measure::Gop::load(&gop).unwrap();
+    let (name, (_, values)) = g.sums.iter_mut().next().unwrap();
+    let name = name.clone();
+    values.iter_mut().for_each(|v| *v *= 1.5);
+    g.save(&gop).unwrap();
+    let o = correlate();
+    assert_bad(&o, &["is not the sum of its group files", "g.safetensors"]);
+    let _ = name;
+}

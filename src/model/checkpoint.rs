@@ -41,9 +41,11 @@ pub fn init_model(config: &Path, seed: u64, out: &Path) -> Result<()> {
     if out.is_file() {
         crate::bail_bad!("--out {} is a file; init-model writes a model folder", out.display());
     }
+    // A folder's own config.json may be the --config given; any other model file is a model.
+    let same_config = std::fs::canonicalize(config).ok() == std::fs::canonicalize(out.join("config.json")).ok();
     if let Some(f) = ["config.json", "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"]
         .iter()
-        .find(|f| out.join(f).exists())
+        .find(|f| out.join(f).exists() && !(**f == "config.json" && same_config))
     {
         crate::bail_bad!(
             "--out {} already holds a model ({f}); init-model does not replace a model: give a new folder",

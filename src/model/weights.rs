@@ -114,7 +114,10 @@ const PICKLE_STACK: usize = 1 << 30;
 fn check_torch_zip(path: &Path) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| bad!("{}: cannot open: {e}", path.display()))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
-        bad!("{}: not a zip archive (PyTorch checkpoints are zip archives since PyTorch 1.6): {e}", path.display())
+        bad!(
+            "{}: not a readable PyTorch checkpoint: not a zip archive (as torch.save writes since PyTorch 1.6): {e}",
+            path.display()
+        )
     })?;
     let names: Vec<String> = (0..zip.len())
         .filter_map(|i| zip.by_index_raw(i).ok().and_then(|f| f.name().ok().map(|n| n.to_string())))

@@ -63,6 +63,8 @@ pub fn init_checkpoint(dir: &std::path::Path, name: &str, config: &str, seed: u6
     let cfg = dir.join(format!("{name}.config.json"));
     std::fs::write(&cfg, config).unwrap();
     let out = dir.join(name);
+    // init-model refuses to replace a model; a test asking for the same name again gets it anew.
+    let _ = std::fs::remove_dir_all(&out);
     agop::model::init_model(&cfg, seed, &out).unwrap();
     out
 }
