@@ -17,6 +17,10 @@ reproduce:
 reproduce-family:
     for p in gpt2 gpt2-medium gpt2-large gpt2-xl distilgpt2; do cargo run --release -- run pipelines/$p-wikitext.toml; done
 
+# The offline demo: train a small GPT-2 on the built-in Shakespeare, measure the NFA along training.
+demo:
+    cargo run --release -- run pipelines/shakespeare-train.toml
+
 # A small offline run of every stage (a random 2-layer GPT-2-vocabulary model), under a minute.
 tiny:
     cargo run --release -- run pipelines/tiny.toml

@@ -396,3 +396,73 @@ fn a_total_that_is_not_the_sum_of_its_groups_is_refused() {
     assert_bad(&o, &["is not the sum of its group files", "g.safetensors"]);
     let _ = name;
 }
+
+/// Item 10: two measurements of one weights setting are refused by correlate (they would give
+/// duplicate keys); parts that do not cover the tokens file's windows are warned about.
+#[test]
+fn mixed_runs_are_refused_and_partial_coverage_is_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(tmp.path(), 12);
+    let m = fixture_model();
+    let measure = |out: &Path, extra: &[&str]| {
+        let mut a = vec!["measure", "--model", s(&m), "--tokens", s(&tokens), "--out", s(out)];
+        a.extend(extra);
+        let o = agop(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let (plain, fact, seeded) =
+        (tmp.path().join("a.safetensors"), tmp.path().join("b.safetensors"), tmp.path().join("c.safetensors"));
+    measure(&plain, &[]);
+    measure(&fact, &["--fact"]);
+    measure(&seeded, &["--seed", "7"]);
+    let corr = tmp.path().join("c.parquet");
+    for other in [&fact, &seeded] {
+        let o = agop(&["correlate", "--model", s(&m), "--gop", s(&plain), "--gop", s(other), "--out", s(&corr)]);
+        assert_bad(&o, &["two different pretrained measurements"]);
+        assert!(!corr.exists());
+    }
+    let shards: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("s{i}.safetensors"))).collect();
+    for (i, p) in shards.iter().enumerate() {
+        measure(p, &["--shard", &format!("{i}/3")]);
+    }
+    let o = agop(&["correlate", "--model", s(&m), "--gop", s(&shards[0]), "--gop", s(&shards[1]), "--out", s(&corr)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cover 8 of the 12 windows"), "{}", stderr(&o));
+}
+
+/// Item 5: a series whose checkpoints differ in architecture is refused before anything is
+/// measured; so are decreasing steps.
+#[test]
+fn a_series_is_checked_before_measuring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let series = tmp.path().join("series");
+    let cfg = |layers: u32| {
+        format!(
+            r#"{{"model_type":"gpt2","n_layer":{layers},"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}}"#
+        )
+    };
+    std::fs::create_dir_all(&series).unwrap();
+    init_checkpoint(&series, "checkpoint-0", &cfg(1), 0);
+    init_checkpoint(&series, "checkpoint-10", &cfg(2), 1);
+    for f in std::fs::read_dir(&series).unwrap().flatten() {
+        if f.path().is_file() {
+            std::fs::remove_file(f.path()).unwrap(); // the helper's config copies
+        }
+    }
+    let corpus = tmp.path().join("c.txt");
+    std::fs::write(&corpus, "To be, or not to be, that is the question. ".repeat(20)).unwrap();
+    let p = tmp.path().join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"p\"\n[model]\nid = \"{}\"\n[corpus]\nsources = [\"{}\"]\nseq_len = 8\n",
+            s(&series),
+            s(&corpus)
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = agop(&["run", s(&p), "--out", s(&out)]);
+    assert_bad(&o, &["checkpoint-10", "another config"]);
+    assert!(!out.exists(), "something was made before the series was checked");
+}

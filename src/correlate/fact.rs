@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use super::gram::weight;
 use super::jackknife::jackknife;
-use super::metrics::{Correlation, UNDEFINED};
+use super::metrics::{Correlation, UNDEFINED_FACT};
 use super::spectral::Moments;
 use super::sums::RunSums;
 use crate::measure::fact::{fact_modules, fact_rows};
@@ -173,7 +173,7 @@ fn rows(model: &Gpt2, m: &Module, full: [f64; 4], loo: &[[f64; 4]]) -> Vec<Corre
         .enumerate()
         .map(|(k, &metric)| {
             let v = full[k];
-            let (value, note) = if v.is_finite() { (Some(v), None) } else { (None, Some(UNDEFINED)) };
+            let (value, note) = if v.is_finite() { (Some(v), None) } else { (None, Some(UNDEFINED_FACT)) };
             let loo: Vec<f64> = loo.iter().map(|x| x[k]).collect();
             Correlation {
                 layer: m.layer as u32,

@@ -42,6 +42,14 @@ pub struct Correlation {
 /// The `note` of a null correlation.
 pub const UNDEFINED: &str = "undefined: the NFM or AGOP^power is zero (or, for pearson, has constant entries)";
 
+/// The `note` of a null FACT row.
+pub const UNDEFINED_FACT: &str =
+    "undefined: the NFM or the FACT matrix −WᵀG is zero (or, for pearson, has constant entries)";
+
+/// The `note` of the delta-gram rows of a series' first checkpoint (or any checkpoint whose
+/// module weight equals the first's).
+pub const NO_CHANGE: &str = "undefined: ΔNFM is zero (this module's weight equals the first checkpoint's)";
+
 /// Cosine similarity of the matrix entries: ⟨A,B⟩ / (‖A‖‖B‖).
 pub fn cosine(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
     let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
@@ -176,8 +184,21 @@ pub fn correlate_module_grouped(
             .collect::<Result<Vec<_>>>()?
     };
     let mut out = Vec::new();
+    // ΔNFM of a weight equal to the base's is exactly zero, whatever rounding the moments carry.
+    let unchanged = w0.as_ref().is_some_and(|w0| {
+        w0.nrows() == w.nrows() && w0.ncols() == w.ncols() && {
+            (0..w.nrows()).all(|r| (0..w.ncols()).all(|c| w0[(r, c)] == w[(r, c)]))
+        }
+    });
     for (i, nfm_name) in ["gram", "delta-gram"].into_iter().take(bases.len()).enumerate() {
         let mut rows = rows(m, &model.cfg, nfm_name, powers, &full[i]);
+        if i == 1 && unchanged {
+            for row in rows.iter_mut() {
+                (row.value, row.note) = (None, Some(NO_CHANGE));
+            }
+            out.extend(rows);
+            continue;
+        }
         // Rows are (power, metric) in the order of `rows`: pearson, then cosine, for each power.
         for (k, row) in rows.iter_mut().enumerate() {
             if groups >= 2 {

@@ -135,6 +135,33 @@ pub fn correlate_sources(
     }
     let paths: Vec<PathBuf> = sources.iter().map(|s| s.gop.clone()).collect();
     let sums = RunSums::open_all(&paths)?;
+    let files_of = |r: &RunSums| r.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    let step_of = |r: &RunSums| sources.iter().find(|s| s.gop == r.paths[0]).and_then(|s| s.step);
+    for (i, a) in sums.iter().enumerate() {
+        // Two runs of one weights setting of one checkpoint (FACT and not, other seeds) would give
+        // duplicate keys that no column tells apart.
+        if let Some(b) = sums[..i].iter().find(|b| {
+            b.meta.weights == a.meta.weights && b.meta.model_sha256 == a.meta.model_sha256 && step_of(b) == step_of(a)
+        }) {
+            bail_bad!(
+                "{} and {} are two different {} measurements of the same weights ({}); correlate one measurement \
+                 (one file, or the shards of one) per weights setting",
+                files_of(b),
+                files_of(a),
+                a.meta.weights,
+                crate::measure::gop::differences(&b.meta, &a.meta).join("; ")
+            );
+        }
+        if a.meta.n_windows < a.meta.total_windows {
+            eprintln!(
+                "warning: {} cover {} of the {} windows of their tokens file; the correlations describe those only \
+                 (give every shard to describe them all)",
+                files_of(a),
+                a.meta.n_windows,
+                a.meta.total_windows
+            );
+        }
+    }
     let base_model = match base {
         Some(b) => Some(model::load_model(&b.dir, &b.config()?, WeightsKind::Pretrained, 0, &Device::Cpu)?),
         None => None,

@@ -307,10 +307,27 @@ impl Pipeline {
                         dir.display()
                     );
                 }
+                let mut first: Option<(PathBuf, crate::model::Gpt2Config)> = None;
                 for c in &cps {
                     let sub = dir.join(c.revision.as_deref().unwrap_or(""));
                     if !sub.join("config.json").is_file() {
                         bail_bad!("[model] series checkpoint {} has no config.json", sub.display());
+                    }
+                    // One architecture along the series, checked before anything is measured.
+                    let cfg = crate::model::Gpt2Config::from_file(&sub.join("config.json"))?;
+                    match &first {
+                        None => first = Some((sub, cfg)),
+                        Some((d0, c0)) if *c0 != cfg => bail_bad!(
+                            "[model] series checkpoint {} has another config than {} (n_layer {} vs {}, n_embd {} vs \
+                             {}, ...); a series is one model along training",
+                            sub.display(),
+                            d0.display(),
+                            cfg.n_layer,
+                            c0.n_layer,
+                            cfg.n_embd,
+                            c0.n_embd
+                        ),
+                        Some(_) => {}
                     }
                 }
             }

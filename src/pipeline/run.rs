@@ -130,8 +130,41 @@ fn checkpoint_model(p: &Pipeline, prep: &Prepared, k: usize) -> Result<ResolvedM
         Some(dir) => ResolvedModel::local(&dir)?,
         None => resolve_model(&p.model_spec().expect("validated"), c.revision.as_deref())?,
     };
+    check_series_member(p, prep, k, &m)?;
     write_atomic(&record, serde_json::to_string_pretty(&m.record()?)?.as_bytes())?;
     Ok(m)
+}
+
+/// Checkpoint `k` of a series belongs with the first: the same architecture (config), and other
+/// weights (a checkpoint measured twice would give duplicate rows).
+fn check_series_member(p: &Pipeline, prep: &Prepared, k: usize, m: &ResolvedModel) -> Result<()> {
+    let (first, this) = (prep.model.config()?, m.config()?);
+    let rev = p.checkpoints()[k].revision.clone().unwrap_or_default();
+    let rev0 = p.checkpoints()[0].revision.clone().unwrap_or_default();
+    if first != this {
+        let a = serde_json::to_value(&first)?;
+        let b = serde_json::to_value(&this)?;
+        let fields: Vec<String> = a
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, v)| b.get(key.as_str()) != Some(v))
+            .map(|(key, v)| format!("{key} {v} vs {}", b.get(key.as_str()).unwrap_or(&serde_json::Value::Null)))
+            .collect();
+        bail_bad!(
+            "checkpoint {rev} ({}) has another architecture than the series' first checkpoint {rev0}: {}; a series \
+             is one model along training",
+            m.dir.display(),
+            fields.join(", ")
+        );
+    }
+    if m.weights_sha256()? == prep.model.weights_sha256()? {
+        bail_bad!(
+            "checkpoint {rev} ({}) has the same weights as the first checkpoint {rev0}; give each checkpoint once",
+            m.dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Fetch (or find in the cache) every checkpoint of a series, so that cluster jobs can read

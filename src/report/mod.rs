@@ -142,6 +142,8 @@ pub fn report(dir: &Path) -> Result<String> {
     let mut written = plots::write_all(&rows, &fact, &dir.join("plots"))?;
     if steps.len() > 1 {
         written.extend(plots::by_step(&all, &dir.join("plots"))?);
+        let eval = crate::train::eval_losses(&dir.join("train")).unwrap_or_default();
+        written.push(plots::trajectory(&all, &fact_all, &eval, &dir.join("plots"))?);
     }
     text.push_str(&format!("\nplots: {} files in {}\n", written.len(), dir.join("plots").display()));
     Ok(text)

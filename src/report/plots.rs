@@ -311,3 +311,177 @@ pub fn by_step(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+/// One layer's points along training: (step, value, 95% interval).
+type Trace = Vec<(f64, f64, Option<(f64, f64)>)>;
+
+/// The trajectory of a checkpoint series at a glance (`trajectory.png`): one panel per module
+/// with the Pearson correlation of NFM vs AGOP^α (solid, α = the largest power measured) and of
+/// FACT (dashed) against the training step, a line per layer (darker = deeper) with 95%
+/// jackknife bars (per-head modules: medians over heads), the random-init control as a grey band
+/// (its lowest to highest layer value); and, when the run was trained here, the eval loss on the
+/// same step axis in the last panel. The y axes are scaled to the data.
+pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Path) -> Result<PathBuf> {
+    register_font();
+    std::fs::create_dir_all(dir)?;
+    let power = rows.iter().map(|r| r.power).fold(f64::NAN, f64::max);
+    let mut steps: Vec<u64> = rows.iter().filter_map(|r| r.step).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let layers = distinct(rows.iter().map(|r| r.layer));
+    let (s0, s1) = (*steps.first().unwrap_or(&0) as f64, *steps.last().unwrap_or(&1) as f64);
+    let pad = ((s1 - s0) * 0.04).max(0.5);
+    let path = dir.join("trajectory.png");
+    let written = path.clone();
+    let root = BitMapBackend::new(&path, (1600, 860)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(
+            &format!(
+                "Along training: NFA (NFM vs AGOP^{power}, solid) and FACT (dashed), Pearson by step; grey band: \
+                 random-init control; bars: 95% jackknife"
+            ),
+            ("sans-serif", 21),
+        )
+        .map_err(err)?;
+    let panels = root.split_evenly((2, 4));
+    let shade = |k: usize| {
+        let t = if layers.len() > 1 { k as f64 / (layers.len() - 1) as f64 } else { 0.0 };
+        HSLColor(0.6, 0.75, 0.62 - 0.42 * t)
+    };
+    for (i, m) in module_names().iter().enumerate() {
+        // (ansatz rows, power) → per layer: points (step, value, interval).
+        let series = |src: &[Row], p: f64| -> Vec<Trace> {
+            layers
+                .iter()
+                .map(|&l| {
+                    steps
+                        .iter()
+                        .filter_map(|&s| {
+                            cell_ci(src, &format!("pretrained@{s}"), l, m, p, "pearson")
+                                .map(|(v, ci)| (s as f64, v, ci))
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let (nfa, fa) = (series(rows, power), series(fact, 1.0));
+        let control: Vec<f64> =
+            layers.iter().filter_map(|&l| cell_ci(rows, "random-init", l, m, power, "pearson").map(|c| c.0)).collect();
+        let mut ys: Vec<f64> = control.clone();
+        for p in nfa.iter().chain(&fa).flatten() {
+            ys.push(p.1);
+            if let Some((lo, hi)) = p.2 {
+                ys.extend([lo, hi]);
+            }
+        }
+        let ys: Vec<f64> = ys.into_iter().filter(|y| y.is_finite()).collect();
+        let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+        // A correlation lies in [−1, 1]; an interval reaching past it is clipped, not allowed to
+        // flatten every other line.
+        let (lo, hi) = if lo.is_finite() { (lo.max(-1.0), hi.min(1.0)) } else { (0.0, 1.0) };
+        let margin = ((hi - lo) * 0.08).max(0.01);
+        let mut chart = ChartBuilder::on(&panels[i])
+            .caption(
+                format!("{m}{}", if head_module_names().contains(m) { " (median over heads)" } else { "" }),
+                ("sans-serif", 17),
+            )
+            .margin(8)
+            .x_label_area_size(34)
+            .y_label_area_size(52)
+            .build_cartesian_2d((s0 - pad)..(s1 + pad), (lo - margin)..(hi + margin))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("training step")
+            .y_desc("Pearson")
+            .x_labels(6)
+            .y_labels(6)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(err)?;
+        if !control.is_empty() {
+            let (clo, chi) = control.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+            let h = ((hi - lo) * 0.004).max(1e-4);
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(s0 - pad, clo - h), (s1 + pad, chi + h)],
+                    RGBColor(150, 150, 150).mix(0.35).filled(),
+                )))
+                .map_err(err)?;
+        }
+        for (k, (a, b)) in nfa.iter().zip(&fa).enumerate() {
+            let color = shade(k);
+            let label = format!("layer {}", layers[k]);
+            let drawn =
+                chart.draw_series(LineSeries::new(a.iter().map(|p| (p.0, p.1)), color.stroke_width(2))).map_err(err)?;
+            if i == 0 {
+                drawn
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            }
+            chart
+                .draw_series(b.windows(2).flat_map(|w| {
+                    // Dashed by hand: short segments along each stretch.
+                    let n = 8;
+                    (0..n).step_by(2).map(move |j| {
+                        let f = |t: f64| (w[0].0 + (w[1].0 - w[0].0) * t, w[0].1 + (w[1].1 - w[0].1) * t);
+                        PathElement::new(
+                            vec![f(j as f64 / n as f64), f((j + 1) as f64 / n as f64)],
+                            color.stroke_width(2),
+                        )
+                    })
+                }))
+                .map_err(err)?;
+            for p in a.iter().chain(b) {
+                if let Some((l, h)) = p.2 {
+                    chart
+                        .draw_series(std::iter::once(ErrorBar::new_vertical(p.0, l, p.1, h, color.stroke_width(1), 6)))
+                        .map_err(err)?;
+                }
+            }
+        }
+        if i == 0 {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 13))
+                .draw()
+                .map_err(err)?;
+        }
+    }
+    // The last panel: the eval loss on the same step axis.
+    let last = &panels[7];
+    if eval_loss.is_empty() {
+        last.draw(&Text::new("no training log (train.parquet) for this run", (20, 40), ("sans-serif", 15)))
+            .map_err(err)?;
+    } else {
+        let (lo, hi) = eval_loss.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let margin = ((hi - lo) * 0.08).max(0.01);
+        let mut chart = ChartBuilder::on(last)
+            .caption("eval loss (held-out windows)", ("sans-serif", 17))
+            .margin(8)
+            .x_label_area_size(34)
+            .y_label_area_size(52)
+            .build_cartesian_2d((s0 - pad)..(s1 + pad), (lo - margin)..(hi + margin))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("training step")
+            .y_desc("nats / token")
+            .x_labels(6)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(err)?;
+        let pts: Vec<(f64, f64)> = eval_loss.iter().map(|&(s, v)| (s as f64, v)).collect();
+        chart.draw_series(LineSeries::new(pts.clone(), BLACK.stroke_width(2))).map_err(err)?;
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, BLACK.filled()))).map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(written)
+}

@@ -365,6 +365,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         let grads: Vec<Tensor> = params
             .iter()
             .map(|p| store.get(p.var.as_tensor()).cloned().map_or_else(|| p.var.as_tensor().zeros_like(), Ok))
+            // Detached: a gradient carries the graph it was computed with, and the optimizer's
+            // moments would otherwise keep every step's graph alive.
+            .map(|g| g.map(|g| g.detach()))
             .collect::<candle_core::Result<_>>()?;
         let norm = grads
             .iter()
