@@ -1,4 +1,4 @@
-//! Command-line interface of SPEC.md §6 (clap): what the user typed. `commands.rs` turns it into
+//! Command-line interface of docs/reference.md §6 (clap): what the user typed. `commands.rs` turns it into
 //! the library's settings.
 
 use std::path::PathBuf;
@@ -126,7 +126,7 @@ pub struct ModelArgs {
 pub struct MeasureArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// tokens.parquet (SPEC.md §5 schema).
+    /// tokens.parquet (docs/reference.md §5 schema).
     #[arg(long)]
     pub tokens: PathBuf,
     /// Output GOP file (.safetensors).

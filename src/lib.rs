@@ -1,6 +1,6 @@
 //! agop: the Neural Feature Ansatz on GPT-2-family models. For every weight matrix W, how well
 //! the weight Gram matrix (NFM) lines up with the Average Gradient Outer Product (AGOP) of the
-//! model's output with respect to that matrix's input. See SPEC.md for the mathematics and
+//! model's output with respect to that matrix's input. See docs/reference.md for the mathematics and
 //! ARCHITECTURE.md for the map of this crate.
 //!
 //! The rooms follow the flow of a run, and dependencies point one way, down this list (a room

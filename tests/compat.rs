@@ -84,7 +84,7 @@ fn legacy_shards_merge_and_correlate_as_before() {
     .unwrap();
     let old = read_parquet(&legacy("correlations.parquet")).unwrap();
     assert_eq!(new.height(), old.height());
-    // The old columns, in order, then the `note` column and the SPEC.md §8 columns added since,
+    // The old columns, in order, then the `note` column and the docs/reference.md §8 columns added since,
     // holding their default values for files measured without groups.
     let (new_cols, old_cols) = (new.get_column_names(), old.get_column_names());
     assert_eq!(new_cols[..old_cols.len()], old_cols[..]);

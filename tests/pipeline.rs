@@ -124,7 +124,7 @@ fn tiny_pipeline_end_to_end() {
         for (g, r) in got.iter().zip(&rows) {
             assert!((g - r.value.unwrap()).abs() < 1e-12, "{r:?} vs {g}");
         }
-        // FACT rows: pearson, cosine, antisymmetry, w-cosine per module in SPEC.md order, from
+        // FACT rows: pearson, cosine, antisymmetry, w-cosine per module in the reference's order (docs/reference.md §2), from
         // the GOP file's G.
         let fact = pick("fact");
         let mut want = Vec::new();

@@ -1,4 +1,4 @@
-//! Pretrained − random-init differences (SPEC.md §8 `contrasts.parquet`), paired over window
+//! Pretrained − random-init differences (docs/reference.md §8 `contrasts.parquet`), paired over window
 //! groups: both weights are measured on the same windows, so the difference left out group by
 //! group is the difference of the two leave-one-out values, and the jackknife of those gives
 //! the difference's own interval (narrower than the two intervals combined when the windows

@@ -1,6 +1,6 @@
 //! The FACT side (`ansatz` = `fact`): per module and head, the NFM N = W Wᵀ (stored layout,
 //! d_in × d_in) against the FACT matrix F = −W G, G = Σ δ hᵀ the weight gradient of the summed
-//! loss ([`crate::measure::fact`]; in the nn.Linear view of SPEC.md §2 this is F = −WᵀG).
+//! loss ([`crate::measure::fact`]; in the nn.Linear view of docs/reference.md §2 this is F = −WᵀG).
 //!
 //! At a stationary point of L + (λ/2)‖W‖², G = −λWᵀ (stored layout) and F = λN: λ drops out of
 //! every correlation. F is not symmetric away from one; N is, so ⟨N, F⟩ = ⟨N, F_s⟩ with

@@ -1,4 +1,4 @@
-//! Per-module matrices of SPEC.md §2–3: the NFM W Wᵀ (stored layout) and the mean AGOP,
+//! Per-module matrices of docs/reference.md §2–3: the NFM W Wᵀ (stored layout) and the mean AGOP,
 //! reconstructed from the stored side of a GOP file.
 
 use anyhow::Result;

@@ -1,4 +1,4 @@
-//! The delete-one-group jackknife (error bars, SPEC.md §8): from a statistic θ computed on all
+//! The delete-one-group jackknife (error bars, docs/reference.md §8): from a statistic θ computed on all
 //! windows and θ₍g₎ computed with group g left out (g = 1..G),
 //!
 //!   θ̄ = (1/G) Σ θ₍g₎,   se = √((G−1)/G · Σ (θ₍g₎ − θ̄)²),

@@ -1,4 +1,4 @@
-//! Correlations between each module's NFM and AGOP^α (SPEC.md §4): Pearson and cosine.
+//! Correlations between each module's NFM and AGOP^α (docs/reference.md §4): Pearson and cosine.
 
 use anyhow::{Context, Result};
 use faer::Mat;
@@ -25,9 +25,9 @@ pub struct Correlation {
     pub value: Option<f64>,
     /// Why `value` is null: a zero (or, for Pearson, constant) matrix has no correlation.
     pub note: Option<&'static str>,
-    /// `nfa` (NFM vs AGOP^power); the `ansatz` column of SPEC.md §8.
+    /// `nfa` (NFM vs AGOP^power); the `ansatz` column of docs/reference.md §8.
     pub ansatz: &'static str,
-    /// `gram` (WᵀW); the `nfm` column of SPEC.md §8.
+    /// `gram` (WᵀW); the `nfm` column of docs/reference.md §8.
     pub nfm: &'static str,
     /// Jackknife standard error and 95% interval (None with fewer than two groups or when a
     /// leave-one-out value is undefined).
@@ -261,7 +261,7 @@ fn dense_rows(model: &Gpt2, base: Option<&Gpt2>, gop: &Gop, m: &Module, powers: 
     Ok(rows(m, &model.cfg, nfm_label(base), powers, &values))
 }
 
-/// Correlations for every module of the model, in SPEC.md module order.
+/// Correlations for every module of the model, in the reference's module order.
 pub fn correlate(model: &Gpt2, gop: &Gop, powers: &[f64]) -> Result<Vec<Correlation>> {
     let mut out = Vec::new();
     for m in all_modules(&model.cfg) {

@@ -82,7 +82,7 @@ fn pow0(x: f64, a: f64) -> f64 {
 /// eigendecomposition for all): `w` is the module's weight (d_in × r, stored layout), `stored`
 /// its mean stored-side matrix (operand side: d_in × d_in AGOP; output side: r × r K). For
 /// each entry of `bases`, X = the NFM of `w` (None), or the NFM of `w` minus the NFM of the
-/// base (the ΔNFM WₜWₜᵀ − W₀W₀ᵀ of a checkpoint series, SPEC.md §8 `delta-gram`).
+/// base (the ΔNFM WₜWₜᵀ − W₀W₀ᵀ of a checkpoint series, docs/reference.md §8 `delta-gram`).
 /// With M = [Wₜ W₀] everything stays a sum of per-weight terms:
 ///
 ///   ⟨X, A^α⟩ = Σ λ^α (‖Wₜᵀu‖² − ‖W₀ᵀu‖²)   (operand side; output side with u → B v),

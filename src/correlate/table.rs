@@ -1,4 +1,4 @@
-//! `correlations.parquet` (SPEC.md §5): one row per (run, module, power, metric).
+//! `correlations.parquet` (docs/reference.md §5): one row per (run, module, power, metric).
 
 use std::path::Path;
 
@@ -22,14 +22,14 @@ pub struct RunInfo {
     pub output: Output,
     pub estimator: Estimator,
     pub probes: u32,
-    /// Training step of a checkpoint in a series (SPEC.md §8); None otherwise.
+    /// Training step of a checkpoint in a series (docs/reference.md §8); None otherwise.
     pub step: Option<u64>,
 }
 
 /// The rows of one run: its run-level columns and its correlations.
 pub type RunRows = (RunInfo, Vec<Correlation>);
 
-/// Build the correlations table (SPEC.md §5) for one or more runs.
+/// Build the correlations table (docs/reference.md §5) for one or more runs.
 pub fn correlations_frame(runs: &[RunRows]) -> Result<DataFrame> {
     let rows: Vec<(&RunInfo, &Correlation)> = runs.iter().flat_map(|(r, cs)| cs.iter().map(move |c| (r, c))).collect();
     let s = |f: &dyn Fn(&RunInfo) -> String| rows.iter().map(|(r, _)| f(r)).collect::<Vec<String>>();
@@ -62,7 +62,7 @@ pub fn correlations_frame(runs: &[RunRows]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(cols)?)
 }
 
-/// The contrasts table (SPEC.md §8): the columns of correlations.parquet without `weights`, one
+/// The contrasts table (docs/reference.md §8): the columns of correlations.parquet without `weights`, one
 /// row per pretrained − random-init difference.
 pub fn contrasts_frame(rows: &[RunRows]) -> Result<DataFrame> {
     Ok(correlations_frame(rows)?.drop("weights")?)

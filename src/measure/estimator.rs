@@ -1,9 +1,9 @@
-//! Output functions (`logits`, `loss`) and estimators (`exact`, `sketch`) of SPEC.md §3: which
+//! Output functions (`logits`, `loss`) and estimators (`exact`, `sketch`) of docs/reference.md §3: which
 //! seed gradients are sent back from the ln_f output, and how their outer products are summed.
 //!
 //! With logits = ln_f(x)·wteᵀ, the gradient of Σ_j v_j z_{t,j} at the ln_f output is wteᵀ v_t.
 //! - `sketch`/`logits`: v_t ~ N(0, I_V) gives wteᵀ v_t ~ N(0, wteᵀwte); we draw it directly in the
-//!   hidden space as L z_t, z_t ~ N(0, I_C), L Lᵀ = wteᵀwte (SPEC.md allows this).
+//!   hidden space as L z_t, z_t ~ N(0, I_C), L Lᵀ = wteᵀwte (docs/reference.md §3 allows this).
 //! - `exact`/`logits`: Σ_j over the vocabulary = Σ_i over the C columns l_i of L, one backward
 //!   per (position t, direction i): T·C passes per window.
 //! - `loss`: ∇ℓ_t at the ln_f output is wteᵀ(p_t − e_{y_t}) for t < T−1; `sketch` weights each

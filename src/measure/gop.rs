@@ -1,7 +1,7 @@
 //! Gradient-outer-product sums: f64 accumulators per module, the GOP safetensors file
-//! (SPEC.md §5) and exact merging of shards.
+//! (docs/reference.md §5) and exact merging of shards.
 //!
-//! Every tensor holds an estimate of the SPEC.md §3 *sum* Σ_windows Σ_outputs Σ_s g gᵀ
+//! Every tensor holds an estimate of the docs/reference.md §3 *sum* Σ_windows Σ_outputs Σ_s g gᵀ
 //! (operand side) or δ δᵀ (output side); for the sketch estimator each probe's contribution is
 //! weighted 1/probes, so files from both estimators are on the same scale. AGOP = sum / n_tokens.
 //!

@@ -1,4 +1,4 @@
-//! `config.json` of a GPT-2 checkpoint (HF layout), parsed and validated (SPEC.md §1).
+//! `config.json` of a GPT-2 checkpoint (HF layout), parsed and validated (docs/reference.md §1).
 
 use std::path::Path;
 
@@ -66,7 +66,7 @@ impl Gpt2Config {
         Ok(cfg)
     }
 
-    /// Check every field SPEC.md §1 relies on.
+    /// Check every field docs/reference.md §1 relies on.
     pub fn validate(&self) -> Result<()> {
         match self.model_type.as_deref() {
             Some("gpt2") => {}

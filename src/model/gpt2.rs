@@ -394,7 +394,7 @@ fn f64_values(t: &Tensor) -> Result<Vec<f64>> {
 }
 
 impl BlockGrads<'_> {
-    /// The gradients as the measurement sees them: each module's stored side (SPEC.md §2) —
+    /// The gradients as the measurement sees them: each module's stored side (docs/reference.md §2) —
     /// operand gradients of c_attn, attn.c_proj and mlp.c_fc, output gradients (δ) of
     /// mlp.c_proj and, packed in one (B, T, 3C) tensor, of every head's q, k and v.
     pub fn stored_sides(&self, cfg: &Gpt2Config, layer: usize) -> Vec<Grad<'_>> {

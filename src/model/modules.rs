@@ -1,4 +1,4 @@
-//! The weight matrices ("modules") of SPEC.md §2: their names (the one source of module names:
+//! The weight matrices ("modules") of docs/reference.md §2: their names (the one source of module names:
 //! [`Kind::ALL`] and [`Kind::as_str`]), operand and output dimensions, which side of the gradient
 //! outer product a GOP file stores, and their weight blocks.
 
@@ -17,7 +17,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Every kind, in SPEC.md (and display) order.
+    /// Every kind, in the reference's (and display) order.
     pub const ALL: [Kind; 7] = [Kind::CAttn, Kind::Q, Kind::K, Kind::V, Kind::AttnCProj, Kind::CFc, Kind::MlpCProj];
 
     /// Whether the kind is per attention head.
@@ -56,7 +56,7 @@ pub struct Module {
 }
 
 impl Module {
-    /// SPEC.md §2 name, e.g. `h.3.attn.q.7`, `h.0.mlp.c_proj`.
+    /// docs/reference.md §2 name, e.g. `h.3.attn.q.7`, `h.0.mlp.c_proj`.
     pub fn name(&self) -> String {
         match self.head {
             Some(h) => format!("h.{}.{}.{}", self.layer, self.kind.as_str(), h),
@@ -108,7 +108,7 @@ impl Module {
     }
 }
 
-/// Every module of the model, block by block in SPEC.md order: c_attn, q.0.., k.0.., v.0..,
+/// Every module of the model, block by block in the reference's order (docs/reference.md §2): c_attn, q.0.., k.0.., v.0..,
 /// attn.c_proj, mlp.c_fc, mlp.c_proj.
 pub fn all_modules(cfg: &Gpt2Config) -> Vec<Module> {
     let mut out = Vec::new();

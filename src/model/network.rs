@@ -36,7 +36,7 @@ pub trait Network: Sync {
     /// Where the parameters (and so every activation) live.
     fn device(&self) -> &Device;
 
-    /// Every weight matrix measured, in SPEC.md order.
+    /// Every weight matrix measured, in the reference's order (docs/reference.md §2).
     fn modules(&self) -> Vec<Module>;
 
     /// The unembedding E (V × C): logits = hidden · Eᵀ.

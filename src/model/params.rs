@@ -96,7 +96,7 @@ impl<T> Block<T> {
 impl<T> Params<T> {
     /// Build every parameter by asking `take(name, shape)`. This is the schema: the one place
     /// that lists names and shapes. The order of the calls is also the order in which the
-    /// random-init control draws its tensors (SPEC.md §4), so it must not change.
+    /// random-init control draws its tensors (docs/reference.md §4), so it must not change.
     pub fn build(cfg: &Gpt2Config, mut take: impl FnMut(&str, &[usize]) -> Result<T>) -> Result<Self> {
         let (c, f, v, p) = (cfg.n_embd, cfg.n_inner(), cfg.vocab_size, cfg.n_positions);
         let mut take = |name: String, shape: &[usize]| take(&name, shape);

@@ -1,5 +1,5 @@
 //! GPT-2 weights: loading HF safetensors or PyTorch `pytorch_model.bin` (with or without the
-//! `transformer.` prefix, Conv1D [in, out] layout, F32/F16/BF16) and the SPEC.md §4 random-init control, both through the one
+//! `transformer.` prefix, Conv1D [in, out] layout, F32/F16/BF16) and the docs/reference.md §4 random-init control, both through the one
 //! schema of [`Params::build`], onto a given device.
 
 use std::collections::HashMap;
@@ -19,7 +19,7 @@ use candle_core::pickle::PthTensors;
 use crate::util::tensor_file::TensorFile;
 use crate::{bad, bail_bad};
 
-/// Which weights a measurement uses (SPEC.md §4 controls).
+/// Which weights a measurement uses (docs/reference.md §4 controls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WeightsKind {
@@ -318,7 +318,7 @@ pub fn check_finite(t: &Tensor) -> Result<()> {
     bail_bad!("has a non-finite value ({x} at flat index {i}); refusing weights that would make every result NaN")
 }
 
-/// The random-init control of SPEC.md §4: weights and embeddings N(0, initializer_range), both
+/// The random-init control of docs/reference.md §4: weights and embeddings N(0, initializer_range), both
 /// c_proj weights N(0, initializer_range/√(2·n_layer)), biases 0, LayerNorm 1/0. Tensors are
 /// drawn in the schema's order from a ChaCha8 stream keyed by `seed`, so the same seed gives the
 /// same model on every device.

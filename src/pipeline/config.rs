@@ -50,7 +50,7 @@ pub struct ModelSpec {
     #[serde(default)]
     pub init_seed: u64,
     /// A checkpoint series (instead of `revision`): branches, tags or commits of `id`, measured
-    /// one after the other on the same windows and probes (SPEC.md §8).
+    /// one after the other on the same windows and probes (docs/reference.md §8).
     #[serde(default)]
     pub revisions: Vec<String>,
     /// The training step of each of `revisions` (same length); or, with `revision_format`, the
@@ -134,7 +134,7 @@ fn default_eval_windows() -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorpusSpec {
-    /// Files, folders or `hf://datasets/...` paths (SPEC.md §6), in order.
+    /// Files, folders or `hf://datasets/...` paths (docs/reference.md §6), in order.
     pub sources: Vec<String>,
     /// Tokens per window.
     pub seq_len: usize,

@@ -25,7 +25,7 @@ pub struct Row {
     pub ci: Option<(f64, f64)>,
     /// The training step of a checkpoint in a series (then `weights` reads `pretrained@<step>`).
     pub step: Option<u64>,
-    /// `nfa` or `fact` (SPEC.md §8); a FACT row has `power` 1.
+    /// `nfa` or `fact` (docs/reference.md §8); a FACT row has `power` 1.
     pub ansatz: String,
 }
 
@@ -64,7 +64,7 @@ fn read_table(path: &Path, has_weights: bool) -> Result<(Vec<Row>, DataFrame)> {
     };
     let weights = if has_weights { s("weights")? } else { vec!["pretrained − random-init".to_string(); df.height()] };
     let (module, metric) = (s("module")?, s("metric")?);
-    // Columns added later (SPEC.md §8) are optional.
+    // Columns added later (docs/reference.md §8) are optional.
     let optional = |n: &str, default: &str| -> Result<Vec<String>> {
         if df.column(n).is_ok() {
             s(n)

@@ -1,4 +1,4 @@
-//! GPT-2 byte-level BPE (the `tokenizers` crate) and windowing into `tokens.parquet` (SPEC.md §5):
+//! GPT-2 byte-level BPE (the `tokenizers` crate) and windowing into `tokens.parquet` (docs/reference.md §5):
 //! each document is followed by EOS, windows are consecutive non-overlapping chunks of the
 //! stream, the final partial window is dropped, `max_tokens` keeps the first ⌊N/seq_len⌋ windows.
 

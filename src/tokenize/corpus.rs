@@ -1,4 +1,4 @@
-//! Corpus sources (SPEC.md §6): a .txt file (one document), a folder (its .txt/.jsonl/.parquet
+//! Corpus sources (docs/reference.md §6): a .txt file (one document), a folder (its .txt/.jsonl/.parquet
 //! files in sorted path order), a .jsonl file (one document per line, a text field), a .parquet
 //! file (one document per row, a text column), `hf://datasets/...` resolved through the hub, or
 //! `builtin:shakespeare`, the corpus compiled into the binary.

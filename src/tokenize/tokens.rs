@@ -1,4 +1,4 @@
-//! `tokens.parquet` (SPEC.md §5): the windows every later stage reads. `window` UInt64 is the
+//! `tokens.parquet` (docs/reference.md §5): the windows every later stage reads. `window` UInt64 is the
 //! global window index, `tokens` List(UInt32) its token ids.
 
 use std::fs::File;
@@ -54,7 +54,7 @@ pub fn write_tokens(path: &Path, windows: &[Window], meta: &TokensMeta) -> Resul
 /// wrap and fit every integer type readers use.
 pub const MAX_WINDOW_INDEX: u64 = 1 << 63;
 
-/// Read any `tokens.parquet` of the SPEC.md §5 schema. Checked: `window` is an integer column
+/// Read any `tokens.parquet` of the docs/reference.md §5 schema. Checked: `window` is an integer column
 /// with unique values in 0..2^63, `tokens` a list of integers in 0..2^32 (no floats: 1.5 is not
 /// silently truncated), no nulls, all windows of one length; each problem names the row and
 /// the value.
