@@ -15,7 +15,15 @@ const MIN_ROWS: usize = 16;
 /// Numbers the kernels work on. Reductions run in f64; GELU runs in the type's own precision
 /// (f32 through [`fast_tanh`], f64 through libm, which the finite-difference tests use).
 pub trait Real:
-    Copy + Default + Send + Sync + 'static + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self>
+    Copy
+    + Default
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
 {
     fn to(self) -> f64;
     fn from(x: f64) -> Self;

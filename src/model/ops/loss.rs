@@ -62,19 +62,30 @@ impl Map2 for CrossEntropy {
     }
 }
 
-/// (logsumexp, max) of a row, accumulated in f64.
+/// (logsumexp, max) of a row: exponentials in the row's type in eight lanes (loops the compiler
+/// vectorizes, through [`Real::exp_`]), the lanes added in f64.
 fn log_sum_exp<T: Real>(row: &[T]) -> (f64, f64) {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.to()));
-    let s: f64 = row.iter().map(|x| T::from(x.to() - max).exp_().to()).sum();
-    (max + s.ln(), max)
+    let max = row.iter().copied().fold(row[0], |m, x| if x > m { x } else { m });
+    let mut lanes = [T::default(); 8];
+    let chunks = row.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&x| (x - max).exp_().to()).sum();
+    for c in chunks {
+        for k in 0..8 {
+            lanes[k] = lanes[k] + (c[k] - max).exp_();
+        }
+    }
+    let s: f64 = lanes.iter().map(|x| x.to()).sum::<f64>() + rest;
+    (max.to() + s.ln(), max.to())
 }
 
-/// Backward: dz_i = g_i · (softmax(z_i) − e_{y_i}), zero for rows without a target.
+/// Backward: dz_i = g_i · (softmax(z_i) − e_{y_i}), zero for rows without a target. The third
+/// input holds rows [g_i, ℓ_i] (the incoming gradient and the forward's loss), so that
+/// logsumexp(z_i) = ℓ_i + z_i[y_i] is not computed a second time.
 struct CrossEntropyGrad;
 
 impl Map3 for CrossEntropyGrad {
     const NAME: &'static str = "cross-entropy-grad";
-    fn f<T: Real>(&self, z: &[T], lz: &Layout, y: &[T], _: &Layout, g: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
+    fn f<T: Real>(&self, z: &[T], lz: &Layout, y: &[T], _: &Layout, gl: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
         let (n, v) = lz.shape().dims2()?;
         let mut out = vec![T::default(); n * v];
         out.par_chunks_mut(v).zip(z.par_chunks(v)).enumerate().for_each(|(i, (o, row))| {
@@ -82,12 +93,11 @@ impl Map3 for CrossEntropyGrad {
             if t < 0.0 {
                 return;
             }
-            let (lse, _) = log_sum_exp(row);
-            let gi = g[i].to();
-            for (oj, zj) in o.iter_mut().zip(row) {
-                *oj = T::from(gi * T::from(zj.to() - lse).exp_().to());
+            let (gi, lse_t) = (gl[2 * i], gl[2 * i + 1] + row[t as usize]);
+            for (oj, &zj) in o.iter_mut().zip(row) {
+                *oj = gi * (zj - lse_t).exp_();
             }
-            o[t as usize] = T::from(o[t as usize].to() - gi);
+            o[t as usize] = o[t as usize] - gi;
         });
         Ok((out, lz.shape().clone()))
     }
@@ -101,8 +111,9 @@ impl CustomOp2 for CrossEntropy {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         map2(self, s1, l1, s2, l2)
     }
-    fn bwd(&self, z: &Tensor, y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dz = z.apply_op3_no_bwd(y, &grad.contiguous()?, &CrossEntropyGrad)?;
+    fn bwd(&self, z: &Tensor, y: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gl = Tensor::stack(&[grad, res], 1)?.contiguous()?;
+        let dz = z.apply_op3_no_bwd(y, &gl, &CrossEntropyGrad)?;
         Ok((Some(dz), None))
     }
 }
