@@ -55,9 +55,10 @@ fn explain(e: HFError, what: &str) -> anyhow::Error {
         ),
         other @ (HFError::Request { .. } | HFError::Io(_) | HFError::Http { .. } | HFError::RateLimited { .. }) => bad!(
             "{what}: cannot reach the Hugging Face hub at {ep}: {other}. Without network: use a local model directory \
-             (--model DIR, or id = \"DIR\" under [model] in a pipeline file; DIR holds config.json and \
-             model.safetensors), point HF_ENDPOINT at a reachable mirror, or set HF_HUB_OFFLINE=1 to use files \
-             already in the cache ({})",
+             (`--model DIR` for fetch, tokenize, measure and correlate; for `agop run`, id = \"DIR\" under [model] in \
+             a pipeline file; DIR holds config.json and model.safetensors), point HF_ENDPOINT at a reachable mirror, or \
+             set HF_HUB_OFFLINE=1 to use files already in the cache ({}). To see agop work with no network at all: \
+             `agop run pipelines/shakespeare-train.toml` (trains a small GPT-2 here) or `agop run pipelines/tiny.toml`",
             cache_dir().display()
         ),
         other => bad!("{what}: {other}"),

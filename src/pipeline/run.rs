@@ -233,8 +233,14 @@ fn record_path(out: &Path) -> PathBuf {
 /// Stage 1: the model (fetched, or written by init-model), its record `model.json`, and
 /// tokens.parquet.
 pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
+    let existed = out.exists();
     std::fs::create_dir_all(out)?;
-    let model = pipeline_model(p, out, quiet)?;
+    let model = pipeline_model(p, out, quiet).inspect_err(|_| {
+        // A run that could not even find its model leaves no empty output folder behind.
+        if !existed {
+            let _ = std::fs::remove_dir(out);
+        }
+    })?;
     let record = model.record()?;
     write_atomic(&record_path(out), serde_json::to_string_pretty(&record)?.as_bytes())?;
     let model_sha = record.weights_sha256;

@@ -81,6 +81,13 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
             pipeline_file.display()
         );
     }
+    if o.gpus.is_some() && !cfg!(feature = "cuda") {
+        eprintln!(
+            "warning: this agop was built without CUDA, and the measure jobs will run it with --device cuda: they \
+             will fail. Build the GPU binary first (`just build-cuda`, or `cargo build --release --features cuda` with \
+             a CUDA toolkit) and write the scripts with that binary."
+        );
+    }
     let exe = std::env::current_exe().context("locating the agop binary")?;
     let abs = |x: &Path| -> Result<PathBuf> {
         Ok(if x.is_absolute() { x.to_path_buf() } else { std::env::current_dir()?.join(x) })
