@@ -120,3 +120,99 @@ fn bad_bin_files_are_exit_2_naming_the_file() {
         assert!(!dir.join("gop.safetensors").exists());
     }
 }
+
+/// A nanoGPT `ckpt.pt` (torch.compile's `_orig_mod.` prefix, nn.Linear [out, in] weights, tied
+/// lm_head, `model_args`) measures to exactly the GOP sums of the same weights in HF layout;
+/// `bias = False` and a missing `model_args` field are refused, named.
+#[test]
+fn a_nanogpt_checkpoint_measures_like_its_hf_layout_twin() {
+    use common::torch_bin::{write_nanogpt_ckpt, Arg};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = r#"{"model_type":"gpt2","n_layer":2,"n_head":2,"n_embd":16,"n_positions":32,"vocab_size":50304,
+                  "activation_function":"gelu","eos_token_id":50256}"#;
+    let hf = init_checkpoint(tmp.path(), "hf", cfg, 3);
+    let mut nano = Vec::new();
+    for (name, shape, values) in torch_bin::read_safetensors_f32(&hf.join("model.safetensors")) {
+        let bare = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
+        let linear = shape.len() == 2 && bare.starts_with("h.") && bare.ends_with(".weight");
+        let (shape, values) = if linear {
+            let (r, c) = (shape[0], shape[1]);
+            (vec![c, r], (0..c).flat_map(|j| (0..r).map(move |i| (i, j))).map(|(i, j)| values[i * c + j]).collect())
+        } else {
+            (shape, values)
+        };
+        if bare == "wte.weight" {
+            nano.push(("_orig_mod.lm_head.weight".to_string(), shape.clone(), values.clone()));
+        }
+        nano.push((format!("_orig_mod.transformer.{bare}"), shape, values));
+    }
+    let args = |bias: bool, with_block: bool| {
+        let mut a = vec![
+            ("n_layer", Arg::Int(2)),
+            ("n_head", Arg::Int(2)),
+            ("n_embd", Arg::Int(16)),
+            ("bias", Arg::Bool(bias)),
+            ("vocab_size", Arg::Int(50304)),
+            ("dropout", Arg::Float(0.0)),
+        ];
+        if with_block {
+            a.push(("block_size", Arg::Int(32)));
+        }
+        a
+    };
+    let folder = |name: &str, bias: bool, with_block: bool| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        write_nanogpt_ckpt(&d.join("ckpt.pt"), &nano, &args(bias, with_block));
+        d
+    };
+    let dir = folder("nano", true, true);
+    let run = |args: &[&std::ffi::OsStr]| {
+        let o = Command::new(agop_bin()).args(args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let tokens = tmp.path().join("tokens.parquet");
+    let corpus = tmp.path().join("c.txt");
+    std::fs::write(&corpus, "To be, or not to be, that is the question: ".repeat(30)).unwrap();
+    let os = |s: &std::path::Path| s.as_os_str().to_owned();
+    let (code, err) = run(&[
+        "tokenize".as_ref(),
+        "--model".as_ref(),
+        &os(&dir),
+        "--corpus".as_ref(),
+        &os(&corpus),
+        "--seq-len".as_ref(),
+        "16".as_ref(),
+        "--out".as_ref(),
+        &os(&tokens),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let measure = |model: &std::path::Path, out: &std::path::Path| {
+        let (code, err) = run(&[
+            "measure".as_ref(),
+            "--model".as_ref(),
+            &os(model),
+            "--tokens".as_ref(),
+            &os(&tokens),
+            "--out".as_ref(),
+            &os(out),
+            "--fact".as_ref(),
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        agop::measure::Gop::load(out).unwrap()
+    };
+    let a = measure(&dir, &tmp.path().join("nano.safetensors"));
+    let b = measure(&hf, &tmp.path().join("hf.safetensors"));
+    assert!(!a.sums.is_empty());
+    assert_eq!(a.sums, b.sums, "nanoGPT and HF layout gave different GOP sums");
+    for (k, f) in &a.fact {
+        assert_eq!(f.values, b.fact[k].values, "{k}");
+    }
+    // Refused, named.
+    for (name, bias, block, want) in [("nobias", false, true, "bias"), ("noblock", true, false, "block_size")] {
+        let d = folder(name, bias, block);
+        let (code, err) = measure_exit(&d, &d);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(err.contains(want) && err.contains("ckpt.pt"), "{name}: {err}");
+    }
+}

@@ -45,7 +45,7 @@ impl ResolvedModel {
 
     /// A local checkpoint directory.
     pub fn local(dir: &Path) -> Result<Self> {
-        if !dir.join("config.json").is_file() {
+        if !dir.join("config.json").is_file() && !crate::model::nanogpt::is_nanogpt(dir) {
             bail_bad!("{}: not a model directory (no config.json)", dir.display());
         }
         Ok(Self::new(dir.display().to_string(), "local".into(), dir.to_path_buf()))
@@ -55,15 +55,23 @@ impl ResolvedModel {
     /// loader would read before the present ones: `model.safetensors`, `pytorch_model.bin`) and
     /// the tokenizer files.
     pub fn protected_files(&self) -> Vec<std::path::PathBuf> {
-        ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.json", "merges.txt"]
-            .iter()
-            .map(|f| self.dir.join(f))
-            .chain(crate::model::weights::weights_files(&self.dir).unwrap_or_default())
-            .collect()
+        [
+            "config.json",
+            "model.safetensors",
+            "pytorch_model.bin",
+            "ckpt.pt",
+            "tokenizer.json",
+            "vocab.json",
+            "merges.txt",
+        ]
+        .iter()
+        .map(|f| self.dir.join(f))
+        .chain(crate::model::weights::weights_files(&self.dir).unwrap_or_default())
+        .collect()
     }
 
     pub fn config(&self) -> Result<Gpt2Config> {
-        Gpt2Config::from_file(&self.dir.join("config.json"))
+        crate::model::dir_config(&self.dir)
     }
 
     /// sha256 of the checkpoint's weights (all safetensors files, in order), hex; computed once.

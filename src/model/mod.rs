@@ -9,9 +9,11 @@ pub mod config;
 pub mod device;
 pub mod gpt2;
 pub mod modules;
+pub mod nanogpt;
 pub mod network;
 pub mod ops;
 pub mod params;
+pub mod torch_zip;
 pub mod weights;
 
 use std::path::Path;
@@ -30,7 +32,16 @@ pub use weights::{load_model, random_init, WeightsKind};
 
 /// Read `config.json` from a checkpoint directory and load the weights of the given kind onto
 /// the CPU.
+/// The config of a checkpoint folder: its `config.json`, or for a nanoGPT folder (a `ckpt.pt`
+/// and no config.json) the checkpoint's `model_args`.
+pub fn dir_config(dir: &Path) -> Result<Gpt2Config> {
+    if nanogpt::is_nanogpt(dir) {
+        return nanogpt::config(&dir.join(nanogpt::CKPT));
+    }
+    Gpt2Config::from_file(&dir.join("config.json"))
+}
+
 pub fn load_dir(dir: &Path, weights: WeightsKind, seed: u64) -> Result<Gpt2> {
-    let cfg = Gpt2Config::from_file(&dir.join("config.json"))?;
+    let cfg = dir_config(dir)?;
     load_model(dir, &cfg, weights, seed, &Device::Cpu)
 }

@@ -66,6 +66,9 @@ pub fn weights_files(dir: &Path) -> Result<Vec<PathBuf>> {
             return index_files(&dir.join(index));
         }
     }
+    if super::nanogpt::is_nanogpt(dir) {
+        return Ok(vec![dir.join(super::nanogpt::CKPT)]);
+    }
     bail_bad!(
         "{}: no weights in this directory (model.safetensors, model.safetensors.index.json, pytorch_model.bin or \
          pytorch_model.bin.index.json)",
@@ -105,59 +108,17 @@ enum WeightsReader {
     Pytorch(Vec<(PathBuf, PthTensors)>),
 }
 
-/// Stack of the thread that parses a pickle: 1 GiB of address space (a 400 KB pickle nested at
-/// every byte needs about 200 MB in candle's recursive reader).
-const PICKLE_STACK: usize = 1 << 30;
-
-/// What candle's reader does not check in a PyTorch zip archive: exactly one `data.pkl` (with
-/// two, the later one silently wins) and little-endian storage (`byteorder`, when present).
-fn check_torch_zip(path: &Path) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| bad!("{}: cannot open: {e}", path.display()))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
-        bad!(
-            "{}: not a readable PyTorch checkpoint: not a zip archive (as torch.save writes since PyTorch 1.6): {e}",
-            path.display()
-        )
-    })?;
-    let names: Vec<String> = (0..zip.len())
-        .filter_map(|i| zip.by_index_raw(i).ok().and_then(|f| f.name().ok().map(|n| n.to_string())))
-        .collect();
-    let pickles: Vec<&String> = names.iter().filter(|n| n.ends_with("data.pkl")).collect();
-    if pickles.len() != 1 {
-        bail_bad!(
-            "{}: {} data.pkl entries ({}); a PyTorch checkpoint has exactly one",
-            path.display(),
-            pickles.len(),
-            pickles.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        );
-    }
-    if let Some(name) = names.iter().find(|n| n.as_str() == "byteorder" || n.ends_with("/byteorder")).cloned() {
-        let mut text = String::new();
-        use std::io::Read;
-        zip.by_name(&name)?.take(64).read_to_string(&mut text).map_err(|e| bad!("{}: {name}: {e}", path.display()))?;
-        if text.trim() != "little" {
-            bail_bad!(
-                "{}: {name} says {:?}; agop reads little-endian checkpoints only (re-save it on a little-endian \
-                 machine)",
-                path.display(),
-                text.trim()
-            );
-        }
-    }
-    Ok(())
-}
-
 /// One stored tensor: (file index, its name in the file, shape, dtype name).
 type Entry = (usize, String, Vec<usize>, String);
 
 impl WeightsReader {
     fn open(files: &[PathBuf]) -> Result<Self> {
-        let is_bin = files.first().is_some_and(|f| f.extension().is_some_and(|e| e == "bin"));
+        let is_bin = files.first().is_some_and(|f| f.extension().is_some_and(|e| e == "bin" || e == "pt"));
         if !is_bin {
             return Ok(Self::Safetensors(files.iter().map(|f| TensorFile::open(f)).collect::<Result<_>>()?));
         }
         let open = |f: &PathBuf| -> Result<(PathBuf, PthTensors)> {
-            check_torch_zip(f)?;
+            super::torch_zip::check_torch_zip(f)?;
             let not_readable = |e: String| {
                 bad!(
                     "{}: not a readable PyTorch checkpoint (a zip archive holding a pickled state dict, as \
@@ -170,8 +131,12 @@ impl WeightsReader {
             // turn a panic into an error naming the file.
             let path = f.clone();
             let read = std::thread::Builder::new()
-                .stack_size(PICKLE_STACK)
-                .spawn(move || std::panic::catch_unwind(|| PthTensors::new(&path, None).map_err(|e| e.to_string())))?
+                .stack_size(super::torch_zip::PICKLE_STACK)
+                .spawn(move || {
+                    // nanoGPT's ckpt.pt holds the state dict under "model".
+                    let key = path.extension().is_some_and(|e| e == "pt").then_some("model");
+                    std::panic::catch_unwind(|| PthTensors::new(&path, key).map_err(|e| e.to_string()))
+                })?
                 .join();
             let t = match read {
                 Ok(Ok(Ok(t))) => t,
@@ -243,8 +208,11 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<
     let files = weights_files(dir)?;
     let reader = WeightsReader::open(&files)?;
     let mut tensors: HashMap<String, Entry> = HashMap::new();
+    let nanogpt = files.first().is_some_and(|f| f.extension().is_some_and(|e| e == "pt"));
     for e in reader.entries() {
-        let name = e.1.strip_prefix("transformer.").unwrap_or(&e.1).to_string();
+        // torch.compile'd nanoGPT models prefix every name with `_orig_mod.`.
+        let bare = if nanogpt { e.1.strip_prefix("_orig_mod.").unwrap_or(&e.1) } else { &e.1 };
+        let name = bare.strip_prefix("transformer.").unwrap_or(bare).to_string();
         // Two tensors for one parameter (`wte.weight` and `transformer.wte.weight`, or one name in
         // two shards): which one a reader takes is arbitrary, so neither is taken.
         if let Some(first) = tensors.get(&name) {
@@ -262,8 +230,11 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<
         let (i, key, stored_shape, dtype) =
             tensors.remove(name).ok_or_else(|| bad!("{described}: tensor {name} is missing"))?;
         let file = reader.path(i).display();
-        if stored_shape != shape {
-            bail_bad!("{file}: tensor {name} has shape {stored_shape:?}, expected {shape:?}");
+        // nanoGPT stores nn.Linear weights [out, in]; the schema's are Conv1D [in, out].
+        let linear = nanogpt && shape.len() == 2 && name.starts_with("h.") && name.ends_with(".weight");
+        let want: Vec<usize> = if linear { shape.iter().rev().copied().collect() } else { shape.to_vec() };
+        if stored_shape != want {
+            bail_bad!("{file}: tensor {name} has shape {stored_shape:?}, expected {want:?}");
         }
         let dtype = match dtype.as_str() {
             "F32" => DType::F32,
@@ -272,7 +243,8 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<
             "F64" => DType::F64,
             other => bail_bad!("{file}: tensor {name} has dtype {other}; expected a float type"),
         };
-        let t = reader.read(i, &key, dtype, shape, device)?.to_dtype(DType::F32)?;
+        let t = reader.read(i, &key, dtype, &want, device)?.to_dtype(DType::F32)?;
+        let t = if linear { t.t()?.contiguous()? } else { t };
         check_finite(&t).map_err(|e| bad!("{file}: tensor {name} {e}"))?;
         Ok(t)
     };

@@ -290,7 +290,7 @@ impl Pipeline {
                     dir.display()
                 );
             }
-            let is_checkpoint = dir.join("config.json").is_file();
+            let is_checkpoint = dir.join("config.json").is_file() || crate::model::nanogpt::is_nanogpt(&dir);
             if is_checkpoint && (!m.revisions.is_empty() || m.revision_format.is_some()) {
                 bail_bad!(
                     "[model] {} is one checkpoint (it has a config.json), so it has no revisions; for a series, \
@@ -310,11 +310,11 @@ impl Pipeline {
                 let mut first: Option<(PathBuf, crate::model::Gpt2Config)> = None;
                 for c in &cps {
                     let sub = dir.join(c.revision.as_deref().unwrap_or(""));
-                    if !sub.join("config.json").is_file() {
+                    if !sub.join("config.json").is_file() && !crate::model::nanogpt::is_nanogpt(&sub) {
                         bail_bad!("[model] series checkpoint {} has no config.json", sub.display());
                     }
                     // One architecture along the series, checked before anything is measured.
-                    let cfg = crate::model::Gpt2Config::from_file(&sub.join("config.json"))?;
+                    let cfg = crate::model::dir_config(&sub)?;
                     match &first {
                         None => first = Some((sub, cfg)),
                         Some((d0, c0)) if *c0 != cfg => bail_bad!(
@@ -425,7 +425,7 @@ impl Pipeline {
 
     /// A local folder of checkpoint folders (no config.json of its own): the series' folder.
     pub fn local_series(&self) -> Option<PathBuf> {
-        self.local_dir().filter(|d| !d.join("config.json").is_file())
+        self.local_dir().filter(|d| !d.join("config.json").is_file() && !crate::model::nanogpt::is_nanogpt(d))
     }
 
     /// The folder of checkpoint `c` of a local series or a `[train]` run (`out` is the

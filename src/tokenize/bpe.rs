@@ -41,6 +41,10 @@ impl Gpt2Tokenizer {
             let merges = std::fs::read_to_string(&m).map_err(|e| bad!("{}: {e}", m.display()))?;
             return Self::from_vocab_merges(&vocab, &merges, dir.display().to_string());
         }
+        // A nanoGPT folder without tokenizer files: GPT-2's (nanoGPT's GPT-2 runs use tiktoken's gpt2).
+        if crate::model::nanogpt::is_nanogpt(dir) {
+            return Self::builtin();
+        }
         bail_bad!("{}: no tokenizer (tokenizer.json, or vocab.json and merges.txt)", dir.display())
     }
 

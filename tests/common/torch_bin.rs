@@ -67,6 +67,55 @@ pub fn write_pytorch_bin(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
 /// The pickle of a state dict: (name, shape, strides, numel of its storage); storage i is key i.
 pub fn state_dict_pickle(entries: &[(String, Vec<usize>, Vec<usize>, usize)]) -> Vec<u8> {
     let mut pkl = vec![op::PROTO, 2];
+    pkl.extend(state_dict_body(entries));
+    pkl.push(op::STOP);
+    pkl
+}
+
+/// A value of nanoGPT's `model_args`.
+pub enum Arg {
+    Int(usize),
+    Bool(bool),
+    Float(f64),
+}
+
+/// nanoGPT's `ckpt.pt`: `torch.save({"model": state_dict, "model_args": {...}, "iter_num": 5})`,
+/// the state dict's tensors (name, shape, values) in the layout given (the caller transposes).
+pub fn write_nanogpt_ckpt(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], args: &[(&str, Arg)]) {
+    let entries: Vec<(String, Vec<usize>, Vec<usize>, usize)> = tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            let strides: Vec<usize> = (0..shape.len()).map(|i| shape[i + 1..].iter().product()).collect();
+            (name.clone(), shape.clone(), strides, values.len())
+        })
+        .collect();
+    let mut pkl = vec![op::PROTO, 2, b'}', op::MARK];
+    text(&mut pkl, "model");
+    pkl.extend(state_dict_body(&entries));
+    text(&mut pkl, "model_args");
+    pkl.extend([b'}', op::MARK]);
+    for (k, v) in args {
+        text(&mut pkl, k);
+        match v {
+            Arg::Int(i) => int(&mut pkl, *i),
+            Arg::Bool(b) => pkl.push(if *b { 0x88 } else { op::NEWFALSE }),
+            Arg::Float(f) => {
+                pkl.push(b'G');
+                pkl.extend(f.to_be_bytes());
+            }
+        }
+    }
+    pkl.push(op::SETITEMS);
+    text(&mut pkl, "iter_num");
+    int(&mut pkl, 5);
+    pkl.extend([op::SETITEMS, op::STOP]);
+    let storages: Vec<&[f32]> = tensors.iter().map(|(_, _, v)| v.as_slice()).collect();
+    write_archive(path, &pkl, &storages, &[]);
+}
+
+/// The OrderedDict of a state dict, without the pickle's header and STOP.
+fn state_dict_body(entries: &[(String, Vec<usize>, Vec<usize>, usize)]) -> Vec<u8> {
+    let mut pkl = Vec::new();
     global(&mut pkl, "collections", "OrderedDict");
     pkl.extend([op::EMPTY_TUPLE, op::REDUCE, op::MARK]);
     for (key, (name, shape, strides, numel)) in entries.iter().enumerate() {
@@ -89,7 +138,7 @@ pub fn state_dict_pickle(entries: &[(String, Vec<usize>, Vec<usize>, usize)]) ->
         pkl.extend([op::EMPTY_TUPLE, op::REDUCE]); // backward hooks
         pkl.extend([op::TUPLE, op::REDUCE]);
     }
-    pkl.extend([op::SETITEMS, op::STOP]);
+    pkl.push(op::SETITEMS);
     pkl
 }
 
