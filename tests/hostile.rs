@@ -5,28 +5,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use agop::fetch::ResolvedModel;
 use agop::model::{self, WeightsKind};
 use common::*;
-
-fn agop(args: &[&str]) -> Output {
-    Command::new(agop_bin()).args(args).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Exit 2 with every `want` in the message.
-fn assert_bad(o: &Output, want: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "expected exit 2, got {:?}: {err}", o.status.code());
-    for w in want {
-        assert!(err.contains(w), "message lacks {w:?}: {err}");
-    }
-}
 
 /// A load error that is bad input (exit 2) and names every `want`.
 fn assert_bad_load(dir: &Path, want: &[&str]) {

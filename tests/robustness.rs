@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use agop::tokenize::{write_tokens, TokensMeta, Window};
 use agop::util::parquet::read_parquet;
@@ -17,23 +17,6 @@ use common::*;
 use polars::prelude::*;
 
 const TINY: &str = r#"{"model_type":"gpt2","n_layer":2,"n_head":3,"n_embd":24,"n_positions":32,"vocab_size":50}"#;
-
-fn agop(args: &[&str]) -> Output {
-    Command::new(agop_bin()).args(args).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Exit 2 with every `want` in the message.
-fn assert_bad(o: &Output, want: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "expected exit 2, got {:?}: {err}", o.status.code());
-    for w in want {
-        assert!(err.contains(w), "message lacks {w:?}: {err}");
-    }
-}
 
 fn assert_ok(o: &Output) {
     assert!(o.status.success(), "expected success: {}", stderr(o));

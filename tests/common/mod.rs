@@ -73,3 +73,22 @@ pub fn init_checkpoint(dir: &std::path::Path, name: &str, config: &str, seed: u6
 pub fn agop_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_agop"))
 }
+
+/// Run the `agop` binary with `args`.
+pub fn agop(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(agop_bin()).args(args).output().unwrap()
+}
+
+/// A command's stderr as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit 2 with every `want` in the message.
+pub fn assert_bad(o: &std::process::Output, want: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "expected exit 2, got {:?}: {err}", o.status.code());
+    for w in want {
+        assert!(err.contains(w), "message lacks {w:?}: {err}");
+    }
+}
