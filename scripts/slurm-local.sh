@@ -32,6 +32,8 @@ if ! [ -f "$dir/munged.pid" ] || ! kill -0 "$(cat "$dir/munged.pid")" 2>/dev/nul
   cp /run/munge/munged.pid "$dir/munged.pid"
 fi
 
+# The node's memory in MB, so that jobs asking for --mem (agop slurm always does) fit.
+mem_mb=$(( $(awk '/^MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
 cat > "$conf" <<CONF
 ClusterName=agoptest
 SlurmctldHost=$host(127.0.0.1)
@@ -56,7 +58,7 @@ SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd.log
 SlurmctldPort=6817
 SlurmdPort=6818
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 

@@ -36,8 +36,8 @@ pub enum Command {
         /// With --stage reduce: merge this many shard files per weights setting first.
         #[arg(long)]
         shards: Option<usize>,
-        /// With --stage measure, in a checkpoint series: only checkpoint K (0-based) of the
-        /// pretrained weights.
+        /// With --stage measure: only measurement K (0-based): checkpoint K of a series for the
+        /// pretrained weights, the random init of seed `seed + K` (`[measure] init_seeds`).
         #[arg(long)]
         checkpoint: Option<usize>,
         /// Measure on this device instead of the pipeline's `[measure] device` (cpu, cuda, cuda:N).
@@ -46,23 +46,40 @@ pub enum Command {
     },
     /// Write sbatch scripts for a pipeline (prepare, measure arrays, reduce); --submit submits them.
     Slurm {
+        /// The pipeline file.
         pipeline: PathBuf,
+        /// Cut every measurement into this many shards, one array task each.
         #[arg(long)]
         shards: usize,
+        /// The run folder (default outputs/<name>); the scripts go to <out>/slurm/, with a copy
+        /// of this agop binary that the jobs run.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Submit the scripts with sbatch and print the job ids.
+        /// Submit the scripts with sbatch (prepare, the measure arrays after it, reduce after
+        /// them) and print the job ids.
         #[arg(long)]
         submit: bool,
+        /// Run the prepare stage here, now (model download, tokens, training), instead of as a
+        /// job: for clusters whose compute nodes have no internet. Run it on a login node.
+        #[arg(long)]
+        prepare_here: bool,
+        /// sbatch --partition (else `[slurm] partition`, else the cluster's default).
         #[arg(long)]
         partition: Option<String>,
+        /// sbatch --account (else `[slurm] account`).
+        #[arg(long)]
+        account: Option<String>,
+        /// sbatch --time of every job (else `[slurm] time`, else 12:00:00).
         #[arg(long)]
         time: Option<String>,
-        /// CPUs per task (also sets RAYON_NUM_THREADS in the jobs).
+        /// CPUs per task (else `[slurm] cpus`, else 4); also RAYON_NUM_THREADS in the jobs.
         #[arg(long)]
         cpus: Option<u32>,
+        /// sbatch --mem of every job (else `[slurm] mem`, else 16G).
         #[arg(long)]
         mem: Option<String>,
+        /// GPUs per measure task (--gres=gpu:N; the tasks measure with --device cuda, which
+        /// needs an agop built with `--features cuda`).
         #[arg(long)]
         gpus: Option<u32>,
     },
@@ -82,8 +99,13 @@ pub enum Command {
     },
     /// Correlate each module's weight Gram matrix (NFM) with AGOP^power.
     Correlate(CorrelateArgs),
-    /// Print the table and write the plots of a finished run folder.
-    Report { dir: PathBuf },
+    /// Print the table and write the plots of a finished run: a run folder, or a correlations
+    /// table (`correlations.parquet` or any `agop correlate --out` file; the contrasts table
+    /// beside it is read too, and the plots go to `plots/` beside it).
+    Report {
+        /// A run folder or a correlations table.
+        dir: PathBuf,
+    },
     /// Train a GPT-2 from a config.json on corpus sources into checkpoint-<step>/ folders (a
     /// series to measure); re-running the same command resumes from the newest checkpoint.
     Train(TrainArgs),
@@ -152,7 +174,7 @@ pub struct MeasureArgs {
     pub batch: usize,
     /// Keep the sums of G contiguous groups of windows apart (in <out stem>.groups/), so that
     /// correlate can give every correlation a jackknife standard error and 95% interval.
-    /// Each group costs one more GOP file of disk (see the README). 1: no groups.
+    /// Each group costs one more GOP file of disk (docs/error-bars.md). 1: no groups.
     #[arg(long, default_value_t = 1)]
     pub groups: u32,
     /// Where to measure: cpu, cuda (GPU 0) or cuda:N (a build with `--features cuda`).
@@ -248,8 +270,11 @@ pub struct TokenizeArgs {
     /// .txt, .jsonl, .parquet, folder, builtin:shakespeare or hf://datasets/... sources, in order.
     #[arg(long, required = true, num_args = 1..)]
     pub corpus: Vec<String>,
+    /// Tokens per window: the documents are joined (an end-of-text token after each) and cut
+    /// into windows of this length; a last partial window is dropped.
     #[arg(long)]
     pub seq_len: usize,
+    /// Keep only the first ⌊max_tokens / seq_len⌋ windows (default: all).
     #[arg(long)]
     pub max_tokens: Option<u64>,
     /// JSONL field / Parquet column holding the text.
@@ -258,6 +283,7 @@ pub struct TokenizeArgs {
     /// Skip documents that are not valid UTF-8 instead of stopping.
     #[arg(long)]
     pub skip_invalid_utf8: bool,
+    /// The tokens file to write (Parquet: one row per window, `window` and `tokens`).
     #[arg(long)]
     pub out: PathBuf,
 }

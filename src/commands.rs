@@ -116,13 +116,14 @@ pub fn run(command: Command) -> Result<()> {
                 Some(Stage::Measure) => {
                     let prep = run::prepared(&p, &dir)?;
                     let ws = weights.map(|w| vec![w]).unwrap_or_else(|| p.measure.weights.clone());
-                    if let Some(k) = checkpoint {
-                        let n = p.checkpoints().len();
-                        if k >= n {
-                            agop::bail_bad!("--checkpoint {k}: the pipeline has {n} checkpoint(s), numbered from 0");
-                        }
-                    }
                     for w in ws {
+                        let n = p.measurement_count(w);
+                        if let Some(k) = checkpoint.filter(|&k| k >= n) {
+                            agop::bail_bad!(
+                                "--checkpoint {k}: the pipeline makes {n} {w} measurement(s) (checkpoints, or init \
+                                 seeds), numbered from 0"
+                            );
+                        }
                         match checkpoint {
                             Some(k) => {
                                 run::measure_checkpoint(&p, &prep, w, k, shard, false)?;
@@ -140,10 +141,15 @@ pub fn run(command: Command) -> Result<()> {
             }
             eprintln!("done: {}", dir.display());
         }
-        Command::Slurm { pipeline, shards, out, submit, partition, time, cpus, mem, gpus } => {
+        Command::Slurm { pipeline, shards, out, submit, prepare_here, partition, account, time, cpus, mem, gpus } => {
             let p = Pipeline::from_file(&pipeline)?;
             let dir = run::out_dir(&p, out.as_deref());
-            let o = slurm::SlurmOptions { shards, partition, time, cpus, mem, gpus };
+            if prepare_here {
+                run::prepare(&p, &dir, false)?;
+                run::fetch_checkpoints(&p, false)?;
+            }
+            let o =
+                slurm::SlurmOptions { shards, partition, account, time, cpus, mem, gpus, prepared_here: prepare_here };
             let scripts = slurm::write_scripts(&pipeline, &p, &dir, &o)?;
             eprintln!("sbatch scripts in {}", scripts.prepare.parent().unwrap().display());
             if submit {

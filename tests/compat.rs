@@ -90,8 +90,14 @@ fn legacy_shards_merge_and_correlate_as_before() {
     assert_eq!(new_cols[..old_cols.len()], old_cols[..]);
     assert_eq!(
         new_cols[old_cols.len()..].iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        ["note", "ansatz", "nfm", "step", "se", "ci_low", "ci_high", "groups"]
+        ["note", "ansatz", "nfm", "step", "se", "ci_low", "ci_high", "groups", "seed", "role"]
     );
+    // `seed`: each run's, from its GOP file.
+    let seeds = new.column("seed").unwrap().u64().unwrap();
+    for (i, w) in new.column("weights").unwrap().str().unwrap().iter().enumerate() {
+        let gop = agop::measure::Gop::load(&gops[usize::from(w == Some("random-init"))]).unwrap();
+        assert_eq!(seeds.get(i), Some(gop.meta.seed));
+    }
     assert!(new.column("ansatz").unwrap().str().unwrap().iter().all(|x| x == Some("nfa")));
     assert!(new.column("nfm").unwrap().str().unwrap().iter().all(|x| x == Some("gram")));
     assert_eq!(new.column("step").unwrap().null_count(), new.height());

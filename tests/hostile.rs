@@ -448,3 +448,40 @@ fn a_series_is_checked_before_measuring() {
     assert_bad(&o, &["checkpoint-10", "another config"]);
     assert!(!out.exists(), "something was made before the series was checked");
 }
+
+/// Also: two concurrent measures into one `--out` would interleave their group files; the
+/// second is refused while the first runs (exit 2, naming the lock), and a killed first run
+/// leaves no lock that blocks the next (the OS releases it with the process).
+#[test]
+fn also_a_second_measure_into_the_same_out_is_refused_while_the_first_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = r#"{"model_type":"gpt2","n_layer":4,"n_head":4,"n_embd":128,"n_positions":256,"vocab_size":1000}"#;
+    let model = init_checkpoint(tmp.path(), "model", config, 0);
+    let windows: Vec<agop::tokenize::Window> = (0..1500)
+        .map(|i| agop::tokenize::Window { index: i, tokens: (0..256).map(|j| ((i * 7 + j) % 1000) as u32).collect() })
+        .collect();
+    let tokens = tmp.path().join("tokens.parquet");
+    agop::tokenize::write_tokens(&tokens, &windows, &Default::default()).unwrap();
+    let gop = tmp.path().join("gop.safetensors");
+    let args = ["measure", "--model", model.to_str().unwrap(), "--tokens", tokens.to_str().unwrap()];
+    let mut first = std::process::Command::new(agop_bin())
+        .args(args)
+        .args(["--groups", "4", "--out", gop.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = tmp.path().join("gop.safetensors.lock");
+    let start = std::time::Instant::now();
+    while !lock.exists() && start.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = agop(&[&args[..], &["--groups", "4", "--out", gop.to_str().unwrap()]].concat());
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_bad(&o, &["another agop is writing it now", "gop.safetensors.lock"]);
+    // The killed run's lock file is left, but not its lock: the next run can take it.
+    assert!(lock.exists());
+    let guard = agop::util::fs::OutputLock::acquire(&gop, "--out").unwrap();
+    drop(guard);
+    assert!(!lock.exists(), "the lock file is removed when its holder finishes");
+}

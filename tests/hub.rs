@@ -646,7 +646,10 @@ fn checkpoint_series_from_hub_branches() {
     let ev = agop::util::parquet::read_parquet(&evict_out.join("correlations.parquet")).unwrap();
     assert_eq!(ev.height(), n);
     assert_eq!(keyed(&ev), keyed(&df), "keep_checkpoints = false changed the table");
-    assert!(!evict_out.join("contrasts.parquet").exists(), "a series has no contrasts");
+    assert!(
+        !evict_out.join("contrasts.parquet").exists(),
+        "a series with evicted checkpoints has no contrasts (their tables hold no leave-one-out values)"
+    );
     // Re-run offline: every stage up to date, the deleted weights not fetched again.
     let o = env.agop(
         &hub.endpoint(),

@@ -55,6 +55,8 @@ fn tiny_pipeline_end_to_end() {
         ("ci_low", DataType::Float64),
         ("ci_high", DataType::Float64),
         ("groups", DataType::UInt32),
+        ("seed", DataType::UInt64),
+        ("role", DataType::String),
     ];
     let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
     assert_eq!(names, schema.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>());
@@ -71,7 +73,10 @@ fn tiny_pipeline_end_to_end() {
         let n = (0..df.height()).filter(|&i| ansatz[i] == "fact" && metric[i] == m && power[i] == 1.0).count();
         assert_eq!(n, 2 * 2 * 16, "FACT rows of {m}");
     }
-    assert!(out.join("plots/by-layer-fact.png").is_file() && stdout.contains("pretrained FACT"), "{stdout}");
+    assert!(
+        out.join("plots/by-layer-fact.png").is_file() && stdout.contains("FACT: NFM vs the symmetric part of −WᵀG"),
+        "{stdout}"
+    );
     let values: Vec<f64> = df.column("value").unwrap().f64().unwrap().iter().map(|v| v.unwrap()).collect();
     assert!(values.iter().all(|v| v.is_finite() && (-1.0..=1.0).contains(v)));
     let heads = df.column("head").unwrap().u32().unwrap();
@@ -79,6 +84,21 @@ fn tiny_pipeline_end_to_end() {
     for (h, m) in heads.iter().zip(modules.iter()) {
         let m = m.unwrap();
         assert_eq!(h.is_some(), matches!(m, "attn.q" | "attn.k" | "attn.v"), "{m} {h:?}");
+    }
+    // `role`: the architecture-neutral words of the issue, for GPT-2's modules.
+    let roles = df.column("role").unwrap().str().unwrap();
+    for (m, r) in modules.iter().zip(roles.iter()) {
+        let want = match m.unwrap() {
+            "attn.c_attn" => "qkv",
+            "attn.q" => "q",
+            "attn.k" => "k",
+            "attn.v" => "v",
+            "attn.c_proj" => "attn_out",
+            "mlp.c_fc" => "mlp_in",
+            "mlp.c_proj" => "mlp_out",
+            other => panic!("unexpected module {other}"),
+        };
+        assert_eq!(r, Some(want));
     }
     assert!(df.column("n_tokens").unwrap().u64().unwrap().iter().all(|n| n == Some(8192)));
     assert!(df.column("pipeline").unwrap().str().unwrap().iter().all(|p| p == Some("tiny")));
@@ -244,6 +264,198 @@ fn slurm_gpus_go_to_the_measure_tasks() {
     }
     for n in ["prepare", "reduce"] {
         let s = script(n);
-        assert!(!s.contains("gres") && !s.contains("--device"), "{s}");
+        assert!(!s.contains("gres") && !s.contains("--device") && !s.contains("CUDA_HOME"), "{s}");
+    }
+    // The GPU tasks find the CUDA libraries from $CUDA_HOME when the site's setup lines do not.
+    assert!(script("measure-pretrained").contains("LD_LIBRARY_PATH=\"$CUDA_HOME/lib64"));
+}
+
+/// `[slurm]` puts a site's lines into every script (module loads, account, extra sbatch
+/// options); resources default to 12 h, 4 CPUs and 16G unless given; flags override the
+/// section; the jobs run a copy of the binary beside the scripts; `--prepare-here` runs the
+/// prepare stage at once (for compute nodes without internet).
+#[test]
+fn slurm_section_defaults_and_prepare_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(tiny_pipeline()).unwrap().replace(
+        "[correlate]",
+        "[slurm]\naccount = \"nfa-lab\"\nmem = \"6G\"\nsetup = [\"module load rust/1.90\", \"source /opt/venv/bin/activate\"]\n\
+         sbatch = [\"--qos=short\"]\n\n[correlate]",
+    );
+    let file = tiny_pipeline().with_file_name("slurm-section-test.toml");
+    let file = tmp.path().join(file.file_name().unwrap());
+    std::fs::write(
+        &file,
+        text.replace("\"tiny/config.json\"", &format!("{:?}", tiny_pipeline().with_file_name("tiny/config.json")))
+            .replace("\"corpus/", &format!("\"{}/corpus/", tiny_pipeline().parent().unwrap().display())),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = agop(&[
+        "slurm",
+        file.to_str().unwrap(),
+        "--shards",
+        "2",
+        "--cpus",
+        "3",
+        "--prepare-here",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("tokens.parquet").is_file() && out.join("model.json").is_file(), "prepare ran here");
+    let script = |n: &str| std::fs::read_to_string(out.join("slurm").join(format!("{n}.sbatch"))).unwrap();
+    for n in ["prepare", "measure-pretrained", "measure-random-init", "reduce"] {
+        let s = script(n);
+        for want in [
+            "#SBATCH --account=nfa-lab\n",
+            "#SBATCH --mem=6G\n",
+            "#SBATCH --cpus-per-task=3\n",
+            "#SBATCH --time=12:00:00\n",
+            "#SBATCH --qos=short\n",
+            "module load rust/1.90\nsource /opt/venv/bin/activate\n",
+            "export RAYON_NUM_THREADS=3\n",
+        ] {
+            assert!(s.contains(want), "{n} lacks {want:?}:\n{s}");
+        }
+        let exe = out.join("slurm/agop");
+        assert!(s.contains(&format!("'{}' run", exe.display())), "{n} does not run the copied binary:\n{s}");
+        assert!(s.find("module load").unwrap() < s.find("' run").unwrap());
+    }
+    let exe = out.join("slurm/agop");
+    let o = std::process::Command::new(&exe).arg("--version").output().unwrap();
+    assert!(o.status.success(), "the copied binary runs");
+    // A malformed sbatch entry is refused at once.
+    std::fs::write(&file, std::fs::read_to_string(&file).unwrap().replace("--qos=short", "qos short")).unwrap();
+    assert_bad(&agop(&["slurm", file.to_str().unwrap(), "--shards", "2"]), &["[slurm] sbatch", "qos short"]);
+}
+
+/// `[measure] init_seeds = 3`: the control is measured on three random inits (seeds 10, 11, 12,
+/// in their own GOP files), correlations.parquet tells them apart by `seed`, and each contrast
+/// is pretrained − the mean of the three, with an interval at least as wide as the spread of
+/// the inits alone (se² ≥ s²(1 + 1/3), computed here from the correlations table). A control seed
+/// equal to the "pretrained" init's seed is refused.
+#[test]
+fn several_init_seeds_make_the_control() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = |seed: u64| {
+        format!(
+            "name = \"seeds\"\n[model]\ninit_config = \"{}\"\ninit_seed = 1\n[corpus]\nsources = [\"{}\"]\nseq_len = \
+             32\nmax_tokens = 2048\n[measure]\nprobes = 2\nseed = {seed}\nbatch = 8\ngroups = 4\ninit_seeds = \
+             3\n[correlate]\npowers = [1.0]\n",
+            root.join("pipelines/tiny/config.json").display(),
+            root.join("pipelines/corpus/shakespeare/hamlet.txt").display()
+        )
+    };
+    let (file, out) = (tmp.path().join("seeds.toml"), tmp.path().join("out"));
+    std::fs::write(&file, text(0)).unwrap();
+    let o = agop(&["run", file.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_bad(&o, &["init_seed 1", "seed 0", "init_seeds 3"]);
+    assert!(!out.exists());
+
+    std::fs::write(&file, text(10)).unwrap();
+    let o = agop(&["run", file.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Prose in the report is wrapped: compare with single spaces.
+    let report = String::from_utf8_lossy(&o.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(report.contains("3 random inits (seeds 10, 11, 12)"), "{report}");
+    assert!(report.contains("spread across the 3 random inits"), "{report}");
+    for f in ["gop-random-init", "gop-random-init-seed11", "gop-random-init-seed12", "gop-pretrained"] {
+        assert!(out.join(format!("{f}.safetensors")).is_file(), "{f}");
+    }
+    let df = read_parquet(&out.join("correlations.parquet")).unwrap();
+    let strs = |d: &polars::prelude::DataFrame, c: &str| -> Vec<String> {
+        let col = d.column(c).unwrap().cast(&DataType::String).unwrap();
+        col.str().unwrap().iter().map(|x| x.unwrap_or("-").to_string()).collect()
+    };
+    let f64s = |d: &polars::prelude::DataFrame, c: &str| -> Vec<Option<f64>> {
+        d.column(c).unwrap().f64().unwrap().iter().collect()
+    };
+    let key_cols = ["layer", "module", "head", "power", "metric", "ansatz", "nfm"];
+    let keys = |d: &polars::prelude::DataFrame| -> Vec<String> {
+        let cols: Vec<Vec<String>> = key_cols.iter().map(|c| strs(d, c)).collect();
+        (0..d.height()).map(|i| cols.iter().map(|c| c[i].as_str()).collect::<Vec<_>>().join("|")).collect()
+    };
+    let (w, seed, k, v) = (strs(&df, "weights"), strs(&df, "seed"), keys(&df), f64s(&df, "value"));
+    let mut by: std::collections::HashMap<(String, String), f64> = Default::default();
+    for i in 0..df.height() {
+        let who = if w[i] == "pretrained" { "pretrained".to_string() } else { format!("seed{}", seed[i]) };
+        assert!(by.insert((who, k[i].clone()), v[i].unwrap()).is_none(), "duplicate key {} {}", w[i], k[i]);
+        assert!(w[i] == "random-init" || seed[i] == "10", "the pretrained run's seed is [measure] seed");
+    }
+    let c = read_parquet(&out.join("contrasts.parquet")).unwrap();
+    assert!(c.column("init_seeds").unwrap().u32().unwrap().iter().all(|n| n == Some(3)));
+    let (ck, cv, cse) = (keys(&c), f64s(&c, "value"), f64s(&c, "se"));
+    assert_eq!(c.height(), by.len() / 4);
+    let mut wider = 0;
+    for i in 0..c.height() {
+        let ctl: Vec<f64> = (10..13).map(|s| by[&(format!("seed{s}"), ck[i].clone())]).collect();
+        let mean = ctl.iter().sum::<f64>() / 3.0;
+        let want = by[&("pretrained".to_string(), ck[i].clone())] - mean;
+        assert!((cv[i].unwrap() - want).abs() < 1e-12, "{}: {:?} vs {want}", ck[i], cv[i]);
+        let s2 = ctl.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0;
+        let se = cse[i].unwrap();
+        assert!(se * se >= s2 * (1.0 + 1.0 / 3.0) * (1.0 - 1e-9), "{}: se {se} below the seed spread", ck[i]);
+        wider += usize::from(se * se > s2 * (1.0 + 1.0 / 3.0) * 1.01);
+    }
+    assert!(wider > 0, "the window part of the interval is missing");
+}
+
+/// The estimate printed at the start of `agop run`: the built-in default pipeline on GPT-2
+/// small at 2 threads is the benchmark it is scaled from (245 tokens/s, FACT 2.44×): 2 × 262,144
+/// tokens, 1.45 h; its bytes are what the GOP files hold (checked against a file measure wrote).
+#[test]
+fn the_run_estimate_matches_its_calibration_and_the_files() {
+    use agop::pipeline::{run, Pipeline};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let p = Pipeline::from_file(&root.join("pipelines/gpt2-shakespeare.toml")).unwrap();
+    let small: agop::model::Gpt2Config = serde_json::from_str(
+        r#"{"model_type":"gpt2","n_layer":12,"n_head":12,"n_embd":768,"n_positions":1024,"vocab_size":50257}"#,
+    )
+    .unwrap();
+    let e = run::estimate(&p, &small, 1024, 2);
+    assert_eq!(e.tokens, 2 * 262_144);
+    let want = 2.0 * 262_144.0 * 2.44 / 245.0;
+    assert!((e.seconds.unwrap() / want - 1.0).abs() < 1e-12, "{:?} vs {want}", e.seconds);
+    assert!((e.seconds.unwrap() / 3600.0 - 1.45).abs() < 0.01);
+    // Twice the threads, half the time.
+    assert!((run::estimate(&p, &small, 1024, 4).seconds.unwrap() * 2.0 / want - 1.0).abs() < 1e-12);
+
+    // The bytes: a measured file of the tiny model holds its sums plus a small header.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = root.join("pipelines/tiny/config.json");
+    let model = tmp.path().join("m");
+    assert!(agop(&["init-model", "--config", cfg.to_str().unwrap(), "--out", model.to_str().unwrap()])
+        .status
+        .success());
+    let tokens = tmp.path().join("t.parquet");
+    let hamlet = root.join("pipelines/corpus/shakespeare/hamlet.txt");
+    let o = agop(&[
+        "tokenize",
+        "--model",
+        model.to_str().unwrap(),
+        "--corpus",
+        hamlet.to_str().unwrap(),
+        "--seq-len",
+        "16",
+        "--max-tokens",
+        "64",
+        "--out",
+        tokens.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for fact in [false, true] {
+        let gop = tmp.path().join(format!("g{fact}.safetensors"));
+        let mut args = vec!["measure", "--model", model.to_str().unwrap(), "--tokens", tokens.to_str().unwrap()];
+        args.extend(["--out", gop.to_str().unwrap()]);
+        if fact {
+            args.push("--fact");
+        }
+        assert!(agop(&args).status.success());
+        let size = std::fs::metadata(&gop).unwrap().len();
+        let tiny = agop::model::Gpt2Config::from_file(&cfg).unwrap();
+        let bytes = agop::measure::Gop::file_bytes(&tiny, fact);
+        assert!(size >= bytes && size - bytes < 64 * 1024, "fact {fact}: file {size} B, estimate {bytes} B");
     }
 }

@@ -82,7 +82,7 @@ fn tiny_pipeline_on_real_slurm_equals_single_process() {
     let o = Command::new(agop_bin())
         .args(["slurm"])
         .arg(&pipeline)
-        .args(["--shards", "3", "--submit", "--cpus", "1", "--out"])
+        .args(["--shards", "3", "--submit", "--cpus", "1", "--mem", "2G", "--time", "30", "--out"])
         .arg(&out)
         .env("SLURM_CONF", &cluster.conf)
         .output()

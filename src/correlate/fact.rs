@@ -178,6 +178,7 @@ fn rows(model: &Gpt2, m: &Module, full: [f64; 4], loo: &[[f64; 4]]) -> Vec<Corre
             Correlation {
                 layer: m.layer as u32,
                 module: m.kind.as_str(),
+                role: m.kind.role(),
                 head: m.head.map(|h| h as u32),
                 dim: m.d_in(&model.cfg) as u32,
                 power: 1.0,

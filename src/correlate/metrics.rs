@@ -17,6 +17,8 @@ use crate::model::{all_modules, Gpt2, Gpt2Config, Module};
 pub struct Correlation {
     pub layer: u32,
     pub module: &'static str,
+    /// The architecture-neutral role of the module (`qkv`, `q`, …, `mlp_out`).
+    pub role: &'static str,
     pub head: Option<u32>,
     pub dim: u32,
     pub power: f64,
@@ -84,6 +86,7 @@ fn rows(m: &Module, cfg: &Gpt2Config, nfm: &'static str, powers: &[f64], values:
             out.push(Correlation {
                 layer: m.layer as u32,
                 module: m.kind.as_str(),
+                role: m.kind.role(),
                 head: m.head.map(|h| h as u32),
                 dim: m.d_in(cfg) as u32,
                 power,

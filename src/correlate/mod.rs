@@ -138,10 +138,14 @@ pub fn correlate_sources(
     let files_of = |r: &RunSums| r.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     let step_of = |r: &RunSums| sources.iter().find(|s| s.gop == r.paths[0]).and_then(|s| s.step);
     for (i, a) in sums.iter().enumerate() {
-        // Two runs of one weights setting of one checkpoint (FACT and not, other seeds) would give
-        // duplicate keys that no column tells apart.
+        // Two runs of one weights setting of one checkpoint (FACT and not, other probe seeds)
+        // would give duplicate keys that no column tells apart; random inits of other seeds are
+        // other weights (the control's init seeds, told apart by the `seed` column).
         if let Some(b) = sums[..i].iter().find(|b| {
-            b.meta.weights == a.meta.weights && b.meta.model_sha256 == a.meta.model_sha256 && step_of(b) == step_of(a)
+            b.meta.weights == a.meta.weights
+                && b.meta.model_sha256 == a.meta.model_sha256
+                && step_of(b) == step_of(a)
+                && (a.meta.weights == WeightsKind::Pretrained || a.meta.seed == b.meta.seed)
         }) {
             bail_bad!(
                 "{} and {} are two different {} measurements of the same weights ({}); correlate one measurement \
@@ -205,13 +209,33 @@ pub fn correlate_sources(
             estimator: run.meta.estimator,
             probes: run.meta.probes,
             step: source.step,
+            seed: run.meta.seed,
         };
-        seed = run.meta.seed;
+        if run.meta.weights == WeightsKind::Pretrained || runs.is_empty() {
+            seed = run.meta.seed;
+        }
         runs.push((info, rows));
     }
     let mut df = table::correlations_frame(&runs)?;
     for extra in &opts.extra_tables {
-        let more = crate::util::parquet::read_parquet(extra)?;
+        let mut more = crate::util::parquet::read_parquet(extra)?;
+        if more.column("seed").is_err() {
+            // Rows kept by an agop from before the `seed` column: its value is the file's `seed`.
+            let meta = crate::util::parquet::parquet_metadata(extra)?;
+            let s = meta.iter().find(|(k, _)| k == "seed").and_then(|(_, v)| v.parse::<u64>().ok()).unwrap_or(0);
+            let n = more.height();
+            more.with_column(polars::prelude::Column::new("seed".into(), vec![s; n]))?;
+        }
+        if more.column("role").is_err() {
+            // Likewise `role`, from the module names.
+            let roles: Vec<Option<&str>> = more
+                .column("module")?
+                .str()?
+                .iter()
+                .map(|m| crate::model::Kind::ALL.iter().find(|k| Some(k.as_str()) == m).map(|k| k.role()))
+                .collect();
+            more.with_column(polars::prelude::Column::new("role".into(), roles))?;
+        }
         df.vstack_mut(&more)
             .map_err(|e| crate::bad!("{}: not a correlations table like this one: {e}", extra.display()))?;
     }
@@ -219,8 +243,8 @@ pub fn correlate_sources(
     let cpath = contrasts_path(out);
     let contrasts = if opts.extra_tables.is_empty() { contrasts::contrasts(&sums, &runs)? } else { None };
     match contrasts {
-        Some(rows) => {
-            let mut cdf = table::contrasts_frame(&rows)?;
+        Some((rows, init_seeds)) => {
+            let mut cdf = table::contrasts_frame(&rows, init_seeds)?;
             table::write_correlations(&cpath, &mut cdf, &ctx.text, seed, &ctx.inputs)?;
         }
         // A contrasts file from an earlier run would no longer describe these correlations.

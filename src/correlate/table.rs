@@ -24,6 +24,9 @@ pub struct RunInfo {
     pub probes: u32,
     /// Training step of a checkpoint in a series (docs/reference.md §8); None otherwise.
     pub step: Option<u64>,
+    /// The measurement's seed: the random init's for random-init weights (one run per init
+    /// seed with `[measure] init_seeds`), the probes' for both.
+    pub seed: u64,
 }
 
 /// The rows of one run: its run-level columns and its correlations.
@@ -58,14 +61,20 @@ pub fn correlations_frame(runs: &[RunRows]) -> Result<DataFrame> {
         Series::new("ci_low".into(), rows.iter().map(|(_, c)| c.interval.map(|i| i.low)).collect::<Vec<_>>()).into(),
         Series::new("ci_high".into(), rows.iter().map(|(_, c)| c.interval.map(|i| i.high)).collect::<Vec<_>>()).into(),
         Series::new("groups".into(), rows.iter().map(|(_, c)| c.groups).collect::<Vec<u32>>()).into(),
+        Series::new("seed".into(), rows.iter().map(|(r, _)| r.seed).collect::<Vec<u64>>()).into(),
+        Series::new("role".into(), rows.iter().map(|(_, c)| c.role).collect::<Vec<&str>>()).into(),
     ];
     Ok(DataFrame::new_infer_height(cols)?)
 }
 
-/// The contrasts table (docs/reference.md §8): the columns of correlations.parquet without `weights`, one
-/// row per pretrained − random-init difference.
-pub fn contrasts_frame(rows: &[RunRows]) -> Result<DataFrame> {
-    Ok(correlations_frame(rows)?.drop("weights")?)
+/// The contrasts table (docs/reference.md §8): the columns of correlations.parquet without `weights`
+/// (`seed` is the pretrained run's), one row per pretrained − random-init difference, and
+/// `init_seeds`: how many random inits the control's mean and the interval's spread rest on.
+pub fn contrasts_frame(rows: &[RunRows], init_seeds: u32) -> Result<DataFrame> {
+    let mut df = correlations_frame(rows)?.drop("weights")?;
+    let n = df.height();
+    df.with_column(Column::new("init_seeds".into(), vec![init_seeds; n]))?;
+    Ok(df)
 }
 
 /// Write correlations.parquet atomically with its key-value metadata.

@@ -159,6 +159,15 @@ impl Gop {
         Self { meta, sums, fact, device: BTreeMap::new() }
     }
 
+    /// The size of the sums of one GOP file for `cfg` (f64, the stored side of every module,
+    /// and with `fact` the weight gradients), without allocating them: what a measurement writes
+    /// per file (the total, and each group file again).
+    pub fn file_bytes(cfg: &Gpt2Config, fact: bool) -> u64 {
+        let sums: usize = all_modules(cfg).iter().map(|m| m.stored_dim(cfg).pow(2)).sum();
+        let g: usize = if fact { fact_modules(cfg).iter().map(|m| m.d_out(cfg) * m.d_in(cfg)).sum() } else { 0 };
+        8 * (sums + g) as u64
+    }
+
     /// The stored sum for a module.
     pub fn get(&self, m: &Module) -> Result<&(usize, Vec<f64>)> {
         self.sums.get(&m.gop_tensor()).ok_or_else(|| bad!("GOP file has no tensor {}", m.gop_tensor()))

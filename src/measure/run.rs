@@ -208,6 +208,7 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
     let mut inputs = resolved.protected_files();
     inputs.push(tokens.to_path_buf());
     crate::util::fs::check_output(out, "--out", &inputs)?;
+    let _lock = crate::util::fs::OutputLock::acquire(out, "--out")?;
     let (mut windows, tmeta) = read_tokens(tokens)?;
     if windows.is_empty() {
         bail_bad!("{}: no windows to measure", tokens.display());

@@ -52,7 +52,7 @@ fn cuda(ordinal: usize, spec: &str) -> Result<Device> {
 fn cuda(_ordinal: usize, spec: &str) -> Result<Device> {
     bail_bad!(
         "--device {spec}: this agop was built without CUDA. Build it with `cargo build --release --features cuda` \
-         (with a CUDA toolkit installed, or one laid out by scripts/cuda-toolkit.sh; README \"GPU\")"
+         (with a CUDA toolkit installed, or one laid out by scripts/cuda-toolkit.sh; docs/gpu.md)"
     )
 }
 

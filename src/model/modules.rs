@@ -25,6 +25,21 @@ impl Kind {
         matches!(self, Kind::Q | Kind::K | Kind::V)
     }
 
+    /// The `role` column of correlations.parquet: what the module does, in words every
+    /// architecture shares (`qkv`, `q`, `k`, `v`, `attn_out`, `mlp_in`, `mlp_out`), so that one
+    /// query compares architectures whose `module` names differ.
+    pub fn role(self) -> &'static str {
+        match self {
+            Kind::CAttn => "qkv",
+            Kind::Q => "q",
+            Kind::K => "k",
+            Kind::V => "v",
+            Kind::AttnCProj => "attn_out",
+            Kind::CFc => "mlp_in",
+            Kind::MlpCProj => "mlp_out",
+        }
+    }
+
     /// The `module` column of correlations.parquet.
     pub fn as_str(self) -> &'static str {
         match self {

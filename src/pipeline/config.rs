@@ -25,12 +25,41 @@ pub struct Pipeline {
     /// `[train]`: train the `init_config` model on the corpus first; its checkpoints are the series.
     #[serde(default)]
     pub train: Option<TrainSpec>,
+    /// `[slurm]`: site lines and resources for `agop slurm` (its flags override them).
+    #[serde(default)]
+    pub slurm: SlurmSpec,
     /// Folder holding the pipeline file; relative paths resolve against it (not serialized).
     #[serde(skip)]
     pub base: PathBuf,
     /// The file's text, recorded in correlations.parquet metadata.
     #[serde(skip)]
     pub text: String,
+}
+
+/// `[slurm]`: what `agop slurm` writes into every job script. Resources left out get defaults
+/// (`agop slurm --help`); the command's flags override these keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSpec {
+    #[serde(default)]
+    pub partition: Option<String>,
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Wall-clock limit of the measure and reduce jobs, as sbatch takes it (`12:00:00`).
+    #[serde(default)]
+    pub time: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// Memory per job, as sbatch takes it (`16G`).
+    #[serde(default)]
+    pub mem: Option<String>,
+    /// Shell lines run first in every job: `module load …`, a virtual environment, an
+    /// `LD_LIBRARY_PATH` for the CUDA libraries.
+    #[serde(default)]
+    pub setup: Vec<String>,
+    /// More sbatch options, one per entry without `#SBATCH` (`--qos=normal`, `--constraint=h100`).
+    #[serde(default)]
+    pub sbatch: Vec<String>,
 }
 
 /// `[model]`: a hub id or local directory, or a random checkpoint made by `init-model`.
@@ -177,6 +206,10 @@ pub struct MeasureSpec {
     /// correlate stage writes `ansatz` = `fact` rows.
     #[serde(default)]
     pub fact: bool,
+    /// How many random inits the control is measured on: seeds `seed`, `seed + 1`, …; with
+    /// more than one, the pretrained − random-init intervals include the spread across them.
+    #[serde(default = "default_init_seeds")]
+    pub init_seeds: u32,
     /// Where to measure: `cpu`, `cuda` or `cuda:N` (`measure --device`; `agop run --device`
     /// overrides it, as the Slurm scripts of `agop slurm --gpus` do).
     #[serde(default = "default_device")]
@@ -202,6 +235,9 @@ fn default_batch() -> usize {
 fn default_groups() -> u32 {
     1
 }
+fn default_init_seeds() -> u32 {
+    1
+}
 fn default_weights() -> Vec<WeightsKind> {
     vec![WeightsKind::Pretrained, WeightsKind::RandomInit]
 }
@@ -217,6 +253,7 @@ impl Default for MeasureSpec {
             weights: default_weights(),
             groups: default_groups(),
             fact: false,
+            init_seeds: default_init_seeds(),
             device: default_device(),
         }
     }
@@ -394,9 +431,39 @@ impl Pipeline {
         if self.measure.groups == 0 {
             bail_bad!("[measure] groups must be at least 1 (1: no error bars)");
         }
+        if self.measure.init_seeds == 0 {
+            bail_bad!("[measure] init_seeds must be at least 1 (the number of random inits of the control)");
+        }
+        if self.measure.seed.checked_add(u64::from(self.measure.init_seeds)).is_none() {
+            bail_bad!("[measure] seed + init_seeds overflows");
+        }
+        // init_config (and [train]'s step 0) draws the "pretrained" weights with init_seed, the
+        // control with seed, seed + 1, …: one seed in both would put the measured weights
+        // themselves into the control.
+        let controls = self.measure.seed..self.measure.seed + u64::from(self.measure.init_seeds);
+        if m.init_config.is_some()
+            && self.measure.weights.contains(&WeightsKind::RandomInit)
+            && controls.contains(&m.init_seed)
+        {
+            bail_bad!(
+                "[model] init_seed {} is one of the control's seeds ([measure] seed {} with init_seeds {}): the \
+                 random-init control would include the measured weights themselves; give [measure] a seed outside \
+                 (e.g. seed = {})",
+                m.init_seed,
+                self.measure.seed,
+                self.measure.init_seeds,
+                m.init_seed + 1
+            );
+        }
         crate::model::device::device_spec(&self.measure.device).map_err(|e| crate::bad!("[measure] device: {e}"))?;
         if self.measure.batch == 0 {
             bail_bad!("[measure] batch must be at least 1");
+        }
+        if let Some(o) = self.slurm.sbatch.iter().find(|o| !o.starts_with("--") || o.contains('\n')) {
+            bail_bad!("[slurm] sbatch entries are sbatch options such as \"--qos=normal\" (one line each), got {o:?}");
+        }
+        if let Some(l) = self.slurm.setup.iter().find(|l| l.contains('\n')) {
+            bail_bad!("[slurm] setup entries are single shell lines, got {l:?}");
         }
         if self.correlate.powers.is_empty() {
             bail_bad!("[correlate] powers is empty; give at least one power (e.g. [0.5, 1.0])");
@@ -405,6 +472,24 @@ impl Pipeline {
             bail_bad!("[correlate] powers must be positive numbers, got {p}");
         }
         Ok(())
+    }
+
+    /// How many measurements of `weights` the pipeline makes: one per checkpoint for the
+    /// pretrained weights, one per init seed for the random-init control.
+    pub fn measurement_count(&self, weights: WeightsKind) -> usize {
+        match weights {
+            WeightsKind::Pretrained => self.checkpoints().len(),
+            WeightsKind::RandomInit => self.measure.init_seeds as usize,
+        }
+    }
+
+    /// The seed of measurement `k` of `weights`: `[measure] seed` for the pretrained weights,
+    /// `seed + k` for the k-th random init.
+    pub fn measurement_seed(&self, weights: WeightsKind, k: usize) -> u64 {
+        match weights {
+            WeightsKind::Pretrained => self.measure.seed,
+            WeightsKind::RandomInit => self.measure.seed + k as u64,
+        }
     }
 
     /// Is `[model]` a checkpoint series (hub revisions, a local folder of checkpoints, or the

@@ -180,10 +180,12 @@ pub fn fetch_checkpoints(p: &Pipeline, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// What names a measurement's files: `pretrained`, `random-init`, or in a series
-/// `pretrained@<revision>` (characters other than letters, digits, `.`, `-`, `_` become `_`).
+/// What names a measurement's files: `pretrained`, `random-init`, in a series
+/// `pretrained@<revision>` (characters other than letters, digits, `.`, `-`, `_` become `_`),
+/// and for the further random inits of `init_seeds` `random-init-seed<S>`.
 fn tag(p: &Pipeline, weights: WeightsKind, k: usize) -> String {
     match (weights, p.is_series()) {
+        (WeightsKind::RandomInit, _) if k > 0 => format!("random-init-seed{}", p.measurement_seed(weights, k)),
         (WeightsKind::Pretrained, true) => {
             let rev = p.checkpoints()[k].revision.clone().unwrap_or_default();
             let safe: String =
@@ -194,13 +196,10 @@ fn tag(p: &Pipeline, weights: WeightsKind, k: usize) -> String {
     }
 }
 
-/// The checkpoints measured for `weights`: every checkpoint of a series for pretrained weights,
-/// else one (random-init is measured once, from the first checkpoint's config).
+/// The measurements of `weights`: every checkpoint of a series for pretrained weights, every
+/// init seed for random-init (drawn from the first checkpoint's config).
 fn checkpoint_indices(p: &Pipeline, weights: WeightsKind) -> std::ops::Range<usize> {
-    match weights {
-        WeightsKind::Pretrained => 0..p.checkpoints().len(),
-        WeightsKind::RandomInit => 0..1,
-    }
+    0..p.measurement_count(weights)
 }
 
 /// Are checkpoints after the first deleted from the cache once measured and correlated?
@@ -301,18 +300,22 @@ fn finish_prepared(out: &Path, model: ResolvedModel, tokens: PathBuf) -> Result<
     Ok(Prepared { out: out.to_path_buf(), model, tokens, tokens_sha, n_windows })
 }
 
-fn settings(p: &Pipeline) -> Settings {
+/// The measure settings of measurement `k` of `weights` (its seed: [`Pipeline::measurement_seed`]).
+fn settings(p: &Pipeline, weights: WeightsKind, k: usize) -> Settings {
     let m = &p.measure;
-    Settings { output: m.output, estimator: m.estimator, probes: m.probes, seed: m.seed, fact: m.fact }
+    let seed = p.measurement_seed(weights, k);
+    Settings { output: m.output, estimator: m.estimator, probes: m.probes, seed, fact: m.fact }
 }
 
-/// Does a GOP file hold this pipeline's measurement of `weights` (for the given shard)?
+/// Does a GOP file hold this pipeline's measurement `k` of `weights` (for the given shard)?
+#[allow(clippy::too_many_arguments)]
 fn gop_matches(
     meta: &GopMeta,
     p: &Pipeline,
     prep: &Prepared,
     model: &ResolvedModel,
     weights: WeightsKind,
+    k: usize,
     shard: Option<(usize, usize)>,
 ) -> bool {
     let m = &p.measure;
@@ -320,8 +323,8 @@ fn gop_matches(
         && meta.weights == weights
         && meta.output == m.output
         && meta.estimator == m.estimator
-        && meta.probes == settings(p).recorded_probes()
-        && meta.seed == m.seed
+        && meta.probes == settings(p, weights, k).recorded_probes()
+        && meta.seed == p.measurement_seed(weights, k)
         && meta.tokens_sha256 == prep.tokens_sha
         && meta.total_windows == prep.n_windows
         && meta.groups == m.groups
@@ -332,17 +335,19 @@ fn gop_matches(
         }
 }
 
-/// Is the GOP file at `path` (with its group files) this pipeline's finished measurement of
+/// Is the GOP file at `path` (with its group files) this pipeline's finished measurement `k` of
 /// `weights` on `model` ([`gop_matches`])?
+#[allow(clippy::too_many_arguments)]
 fn gop_done(
     path: &Path,
     p: &Pipeline,
     prep: &Prepared,
     model: &ResolvedModel,
     weights: WeightsKind,
+    k: usize,
     shard: Option<(usize, usize)>,
 ) -> bool {
-    GroupedFile::open(path).map(|g| gop_matches(&g.total.meta, p, prep, model, weights, shard)).unwrap_or(false)
+    GroupedFile::open(path).map(|g| gop_matches(&g.total.meta, p, prep, model, weights, k, shard)).unwrap_or(false)
 }
 
 /// The whole-run GOP file of one weights setting.
@@ -377,8 +382,8 @@ pub fn measure(
     checkpoint_indices(p, weights).map(|k| measure_checkpoint(p, prep, weights, k, shard, quiet)).collect()
 }
 
-/// One checkpoint `k` of [`measure`] (`agop run --stage measure --checkpoint K`; for random-init
-/// `k` is ignored).
+/// One measurement `k` of [`measure`] (`agop run --stage measure --checkpoint K`): checkpoint `k`
+/// of the pretrained weights, or the random init of seed `seed + k`.
 pub fn measure_checkpoint(
     p: &Pipeline,
     prep: &Prepared,
@@ -406,21 +411,21 @@ pub fn measure_checkpoint(
         None => format!("measure {tag}"),
     };
     let model = checkpoint_model(p, prep, if weights == WeightsKind::Pretrained { k } else { 0 })?;
-    if gop_done(&path, p, prep, &model, weights, shard) {
+    if gop_done(&path, p, prep, &model, weights, k, shard) {
         say(quiet, format!("[{label}] {} is up to date", path.display()));
         return Ok(path);
     }
-    measure_into(p, prep, &model, weights, shard, &path, &label, quiet)?;
+    measure_into(p, prep, &model, (weights, k), shard, &path, &label, quiet)?;
     Ok(path)
 }
 
-/// Measure `weights` of `model` (one shard, or all windows) into `path`.
+/// Measure `weights` of `model` (measurement `k`: one shard, or all windows) into `path`.
 #[allow(clippy::too_many_arguments)]
 fn measure_into(
     p: &Pipeline,
     prep: &Prepared,
     model: &ResolvedModel,
-    weights: WeightsKind,
+    (weights, k): (WeightsKind, usize),
     shard: Option<(usize, usize)>,
     path: &Path,
     label: &str,
@@ -435,7 +440,7 @@ fn measure_into(
         progress: !quiet,
         shard,
         groups: m.groups,
-        ..MeasureOptions::new(weights, settings(p), m.batch)
+        ..MeasureOptions::new(weights, settings(p, weights, k), m.batch)
     }
     .on(crate::model::parse_device(&m.device)?);
     measure::measure(model, &prep.tokens, path, &opts)?;
@@ -467,17 +472,18 @@ fn measure_evicted(p: &Pipeline, prep: &Prepared, k: usize, quiet: bool) -> Resu
     let label = format!("measure {tag}");
     if let Some(r) = &read_record(&record) {
         let model = ResolvedModel::recorded(r);
-        if gop_done(&path, p, prep, &model, weights, None) && has_inputs_key(&rows, &evicted_rows_key(p, prep, &path)?)
+        if gop_done(&path, p, prep, &model, weights, k, None)
+            && has_inputs_key(&rows, &evicted_rows_key(p, prep, &path)?)
         {
             say(quiet, format!("[{label}] {} and {} are up to date", path.display(), rows.display()));
             return Ok(path);
         }
     }
     let model = checkpoint_model(p, prep, k)?;
-    if gop_done(&path, p, prep, &model, weights, None) {
+    if gop_done(&path, p, prep, &model, weights, k, None) {
         say(quiet, format!("[{label}] {} is up to date", path.display()));
     } else {
-        measure_into(p, prep, &model, weights, None, &path, &label, quiet)?;
+        measure_into(p, prep, &model, (weights, k), None, &path, &label, quiet)?;
     }
     say(quiet, format!("[correlate {tag}] → {}", rows.display()));
     let source = correlate::Source { model: model.clone(), gop: path.clone(), step: p.checkpoints()[k].step };
@@ -513,7 +519,7 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
             let model = checkpoint_model(p, prep, if weights == WeightsKind::Pretrained { k } else { 0 })?;
             let path = tagged_gop_path(&prep.out, &tag);
             if let Some(n) = shards {
-                let done = gop_done(&path, p, prep, &model, weights, None);
+                let done = gop_done(&path, p, prep, &model, weights, k, None);
                 if done {
                     say(quiet, format!("[merge {tag}] {} is up to date", path.display()));
                 } else {
@@ -564,10 +570,75 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
     Ok(())
 }
 
+/// The measure rate the time estimate is scaled from: GPT-2 small (sketch, 1 probe, logits,
+/// FACT off) measured 245 tokens/s on 2 threads of a 2-core machine (docs/performance.md).
+const REFERENCE_RATE: f64 = 245.0;
+/// How much longer `--fact` makes a measurement (the same benchmark: 2.44×).
+const FACT_COST: f64 = 2.44;
+
+/// What the measure stage will cost, roughly: tokens measured (every checkpoint and init), the
+/// time on `threads` CPU threads (None on a GPU, or for the exact estimator, whose cost grows
+/// with the output's width), and the bytes of GOP files it writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    pub tokens: u64,
+    pub seconds: Option<f64>,
+    pub bytes: u64,
+}
+
+/// [`Estimate`] for a pipeline whose model has config `cfg` and whose tokens file has
+/// `n_windows` windows. The time scales [`REFERENCE_RATE`] by the forward FLOPs per token
+/// (2·(12·n_layer·C² + C·V), attention's T-dependent part left out), by the passes per window
+/// (a forward and a backward per probe: 1 + 2·probes), by the threads, and by [`FACT_COST`].
+pub fn estimate(p: &Pipeline, cfg: &crate::model::Gpt2Config, n_windows: u64, threads: usize) -> Estimate {
+    let m = &p.measure;
+    let measurements: u64 = m.weights.iter().map(|&w| p.measurement_count(w) as u64).sum();
+    let tokens = n_windows * p.corpus.seq_len as u64 * measurements;
+    let flops = |l: usize, e: usize, v: usize| {
+        let (l, e, v) = (l as f64, e as f64, v as f64);
+        2.0 * (12.0 * l * e * e + e * v)
+    };
+    // GPT-2 small: 12 layers, 768 wide, 50257 tokens; one probe (3 passes).
+    let reference = flops(12, 768, 50257) * 3.0;
+    let passes = match (m.estimator, m.output) {
+        (crate::measure::Estimator::Sketch, crate::measure::Output::Logits) => 1.0 + 2.0 * m.probes as f64,
+        (_, crate::measure::Output::Loss) => 3.0,
+        (crate::measure::Estimator::Exact, _) => f64::NAN,
+    };
+    let rate = REFERENCE_RATE * (threads.max(1) as f64 / 2.0) * reference
+        / (flops(cfg.n_layer, cfg.n_embd, cfg.vocab_size) * passes)
+        / if m.fact { FACT_COST } else { 1.0 };
+    let on_cpu = m.device == "cpu";
+    let seconds = (on_cpu && rate.is_finite()).then(|| tokens as f64 / rate);
+    let files = if m.groups > 1 { 1 + m.groups as u64 } else { 1 };
+    let bytes = crate::measure::Gop::file_bytes(cfg, m.fact) * files * measurements;
+    Estimate { tokens, seconds, bytes }
+}
+
+/// The estimate as one line for the start of a run.
+fn estimate_line(p: &Pipeline, prep: &Prepared) -> Result<String> {
+    let threads = rayon::current_num_threads();
+    let e = estimate(p, &prep.model.config()?, prep.n_windows, threads);
+    let time = match e.seconds {
+        Some(s) if s >= 3600.0 => format!("about {:.1} h on {threads} threads", s / 3600.0),
+        Some(s) => format!("about {:.0} min on {threads} threads", (s / 60.0).max(1.0)),
+        None => "time not estimated (GPU or exact estimator)".to_string(),
+    };
+    Ok(format!(
+        "[estimate] measuring {} tokens{}: {time}, {:.1} GB of GOP files in {} (a rough guide, scaled from GPT-2 \
+         small's {REFERENCE_RATE} tokens/s on 2 threads; the progress bars show the real rate)",
+        e.tokens,
+        if p.measure.fact { " with FACT" } else { "" },
+        e.bytes as f64 / 1e9,
+        prep.out.display()
+    ))
+}
+
 /// Run every stage in one process. Returns the output folder.
 pub fn run(p: &Pipeline, out: Option<&Path>, quiet: bool) -> Result<PathBuf> {
     let out = out_dir(p, out);
     let prep = prepare(p, &out, quiet)?;
+    say(quiet, estimate_line(p, &prep)?);
     for &weights in &p.measure.weights {
         measure(p, &prep, weights, None, quiet)?;
     }

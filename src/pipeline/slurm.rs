@@ -12,15 +12,54 @@ use anyhow::{bail, Context, Result};
 use super::config::Pipeline;
 use crate::bail_bad;
 
-/// Resources and scheduling options passed through to every job.
+/// Resources and scheduling options of `agop slurm`'s flags (None: the pipeline's `[slurm]`
+/// value, else the default).
 #[derive(Debug, Clone, Default)]
 pub struct SlurmOptions {
     pub shards: usize,
     pub partition: Option<String>,
+    pub account: Option<String>,
     pub time: Option<String>,
     pub cpus: Option<u32>,
     pub mem: Option<String>,
     pub gpus: Option<u32>,
+    /// The prepare stage was run here (a login node with internet): no prepare job is submitted.
+    pub prepared_here: bool,
+}
+
+/// Default resources of every job, when neither a flag nor `[slurm]` gives one: enough for
+/// GPT-2 small on a CPU node (docs/clusters.md); a cluster's own default time limit is often an
+/// hour or less, which a measure job would outlive.
+pub const DEFAULT_TIME: &str = "12:00:00";
+pub const DEFAULT_CPUS: u32 = 4;
+pub const DEFAULT_MEM: &str = "16G";
+
+/// What every job asks for and runs first, from the flags, `[slurm]` and the defaults.
+struct Job<'a> {
+    partition: Option<&'a str>,
+    account: Option<&'a str>,
+    time: &'a str,
+    cpus: u32,
+    mem: &'a str,
+    gpus: Option<u32>,
+    setup: &'a [String],
+    sbatch: &'a [String],
+}
+
+impl<'a> Job<'a> {
+    fn new(o: &'a SlurmOptions, p: &'a Pipeline) -> Self {
+        let s = &p.slurm;
+        Job {
+            partition: o.partition.as_deref().or(s.partition.as_deref()),
+            account: o.account.as_deref().or(s.account.as_deref()),
+            time: o.time.as_deref().or(s.time.as_deref()).unwrap_or(DEFAULT_TIME),
+            cpus: o.cpus.or(s.cpus).unwrap_or(DEFAULT_CPUS),
+            mem: o.mem.as_deref().or(s.mem.as_deref()).unwrap_or(DEFAULT_MEM),
+            gpus: o.gpus,
+            setup: &s.setup,
+            sbatch: &s.sbatch,
+        }
+    }
 }
 
 /// The scripts written for one pipeline.
@@ -30,13 +69,15 @@ pub struct Scripts {
     /// (weights, script) per measure array.
     pub measure: Vec<(String, PathBuf)>,
     pub reduce: PathBuf,
+    /// Submit without the prepare job (it was run where `agop slurm` ran).
+    pub skip_prepare: bool,
 }
 
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn header(name: &str, logs: &Path, o: &SlurmOptions, array: Option<usize>) -> String {
+fn header(name: &str, logs: &Path, j: &Job, array: Option<usize>) -> String {
     let mut h = String::from("#!/bin/bash\n");
     h.push_str(&format!("#SBATCH --job-name={name}\n"));
     match array {
@@ -46,26 +87,32 @@ fn header(name: &str, logs: &Path, o: &SlurmOptions, array: Option<usize>) -> St
         }
         None => h.push_str(&format!("#SBATCH --output={}/{name}-%j.out\n", logs.display())),
     }
-    if let Some(p) = &o.partition {
+    if let Some(p) = j.partition {
         h.push_str(&format!("#SBATCH --partition={p}\n"));
     }
-    if let Some(t) = &o.time {
-        h.push_str(&format!("#SBATCH --time={t}\n"));
+    if let Some(a) = j.account {
+        h.push_str(&format!("#SBATCH --account={a}\n"));
     }
-    if let Some(c) = o.cpus {
-        h.push_str(&format!("#SBATCH --cpus-per-task={c}\n"));
-    }
-    if let Some(m) = &o.mem {
-        h.push_str(&format!("#SBATCH --mem={m}\n"));
-    }
-    if let (Some(g), Some(_)) = (o.gpus, array) {
+    h.push_str(&format!("#SBATCH --time={}\n#SBATCH --cpus-per-task={}\n#SBATCH --mem={}\n", j.time, j.cpus, j.mem));
+    if let (Some(g), Some(_)) = (j.gpus, array) {
         // Only the measure arrays use a GPU.
         h.push_str(&format!("#SBATCH --gres=gpu:{g}\n"));
     }
-    h.push_str("set -euo pipefail\n");
-    if let Some(c) = o.cpus {
-        h.push_str(&format!("export RAYON_NUM_THREADS={c}\n"));
+    for o in j.sbatch {
+        h.push_str(&format!("#SBATCH {o}\n"));
     }
+    h.push_str("set -euo pipefail\n");
+    for l in j.setup {
+        h.push_str(&format!("{l}\n"));
+    }
+    if let (Some(_), Some(_)) = (j.gpus, array) {
+        // agop's CUDA build loads libcublas/libcurand at run time: from the toolkit a site's
+        // `module load cuda` (in [slurm] setup) puts on the path, or from $CUDA_HOME.
+        h.push_str(
+            "if [ -n \"${CUDA_HOME:-}\" ]; then export LD_LIBRARY_PATH=\"$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}\"; fi\n",
+        );
+    }
+    h.push_str(&format!("export RAYON_NUM_THREADS={}\n", j.cpus));
     h
 }
 
@@ -88,7 +135,7 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
              a CUDA toolkit) and write the scripts with that binary."
         );
     }
-    let exe = std::env::current_exe().context("locating the agop binary")?;
+    let job = Job::new(o, p);
     let abs = |x: &Path| -> Result<PathBuf> {
         Ok(if x.is_absolute() { x.to_path_buf() } else { std::env::current_dir()?.join(x) })
     };
@@ -96,6 +143,15 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
     let dir = out.join("slurm");
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
+    // The jobs run a copy of this binary beside the scripts: a rebuild (or `cargo clean`) in
+    // the build tree while jobs wait in the queue does not change what they run.
+    let exe = dir.join("agop");
+    let me = std::env::current_exe().context("locating the agop binary")?;
+    crate::util::write_atomic(&exe, &std::fs::read(&me).with_context(|| format!("reading {}", me.display()))?)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
+    }
     let base = format!(
         "{} run {} --out {}",
         quote(&exe.display().to_string()),
@@ -110,27 +166,28 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
     // Prepare fetches the model once; every later job reads the shared cache offline.
     let prepare = write(
         "prepare",
-        format!("{}{base} --stage prepare\n", header(&format!("agop-{}-prepare", p.name), &logs, o, None)),
+        format!("{}{base} --stage prepare\n", header(&format!("agop-{}-prepare", p.name), &logs, &job, None)),
     )?;
     let mut measure = Vec::new();
     // With --gpus the measure tasks run on the GPU (each task uses one).
     let mbase = if o.gpus.is_some() { format!("{base} --device cuda") } else { base.clone() };
     for w in &p.measure.weights {
         let name = format!("agop-{}-measure-{}", p.name, w.as_str());
-        let body = if p.is_series() && *w == crate::model::WeightsKind::Pretrained {
-            // One array task per (checkpoint, shard): task t is checkpoint t / shards, shard t % shards.
-            let n = p.checkpoints().len();
+        let n = p.measurement_count(*w);
+        let body = if n > 1 {
+            // One array task per (measurement, shard): task t is measurement t / shards (a
+            // checkpoint of a series, or an init seed of random-init), shard t % shards.
             format!(
                 "{}export HF_HUB_OFFLINE=1\nK=$((SLURM_ARRAY_TASK_ID / {s}))\nI=$((SLURM_ARRAY_TASK_ID % {s}))\n\
                  {mbase} --stage measure --weights {} --checkpoint \"$K\" --shard \"$I/{s}\"\n",
-                header(&name, &logs, o, Some(n * o.shards)),
+                header(&name, &logs, &job, Some(n * o.shards)),
                 w.as_str(),
                 s = o.shards
             )
         } else {
             format!(
                 "{}export HF_HUB_OFFLINE=1\n{mbase} --stage measure --weights {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"\n",
-                header(&name, &logs, o, Some(o.shards)),
+                header(&name, &logs, &job, Some(o.shards)),
                 w.as_str(),
                 o.shards
             )
@@ -141,11 +198,11 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
         "reduce",
         format!(
             "{}export HF_HUB_OFFLINE=1\n{base} --stage reduce --shards {}\n",
-            header(&format!("agop-{}-reduce", p.name), &logs, o, None),
+            header(&format!("agop-{}-reduce", p.name), &logs, &job, None),
             o.shards
         ),
     )?;
-    Ok(Scripts { prepare, measure, reduce })
+    Ok(Scripts { prepare, measure, reduce, skip_prepare: o.prepared_here })
 }
 
 /// Submit with `sbatch --parsable`; returns the job id.
@@ -171,11 +228,13 @@ fn sbatch(script: &Path, dependency: Option<&str>) -> Result<String> {
 /// Submit the scripts in dependency order; returns (job name, id) pairs.
 pub fn submit(s: &Scripts) -> Result<Vec<(String, String)>> {
     let mut ids = Vec::new();
-    let prep = sbatch(&s.prepare, None)?;
-    ids.push(("prepare".to_string(), prep.clone()));
+    let prep = if s.skip_prepare { None } else { Some(sbatch(&s.prepare, None)?) };
+    if let Some(id) = &prep {
+        ids.push(("prepare".to_string(), id.clone()));
+    }
     let mut arrays = Vec::new();
     for (w, script) in &s.measure {
-        let id = sbatch(script, Some(&prep))?;
+        let id = sbatch(script, prep.as_deref())?;
         ids.push((format!("measure-{w}"), id.clone()));
         arrays.push(id);
     }

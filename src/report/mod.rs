@@ -3,7 +3,7 @@
 pub mod plots;
 pub mod table;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use polars::prelude::*;
@@ -29,22 +29,56 @@ pub struct Row {
     pub ansatz: String,
 }
 
-/// Read the rows of `dir/correlations.parquet`.
-pub fn read_rows(dir: &Path) -> Result<(Vec<Row>, DataFrame)> {
-    let path = dir.join("correlations.parquet");
-    if !path.is_file() {
-        bail_bad!("{}: no correlations.parquet here (run `agop run` or `agop correlate` first)", dir.display());
+/// What `agop report PATH` reads: a run folder (its `correlations.parquet`) or a correlations
+/// table itself (any name, as `agop correlate --out` writes it); the table and the folder the
+/// plots go to.
+pub fn locate(path: &Path) -> Result<(PathBuf, PathBuf)> {
+    if path.is_file() {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        return Ok((path.to_path_buf(), dir.to_path_buf()));
     }
-    read_table(&path, true)
+    let table = path.join("correlations.parquet");
+    if !table.is_file() {
+        bail_bad!(
+            "{}: no correlations.parquet here (give a run folder or a correlations table; run `agop run` or `agop \
+             correlate` first)",
+            path.display()
+        );
+    }
+    Ok((table, path.to_path_buf()))
 }
 
-/// Read the rows of `dir/contrasts.parquet`, if there is one (weights = "pretrained − random-init").
-pub fn read_contrasts(dir: &Path) -> Result<Option<Vec<Row>>> {
-    let path = dir.join("contrasts.parquet");
+/// Read the rows of a correlations table ([`locate`]).
+pub fn read_rows(path: &Path) -> Result<(Vec<Row>, DataFrame)> {
+    read_table(&locate(path)?.0, true)
+}
+
+/// Read the rows of the contrasts table beside the correlations table `table`, if there is one
+/// (weights = "pretrained − random-init"), with the number of random inits its control rests
+/// on (`init_seeds`; 1 in tables written before that column).
+pub fn read_contrasts(table: &Path) -> Result<Option<(Vec<Row>, u32)>> {
+    let path = crate::correlate::contrasts_path(table);
     if !path.is_file() {
         return Ok(None);
     }
-    Ok(Some(read_table(&path, false)?.0))
+    let (rows, df) = read_table(&path, false)?;
+    let seeds = match df.column("init_seeds") {
+        Ok(c) => c.u32().map_err(|_| bad!("{}: column `init_seeds` should be UInt32", path.display()))?.get(0),
+        Err(_) => None,
+    };
+    Ok(Some((rows, seeds.unwrap_or(1))))
+}
+
+/// The random-init seeds of a correlations table, sorted (one per init of `[measure]
+/// init_seeds`; empty without random-init rows or `seed` column).
+pub fn random_init_seeds(df: &DataFrame) -> Vec<u64> {
+    let (Ok(w), Ok(s)) = (df.column("weights"), df.column("seed")) else { return vec![] };
+    let (Ok(w), Ok(s)) = (w.str(), s.u64()) else { return vec![] };
+    let mut seeds: Vec<u64> =
+        w.iter().zip(s.iter()).filter(|(w, _)| *w == Some("random-init")).filter_map(|(_, s)| s).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    seeds
 }
 
 /// The NFA and FACT rows of the weight Gram (`nfm` gram; every row of a table written before
@@ -89,8 +123,16 @@ fn read_table(path: &Path, has_weights: bool) -> Result<(Vec<Row>, DataFrame)> {
         Ok(c) => c.u64().map_err(|_| wrong("step", "UInt64"))?.iter().collect(),
         Err(_) => vec![None; df.height()],
     };
+    // With several random inits (`init_seeds`) the tables and plots show the first one's rows
+    // (the contrasts use them all).
+    let first_init = random_init_seeds(&df).first().copied();
+    let seed: Vec<Option<u64>> = match df.column("seed") {
+        Ok(c) => c.u64().map_err(|_| wrong("seed", "UInt64"))?.iter().collect(),
+        Err(_) => vec![None; df.height()],
+    };
     let rows = (0..df.height())
         .filter(|&i| (ansatz[i] == "nfa" || ansatz[i] == "fact") && nfm[i] == "gram")
+        .filter(|&i| !has_weights || weights[i] != "random-init" || seed[i] == first_init)
         .map(|i| Row {
             weights: match step[i] {
                 Some(s) => format!("{}@{s}", weights[i]),
@@ -111,8 +153,11 @@ fn read_table(path: &Path, has_weights: bool) -> Result<(Vec<Row>, DataFrame)> {
 }
 
 /// Write the plots into `dir/plots/` and return the table text.
-pub fn report(dir: &Path) -> Result<String> {
-    let (all, df) = read_rows(dir)?;
+/// `path`: a run folder or a correlations table ([`locate`]).
+pub fn report(path: &Path) -> Result<String> {
+    let (table_path, dir) = locate(path)?;
+    let dir = dir.as_path();
+    let (all, df) = read_table(&table_path, true)?;
     let (fact_all, all): (Vec<Row>, Vec<Row>) = all.into_iter().partition(|r| r.ansatz == "fact");
     // A checkpoint series: the table and the by-layer plots show the first, a middle and the
     // last step (and the controls); the by-step plots show every step.
@@ -133,13 +178,29 @@ pub fn report(dir: &Path) -> Result<String> {
         rows.iter().filter(|r| r.step.is_none_or(|s| shown.contains(&s))).cloned().collect()
     };
     let (rows, fact) = (keep(&all), keep(&fact_all));
-    let mut text = provenance(dir);
+    let mut text = provenance(&table_path);
     text.push_str(&table::render(&rows, &fact, &df)?);
-    if let Some(c) = read_contrasts(dir)? {
-        let (cfact, cnfa): (Vec<Row>, Vec<Row>) = c.into_iter().partition(|r| r.ansatz == "fact");
-        text.push_str(&table::render_contrasts(&cnfa, &cfact)?);
+    let seeds = random_init_seeds(&df);
+    if seeds.len() > 1 {
+        text.push_str(&table::wrap(
+            &format!(
+            "random-init: the init of seed {} is shown; the control was measured on {} random inits (seeds {}), and \
+             the contrasts use them all\n",
+            seeds[0],
+            seeds.len(),
+            seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        ),
+            table::TEXT_WIDTH,
+        ));
     }
-    let mut written = plots::write_all(&rows, &fact, &dir.join("plots"))?;
+    text.push_str(&table::heads_summary(&rows, 5)?);
+    let mut contrast_nfa = Vec::new();
+    if let Some((c, init_seeds)) = read_contrasts(&table_path)? {
+        let (cfact, cnfa): (Vec<Row>, Vec<Row>) = keep(&c).into_iter().partition(|r| r.ansatz == "fact");
+        text.push_str(&table::render_contrasts(&cnfa, &cfact, init_seeds)?);
+        contrast_nfa = cnfa;
+    }
+    let mut written = plots::write_all(&rows, &fact, &contrast_nfa, &dir.join("plots"))?;
     if steps.len() > 1 {
         written.extend(plots::by_step(&all, &dir.join("plots"))?);
         let eval = crate::train::eval_losses(&dir.join("train")).unwrap_or_default();
@@ -153,8 +214,9 @@ pub fn report(dir: &Path) -> Result<String> {
 /// checkpoint: trained here (`[train]`: steps and the eval loss of every saved step), or a random
 /// init (`init_config` alone), which a reader must not take for a trained model. From the
 /// pipeline text recorded in correlations.parquet; empty for other runs.
-pub fn provenance(dir: &Path) -> String {
-    let meta = crate::util::parquet::parquet_metadata(&dir.join("correlations.parquet")).unwrap_or_default();
+pub fn provenance(table: &Path) -> String {
+    let dir = table.parent().unwrap_or(Path::new("."));
+    let meta = crate::util::parquet::parquet_metadata(table).unwrap_or_default();
     let Some(text) = meta.iter().find(|(k, _)| k == "pipeline").map(|(_, v)| v.clone()) else {
         return String::new();
     };

@@ -18,13 +18,40 @@ fn register_font() {
     });
 }
 
+/// The y range of a panel from the values and interval ends it shows: their span with a margin,
+/// inside [−1, 1] (an interval reaching past it is clipped, not allowed to flatten every line).
+fn y_range(ys: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) =
+        ys.filter(|y| y.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
+    let (lo, hi) = if lo.is_finite() { (lo.max(-1.0), hi.min(1.0)) } else { (0.0, 1.0) };
+    let margin = ((hi - lo) * 0.08).max(0.005);
+    (lo - margin)..(hi + margin)
+}
+
+/// A panel's caption: the module, and for per-head modules that a point is the median over heads.
+fn panel_caption(module: &str) -> String {
+    format!("{module}{}", if head_module_names().contains(&module) { " (median over heads)" } else { "" })
+}
+
+/// A colour for t in [0, 1] on the viridis scale (dark blue → green → yellow), from its
+/// published anchor colours.
+fn viridis(t: f64) -> RGBColor {
+    const A: [(u8, u8, u8); 6] =
+        [(68, 1, 84), (65, 68, 135), (42, 120, 142), (34, 168, 132), (122, 209, 81), (253, 231, 37)];
+    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 } * (A.len() - 1) as f64;
+    let i = (t.floor() as usize).min(A.len() - 2);
+    let f = t - i as f64;
+    let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * f).round() as u8;
+    RGBColor(mix(A[i].0, A[i + 1].0), mix(A[i].1, A[i + 1].1), mix(A[i].2, A[i + 1].2))
+}
+
 fn palette(i: usize) -> RGBColor {
     [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)][i % 4]
 }
 
-/// Write every plot into `dir` from the NFA rows and the FACT rows (empty when the run measured
-/// none); returns the files written.
-pub fn write_all(rows: &[Row], fact: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
+/// Write every plot into `dir` from the NFA rows, the FACT rows (empty when the run measured
+/// none) and the NFA contrast rows (empty without contrasts.parquet); returns the files written.
+pub fn write_all(rows: &[Row], fact: &[Row], contrasts: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
     register_font();
     std::fs::create_dir_all(dir)?;
     let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
@@ -61,7 +88,7 @@ pub fn write_all(rows: &[Row], fact: &[Row], dir: &Path) -> Result<Vec<PathBuf>>
         for m in head_module_names() {
             for w in &weights {
                 let path = dir.join(format!("heads-{}-{w}-power{p}.png", m.trim_start_matches("attn.")));
-                if heatmap(rows, w, m, p, &path)? {
+                if heatmap(rows, w, m, p, contrasts, &path)? {
                     written.push(path);
                 }
             }
@@ -91,38 +118,40 @@ fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (1400, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
-    // FACT correlations can be negative: the y axis reaches down to the lowest value shown.
-    let lowest = lines
-        .iter()
-        .flat_map(|l| l.rows.iter().filter(|r| r.weights == l.weights && r.power == l.power && r.metric == "pearson"))
-        .map(|r| r.ci.map_or(r.value, |c| c.0.min(r.value)))
-        .filter(|v| v.is_finite())
-        .fold(-0.2f64, f64::min);
-    let y0 = if lowest < -0.2 { lowest - 0.05 } else { -0.2 };
     let panels = root.split_evenly((2, 4));
     for (i, m) in module_names().iter().enumerate() {
-        let mut chart = ChartBuilder::on(&panels[i])
-            .caption(*m, ("sans-serif", 18))
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(40)
-            .build_cartesian_2d(-0.5f64..(max_layer as f64 + 0.5), y0..1.0f64)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("layer")
-            .x_labels(max_layer as usize + 2)
-            .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() })
-            .light_line_style(WHITE)
-            .draw()
-            .map_err(err)?;
-        for line in lines {
-            let cells: Vec<_> = layers
+        // Each panel's y axis spans its own values and intervals: a fixed range would hide
+        // intervals of ±0.001 and the gap between pretrained and random-init.
+        let cells_of = |line: &Line| -> Trace {
+            layers
                 .iter()
                 .filter_map(|&l| {
                     cell_ci(line.rows, &line.weights, l, m, line.power, "pearson").map(|(v, ci)| (l as f64, v, ci))
                 })
-                .collect();
+                .collect()
+        };
+        let all: Vec<_> = lines.iter().flat_map(cells_of).collect();
+        let ys = all.iter().flat_map(|&(_, v, ci)| [Some(v), ci.map(|c| c.0), ci.map(|c| c.1)]).flatten();
+        let mut chart = ChartBuilder::on(&panels[i])
+            .caption(panel_caption(m), ("sans-serif", 17))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(52)
+            .build_cartesian_2d(-0.5f64..(max_layer as f64 + 0.5), y_range(ys))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("layer")
+            .y_desc("Pearson")
+            .x_labels(max_layer as usize + 2)
+            .y_labels(6)
+            .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() })
+            .y_label_formatter(&|y| format!("{y:.3}"))
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(err)?;
+        for line in lines {
+            let cells = cells_of(line);
             let pts: Vec<(f64, f64)> = cells.iter().map(|c| (c.0, c.1)).collect();
             let color = line.color;
             // 95% intervals as error bars.
@@ -131,75 +160,94 @@ fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
                     ci.map(|(lo, hi)| ErrorBar::new_vertical(x, lo, v, hi, color.stroke_width(1), 6))
                 }))
                 .map_err(err)?;
-            let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2));
             if line.dashed {
-                chart
-                    .draw_series(DashedLineSeries::new(pts.clone(), 6, 4, color.stroke_width(2)))
-                    .map_err(err)?
-                    .label(line.label.as_str())
-                    .legend(legend);
+                chart.draw_series(DashedLineSeries::new(pts.clone(), 6, 4, color.stroke_width(2))).map_err(err)?;
             } else {
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                    .map_err(err)?
-                    .label(line.label.as_str())
-                    .legend(legend);
+                chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2))).map_err(err)?;
             }
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()
-            .map_err(err)?;
+    }
+    // One legend, in the eighth panel (seven modules fill the others), so that no panel's data
+    // hides behind it; dashed lines get dashed swatches.
+    let legend = &panels[7];
+    for (k, line) in lines.iter().enumerate() {
+        let y = 40 + 26 * k as i32;
+        let st = line.color.stroke_width(3);
+        if line.dashed {
+            for x in [30, 44, 58] {
+                legend.draw(&PathElement::new(vec![(x, y), (x + 9, y)], st)).map_err(err)?;
+            }
+        } else {
+            legend.draw(&PathElement::new(vec![(30, y), (67, y)], st)).map_err(err)?;
+        }
+        legend.draw(&Circle::new((48, y), 3, line.color.filled())).map_err(err)?;
+        legend.draw(&Text::new(line.label.clone(), (80, y - 8), ("sans-serif", 15))).map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())
 }
 
-/// Layer × head heatmap of the Pearson correlation for one of q, k, v. False if no head rows.
-/// A cell of a non-control heatmap whose 95% interval includes the random-init estimate of the
-/// same layer and head (bias-corrected, as the interval is) is outlined.
-fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, path: &Path) -> Result<bool> {
-    let pick = |w: &str| -> Vec<&Row> {
-        rows.iter()
-            .filter(|r| r.weights == w && r.module == module && r.power == power && r.metric == "pearson")
-            .filter(|r| r.head.is_some())
-            .collect()
-    };
-    let control = if weights == "random-init" { vec![] } else { pick("random-init") };
-    let cells: Vec<(u32, u32, f64)> = pick(weights).iter().map(|r| (r.layer, r.head.unwrap_or(0), r.value)).collect();
-    let marked: Vec<(u32, u32)> = pick(weights)
+/// Layer × head heatmap of the Pearson correlation for one of q, k, v, in colours scaled to the
+/// heatmap's own range (viridis, with a colour bar). False if no head rows. A pretrained cell
+/// whose pretrained − random-init interval (contrasts.parquet, `contrasts`) includes 0 is
+/// outlined: the same test as the contrast table's missing `*`.
+fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, contrasts: &[Row], path: &Path) -> Result<bool> {
+    let cells: Vec<(u32, u32, f64)> = rows
         .iter()
-        .filter(|r| {
-            r.ci.is_some_and(|(lo, hi)| {
-                control.iter().any(|c| {
-                    // The control's own bias-corrected estimate (its interval's centre) where it has one.
-                    let v = c.ci.map(|(a, b)| 0.5 * (a + b)).unwrap_or(c.value);
-                    c.layer == r.layer && c.head == r.head && lo <= v && v <= hi
-                })
-            })
-        })
-        .map(|r| (r.layer, r.head.unwrap_or(0)))
+        .filter(|r| r.weights == weights && r.module == module && r.power == power && r.metric == "pearson")
+        .filter_map(|r| r.head.map(|h| (r.layer, h, r.value)))
+        .filter(|c| c.2.is_finite())
         .collect();
     if cells.is_empty() {
         return Ok(false);
     }
+    // The contrast rows of these weights: `pretrained − random-init`, with the step of a series.
+    let contrast_weights = match weights.split_once('@') {
+        Some((_, step)) => format!("pretrained − random-init@{step}"),
+        None => "pretrained − random-init".to_string(),
+    };
+    let marked: Vec<(u32, u32)> = if weights.starts_with("pretrained") {
+        contrasts
+            .iter()
+            .filter(|c| {
+                c.weights == contrast_weights && c.module == module && c.power == power && c.metric == "pearson"
+            })
+            .filter(|c| c.ci.is_some_and(|(lo, hi)| lo <= 0.0 && 0.0 <= hi))
+            .filter_map(|c| c.head.map(|h| (c.layer, h)))
+            .collect()
+    } else {
+        vec![]
+    };
     let n_layer = cells.iter().map(|c| c.0).max().unwrap_or(0) + 1;
     let n_head = cells.iter().map(|c| c.1).max().unwrap_or(0) + 1;
-    let root = BitMapBackend::new(path, (900, 700)).into_drawing_area();
+    let (vmin, vmax) = cells.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), c| (a.min(c.2), b.max(c.2)));
+    let span = if vmax > vmin { vmax - vmin } else { 1e-9 };
+    let t = |v: f64| (v - vmin) / span;
+    let root = BitMapBackend::new(path, (1000, 720)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let note = if marked.is_empty() { String::new() } else { "; outlined: 95% interval includes random-init".into() };
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{module} ({weights}): Pearson(NFM, AGOP^{power}) by layer and head{note}"),
-            ("sans-serif", 18),
-        )
+    let (top, root) = root.split_vertically(64);
+    let centred = |size: i32| {
+        ("sans-serif", size).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Center,
+        ))
+    };
+    let title = format!("{module} ({weights}): Pearson(NFM, AGOP^{power}) by layer and head");
+    top.draw(&Text::new(title, (500, 20), centred(19))).map_err(err)?;
+    let note = if !weights.starts_with("pretrained") {
+        "colours scaled to this plot's range (colour bar)".to_string()
+    } else if contrasts.is_empty() {
+        "colours scaled to this plot's range; no contrasts.parquet, so no outlines".to_string()
+    } else {
+        "red outline: the pretrained − random-init 95% interval includes 0 (not different from random-init)".to_string()
+    };
+    top.draw(&Text::new(note, (500, 48), centred(14))).map_err(err)?;
+    let (main, bar) = root.split_horizontally(880);
+    let mut chart = ChartBuilder::on(&main)
         .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
+        .x_label_area_size(44)
+        .y_label_area_size(54)
         .build_cartesian_2d(-0.5f64..(n_head as f64 - 0.5), -0.5f64..(n_layer as f64 - 0.5))
         .map_err(err)?;
     let int_label = |x: &f64| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() };
@@ -211,34 +259,60 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, path: &Path) -
         .y_labels(n_layer as usize + 1)
         .x_label_formatter(&int_label)
         .y_label_formatter(&int_label)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
         .disable_mesh()
         .draw()
         .map_err(err)?;
     chart
         .draw_series(cells.iter().map(|&(l, h, v)| {
-            let t = v.clamp(0.0, 1.0);
-            let color = HSLColor(0.66 - 0.66 * t, 0.8, 0.55);
             let (x, y) = (h as f64, l as f64);
-            Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], color.filled())
+            Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], viridis(t(v)).filled())
         }))
         .map_err(err)?;
     chart
         .draw_series(marked.iter().map(|&(l, h)| {
             let (x, y) = (h as f64, l as f64);
-            Rectangle::new([(x - 0.45, y - 0.45), (x + 0.45, y + 0.45)], BLACK.stroke_width(3))
+            Rectangle::new([(x - 0.44, y - 0.44), (x + 0.44, y + 0.44)], RGBColor(230, 30, 30).stroke_width(3))
         }))
         .map_err(err)?;
     if n_head <= 32 {
         chart
             .draw_series(cells.iter().map(|&(l, h, v)| {
-                let style = ("sans-serif", 12).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
+                // Light text on the dark end of the scale, dark text on the light end.
+                let ink = if t(v) < 0.55 { WHITE } else { BLACK };
+                let style = ("sans-serif", 14).into_font().color(&ink).pos(plotters::style::text_anchor::Pos::new(
                     plotters::style::text_anchor::HPos::Center,
                     plotters::style::text_anchor::VPos::Center,
                 ));
-                Text::new(format!("{v:.2}"), (h as f64, l as f64), style)
+                Text::new(format!("{v:.3}"), (h as f64, l as f64), style)
             }))
             .map_err(err)?;
     }
+    // The colour bar: the scale's colours from the lowest to the highest value shown.
+    let mut cb = ChartBuilder::on(&bar)
+        .margin_top(12)
+        .margin_bottom(56)
+        .margin_right(8)
+        .y_label_area_size(76)
+        .build_cartesian_2d(0f64..1f64, vmin..(vmin + span))
+        .map_err(err)?;
+    cb.configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_labels(8)
+        .y_desc("Pearson")
+        .y_label_formatter(&|y| format!("{y:.3}"))
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    let n = 100;
+    cb.draw_series((0..n).map(|i| {
+        let (a, b) = (vmin + span * i as f64 / n as f64, vmin + span * (i + 1) as f64 / n as f64);
+        Rectangle::new([(0.0, a), (1.0, b)], viridis((i as f64 + 0.5) / n as f64).filled())
+    }))
+    .map_err(err)?;
     root.present().map_err(err)?;
     Ok(true)
 }
@@ -271,32 +345,45 @@ pub fn by_step(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
             .map_err(err)?;
         let panels = root.split_evenly((2, 4));
         for (i, m) in module_names().iter().enumerate() {
-            let mut chart = ChartBuilder::on(&panels[i])
-                .caption(*m, ("sans-serif", 18))
-                .margin(8)
-                .x_label_area_size(30)
-                .y_label_area_size(40)
-                .build_cartesian_2d((x0 - pad)..(x1 + pad), -0.2f64..1.0f64)
-                .map_err(err)?;
-            chart.configure_mesh().x_desc("log10 step").light_line_style(WHITE).draw().map_err(err)?;
-            for (k, &l) in layers.iter().enumerate() {
-                let pts: Vec<(f64, f64)> = steps
-                    .iter()
-                    .filter_map(|&s| {
-                        let w = format!("pretrained@{s}");
-                        cell_ci(rows, &w, l, m, power, "pearson").map(|(v, _)| (x(s), v))
-                    })
-                    .collect();
-                let t = if layers.len() > 1 { k as f64 / (layers.len() - 1) as f64 } else { 0.0 };
-                let color = HSLColor(0.6, 0.7, 0.25 + 0.5 * t);
-                chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(err)?;
-            }
+            let traces: Vec<Vec<(f64, f64)>> = layers
+                .iter()
+                .map(|&l| {
+                    steps
+                        .iter()
+                        .filter_map(|&s| {
+                            let w = format!("pretrained@{s}");
+                            cell_ci(rows, &w, l, m, power, "pearson").map(|(v, _)| (x(s), v))
+                        })
+                        .collect()
+                })
+                .collect();
             let control: Vec<f64> = layers
                 .iter()
                 .filter_map(|&l| cell_ci(rows, "random-init", l, m, power, "pearson").map(|c| c.0))
                 .collect();
-            if !control.is_empty() {
-                let level = super::median(control);
+            let level = (!control.is_empty()).then(|| super::median(control));
+            let ys = traces.iter().flatten().map(|p| p.1).chain(level);
+            let mut chart = ChartBuilder::on(&panels[i])
+                .caption(panel_caption(m), ("sans-serif", 17))
+                .margin(8)
+                .x_label_area_size(30)
+                .y_label_area_size(52)
+                .build_cartesian_2d((x0 - pad)..(x1 + pad), y_range(ys))
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc("log10 step")
+                .y_desc("Pearson")
+                .y_label_formatter(&|y| format!("{y:.3}"))
+                .light_line_style(WHITE)
+                .draw()
+                .map_err(err)?;
+            for (k, pts) in traces.into_iter().enumerate() {
+                let t = if layers.len() > 1 { k as f64 / (layers.len() - 1) as f64 } else { 0.0 };
+                let color = HSLColor(0.6, 0.7, 0.25 + 0.5 * t);
+                chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(err)?;
+            }
+            if let Some(level) = level {
                 chart
                     .draw_series(DashedLineSeries::new(
                         vec![(x0 - pad, level), (x1 + pad, level)],
@@ -375,21 +462,14 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
                 ys.extend([lo, hi]);
             }
         }
-        let ys: Vec<f64> = ys.into_iter().filter(|y| y.is_finite()).collect();
-        let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
-        // A correlation lies in [−1, 1]; an interval reaching past it is clipped, not allowed to
-        // flatten every other line.
-        let (lo, hi) = if lo.is_finite() { (lo.max(-1.0), hi.min(1.0)) } else { (0.0, 1.0) };
-        let margin = ((hi - lo) * 0.08).max(0.01);
+        let yr = y_range(ys.into_iter());
+        let (lo, hi) = (yr.start, yr.end);
         let mut chart = ChartBuilder::on(&panels[i])
-            .caption(
-                format!("{m}{}", if head_module_names().contains(m) { " (median over heads)" } else { "" }),
-                ("sans-serif", 17),
-            )
+            .caption(panel_caption(m), ("sans-serif", 17))
             .margin(8)
             .x_label_area_size(34)
             .y_label_area_size(52)
-            .build_cartesian_2d((s0 - pad)..(s1 + pad), (lo - margin)..(hi + margin))
+            .build_cartesian_2d((s0 - pad)..(s1 + pad), yr)
             .map_err(err)?;
         chart
             .configure_mesh()

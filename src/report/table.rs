@@ -34,6 +34,87 @@ const SHIFTED: &str = "a → b ± h: the 95% interval is b ± h, centred on the 
                        not on the value a; a correlation of a noisy AGOP (few tokens, few probes) is biased \
                        towards 0, and a large a → b shift says the measurement needs more tokens or probes";
 
+/// `text` broken into lines of at most `width` characters at spaces (a word longer than that
+/// stays whole), each line ending in a newline.
+pub fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The width prose is wrapped to.
+pub const TEXT_WIDTH: usize = 100;
+
+/// What a reader should look for, printed above the tables.
+const HOW_TO_READ: &str = "How to read: the NFA says a trained layer's weight Gram WᵀW (the NFM) is proportional to a \
+    power of its AGOP, which would make their Pearson correlation 1. Random weights already correlate highly (the \
+    random-init column), so the NFA is supported where a pretrained value is above its random-init control: a \
+    positive pretrained − random-init difference whose interval excludes 0 (a * in the contrast table).";
+
+/// The highest and lowest per-head correlations of the pretrained weights (the last step shown
+/// of a series) at α = 1 (else the first power), with each head's random-init value.
+pub fn heads_summary(rows: &[Row], n: usize) -> Result<String> {
+    let pre: Vec<&Row> = rows.iter().filter(|r| r.weights.starts_with("pretrained") && r.head.is_some()).collect();
+    let Some(last) = pre
+        .iter()
+        .filter_map(|r| r.step)
+        .max()
+        .map(|s| format!("pretrained@{s}"))
+        .or_else(|| pre.first().map(|r| r.weights.clone()))
+    else {
+        return Ok(String::new());
+    };
+    let power = if pre.iter().any(|r| r.power == 1.0) { 1.0 } else { pre[0].power };
+    let mut heads: Vec<&&Row> = pre
+        .iter()
+        .filter(|r| r.weights == last && r.power == power && r.metric == "pearson" && r.value.is_finite())
+        .collect();
+    if heads.len() < 2 {
+        return Ok(String::new());
+    }
+    heads.sort_by(|a, b| b.value.total_cmp(&a.value));
+    let control = |r: &Row| {
+        rows.iter()
+            .find(|c| {
+                c.weights == "random-init"
+                    && (c.layer, &c.module, c.head, c.power, &c.metric)
+                        == (r.layer, &r.module, r.head, r.power, &r.metric)
+            })
+            .map(|c| format!("{:.4}", c.value))
+            .unwrap_or_else(|| "–".into())
+    };
+    let line = |out: &mut String, r: &Row| -> Result<()> {
+        let name = format!("layer {} {} head {}", r.layer, r.module, r.head.unwrap_or(0));
+        writeln!(out, "  {name:<26} {:>26}   random-init {}", value_text(r.value, r.ci), control(r))?;
+        Ok(())
+    };
+    let n = n.min(heads.len() / 2).max(1);
+    let mut out = format!("\nHeads with the highest and lowest Pearson correlation ({last}, α = {power}):\n");
+    for r in &heads[..n] {
+        line(&mut out, r)?;
+    }
+    writeln!(out, "  ...")?;
+    for r in &heads[heads.len() - n..] {
+        line(&mut out, r)?;
+    }
+    Ok(out)
+}
+
 /// One column of the table: its header and where its cells come from.
 struct Column<'a> {
     header: String,
@@ -42,20 +123,23 @@ struct Column<'a> {
     power: f64,
 }
 
-/// The columns: NFA for each (power, weights), then FACT for each weights.
-fn columns<'a>(nfa: &'a [Row], fact: &'a [Row], weights: &[String], mark_zero: bool) -> Vec<Column<'a>> {
+/// The table's blocks, one beside the other would be too wide for a terminal: one block per
+/// power of the NFA, then one for FACT, each with a column per weights setting (for contrasts:
+/// per step of a series).
+fn blocks<'a>(nfa: &'a [Row], fact: &'a [Row], weights: &[String], mark_zero: bool) -> Vec<(String, Vec<Column<'a>>)> {
     let powers = distinct(nfa.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
-    let name = |w: &str, what: String| if mark_zero { what } else { format!("{w} {what}") };
-    let mut out = Vec::new();
-    for p in powers {
-        for w in weights {
-            out.push(Column { header: name(w, format!("α={p}")), rows: nfa, weights: w.clone(), power: p });
-        }
-    }
+    let header = |w: &str| match (mark_zero, w.rsplit_once('@')) {
+        (true, Some((_, step))) => format!("step {step}"),
+        (true, None) => "pretrained − random-init".to_string(),
+        (false, _) => w.to_string(),
+    };
+    let cols = |rows: &'a [Row], power: f64| -> Vec<Column<'a>> {
+        weights.iter().map(|w| Column { header: header(w), rows, weights: w.clone(), power }).collect()
+    };
+    let mut out: Vec<(String, Vec<Column>)> =
+        powers.iter().map(|&p| (format!("NFA: NFM vs AGOP^{p} (α = {p})"), cols(nfa, p))).collect();
     if !fact.is_empty() {
-        for w in weights {
-            out.push(Column { header: name(w, "FACT".into()), rows: fact, weights: w.clone(), power: 1.0 });
-        }
+        out.push(("FACT: NFM vs the symmetric part of −WᵀG".to_string(), cols(fact, 1.0)));
     }
     out
 }
@@ -95,17 +179,37 @@ fn body(out: &mut String, cols: &[Column], mark_zero: bool) -> Result<()> {
     Ok(())
 }
 
-/// The pretrained − random-init section (contrasts.parquet): NFA rows and FACT rows.
-pub fn render_contrasts(rows: &[Row], fact: &[Row]) -> Result<String> {
+/// The pretrained − random-init section (contrasts.parquet): NFA rows and FACT rows, and what
+/// the intervals cover (window groups; the spread across `init_seeds` random inits).
+pub fn render_contrasts(rows: &[Row], fact: &[Row], init_seeds: u32) -> Result<String> {
     let mut out = String::new();
-    writeln!(
-        out,
-        "\nPretrained − random-init difference of the Pearson correlation, ± half-width of its 95% interval \
-         (paired over window groups; * the interval excludes 0)\n"
-    )?;
-    body(&mut out, &columns(rows, fact, &["pretrained − random-init".to_string()], true), true)?;
+    let covers = if init_seeds > 1 {
+        format!(
+            "the interval covers window sampling (paired over window groups) and the spread across the {init_seeds} \
+             random inits of the control (pretrained is compared with their mean)"
+        )
+    } else {
+        "the interval covers window sampling only (paired over window groups), not how much two random inits \
+         differ: set [measure] init_seeds (e.g. 5) before reading a * as evidence"
+            .to_string()
+    };
+    out.push('\n');
+    out.push_str(&wrap(
+        &format!(
+            "Pretrained − random-init difference of the Pearson correlation, ± half-width of its 95% interval; \
+             {covers}; * the interval excludes 0."
+        ),
+        TEXT_WIDTH,
+    ));
+    writeln!(out)?;
+    let weights = distinct(rows.iter().chain(fact).map(|r| r.weights.clone()));
+    for (title, cols) in blocks(rows, fact, &weights, true) {
+        writeln!(out, "{title}")?;
+        body(&mut out, &cols, true)?;
+        writeln!(out)?;
+    }
     if out.contains('→') {
-        writeln!(out, "{SHIFTED}")?;
+        out.push_str(&wrap(SHIFTED, TEXT_WIDTH));
     }
     Ok(out)
 }
@@ -144,12 +248,20 @@ pub fn render(rows: &[Row], fact: &[Row], df: &DataFrame) -> Result<String> {
     } else {
         String::new()
     };
-    let fact_text =
-        if fact.is_empty() { "" } else { " (α columns) and with the FACT matrix −WᵀG, symmetric part (FACT)" };
-    writeln!(out, "Pearson correlation of the NFM with AGOP^α{fact_text}{ci}; median over heads for attn.q/k/v\n")?;
-    body(&mut out, &columns(rows, fact, &weights, false), false)?;
+    let fact_text = if fact.is_empty() { "" } else { " and with the FACT matrix −WᵀG, symmetric part (FACT)" };
+    out.push_str(&wrap(
+        &format!("Pearson correlation of the NFM with AGOP^α{fact_text}{ci}; median over heads for attn.q/k/v."),
+        TEXT_WIDTH,
+    ));
+    out.push_str(&wrap(HOW_TO_READ, TEXT_WIDTH));
+    writeln!(out)?;
+    for (title, cols) in blocks(rows, fact, &weights, false) {
+        writeln!(out, "{title}")?;
+        body(&mut out, &cols, false)?;
+        writeln!(out)?;
+    }
     if out.contains('→') {
-        writeln!(out, "{SHIFTED}")?;
+        out.push_str(&wrap(SHIFTED, TEXT_WIDTH));
     }
     Ok(out)
 }

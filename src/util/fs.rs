@@ -92,3 +92,45 @@ pub fn check_output(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()> {
         Err(e) => crate::bail_bad!("{flag} {}: its folder {} is not writable: {e}", out.display(), parent.display()),
     }
 }
+
+/// An exclusive lock on `<out>.lock` while a command writes `out` (and its partial and group
+/// files): a second command into the same output is refused at once instead of interleaving
+/// its files with the first's. The lock is the operating system's (released when the process
+/// ends, however it ends); the file is removed when the guard drops.
+pub struct OutputLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl OutputLock {
+    pub fn acquire(out: &Path, flag: &str) -> Result<Self> {
+        let mut name = out.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("creating the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { path, _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => crate::bail_bad!(
+                "{flag} {}: another agop is writing it now (it holds {}); wait for it to finish, or give another \
+                 {flag}",
+                out.display(),
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
