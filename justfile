@@ -17,6 +17,10 @@ reproduce:
 reproduce-family:
     for p in gpt2 gpt2-medium gpt2-large gpt2-xl distilgpt2; do cargo run --release -- run pipelines/$p-wikitext.toml; done
 
+# Pythia-70m-deduped (GPT-NeoX) across 8 training checkpoints from the hub; `just pythia 160m-deduped` for the larger.
+pythia size="70m-deduped":
+    cargo run --release -- run pipelines/pythia-{{size}}.toml
+
 # The offline demo: train a small GPT-2 on the built-in Shakespeare, measure the NFA along training.
 demo:
     cargo run --release -- run pipelines/shakespeare-train.toml

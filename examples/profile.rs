@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let ids =
         Tensor::from_vec((0..(batch * t) as u32).map(|i| (i * 7919) % 50257).collect::<Vec<_>>(), (batch, t), &dev)?;
     let seed = Tensor::randn(0f32, 1.0, (batch, t, cfg.n_embd), &Device::Cpu)?.to_device(&dev)?;
-    let meta = GopMeta { probes: 1, seq_len: t, ..GopMeta::for_config(cfg.clone()) };
+    let meta = GopMeta { probes: 1, seq_len: t, ..GopMeta::for_config(cfg.clone().into()) };
     let mut gop = Gop::zeros(meta);
     for rep in 0..3 {
         let t0 = Instant::now();
@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         for (l, [qkv_out, attn_in, proj_in, fc_in, mlp_out, proj_out, fc_out]) in &grads {
             let g =
                 agop::model::BlockGrads { qkv_out, attn_in, proj_in, fc_in, mlp_out, proj_out, fc_out, operands: None };
-            gop.add(&g.stored_sides(&cfg, *l), 1.0)?;
+            gop.add(&g.stored_sides(&model.table, *l), 1.0)?;
         }
         gop.sync()?;
         let t3 = Instant::now();

@@ -25,7 +25,7 @@ fn windows(n: u64, t: usize, vocab: u64) -> Vec<Window> {
 fn sketch(m: &Gpt2, w: &[Window], output: Output, probes: u32) -> Gop {
     let settings = Settings { output, estimator: Estimator::Sketch, probes, seed: 3, fact: false };
     let opts = MeasureOptions::new(WeightsKind::Pretrained, settings, 2);
-    let meta = GopMeta { probes, seq_len: w[0].tokens.len(), ..GopMeta::for_config(m.cfg.clone()) };
+    let meta = GopMeta { probes, seq_len: w[0].tokens.len(), ..GopMeta::for_config(m.cfg.clone().into()) };
     measure::measure_model(m, w, Gop::zeros(meta), &opts, None).unwrap()
 }
 
@@ -60,7 +60,7 @@ fn fast_correlations_equal_the_dense_path() {
             output,
             probes: 0,
             seq_len: 8,
-            ..GopMeta::for_config(fixture.cfg.clone())
+            ..GopMeta::for_config(fixture.cfg.clone().into())
         };
         let gop = measure::measure_model(&fixture, &golden_windows(), Gop::zeros(meta), &opts, None).unwrap();
         report.push(worst_difference(&fixture, &gop, &powers));

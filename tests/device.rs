@@ -80,7 +80,7 @@ fn settings(fact: bool) -> Settings {
 }
 
 fn sums(m: &Gpt2, windows: &[Window], fact: bool) -> Gop {
-    let meta = GopMeta { fact, seq_len: windows[0].tokens.len(), ..GopMeta::for_config(m.cfg.clone()) };
+    let meta = GopMeta { fact, seq_len: windows[0].tokens.len(), ..GopMeta::for_config(m.cfg.clone().into()) };
     let mut gop = Gop::zeros(meta);
     let measurer = Measurer::new(m, settings(fact)).unwrap();
     for chunk in windows.chunks(2) {
@@ -150,7 +150,7 @@ mod gpu {
         eprintln!("fixture: GPU vs CPU sums, worst relative difference {worst:.3e}");
         // Exact AGOP vs golden.
         let exact = Settings { output: Output::Logits, estimator: Estimator::Exact, probes: 0, seed: 0, fact: false };
-        let mut gop = Gop::zeros(GopMeta { seq_len: 8, ..GopMeta::for_config(cpu.cfg.clone()) });
+        let mut gop = Gop::zeros(GopMeta { seq_len: 8, ..GopMeta::for_config(cpu.cfg.clone().into()) });
         Measurer::new(&gpu, exact).unwrap().measure_batch(&windows, &mut gop).unwrap();
         gop.sync().unwrap();
         let golden = golden_tensors();

@@ -26,7 +26,7 @@ fn meta(m: &Gpt2, output: Output, estimator: Estimator, probes: u32, seed: u64) 
         probes,
         seed,
         seq_len: 8,
-        ..GopMeta::for_config(m.cfg.clone())
+        ..GopMeta::for_config(m.cfg.clone().into())
     }
 }
 

@@ -11,7 +11,7 @@ use agop::correlate::fact::{fact_moments, fact_moments_dense, module_gradient, F
 use agop::correlate::{cosine, pearson};
 use agop::measure::fact::{fact_modules, fact_tensor};
 use agop::measure::{self, Estimator, Gop, GopMeta, MeasureOptions, Measurer, Output, Settings};
-use agop::model::{self, all_modules, Gpt2, Kind, Module, Network, WeightsKind};
+use agop::model::{self, all_modules, gpt2_module, Gpt2, Kind, Module, Network, WeightsKind};
 use agop::tokenize::{write_tokens, TokensMeta, Window};
 use candle_core::{DType, Device, Tensor};
 use common::*;
@@ -73,7 +73,7 @@ fn fact_sums_f64(m: &Gpt2, windows: &[Window]) -> Gop {
 }
 
 fn fact_sums_f64_head(m: &Gpt2, windows: &[Window], head: &Tensor) -> Gop {
-    let meta = GopMeta { fact: true, ..GopMeta::for_config(m.cfg.clone()) };
+    let meta = GopMeta { fact: true, ..GopMeta::for_config(m.cfg.clone().into()) };
     let mut gop = Gop::zeros(meta);
     let fwd = m.forward(&ids(windows, m.device())).unwrap();
     let seed = loss_seed(m, windows, &fwd.hidden, head);
@@ -84,7 +84,7 @@ fn fact_sums_f64_head(m: &Gpt2, windows: &[Window], head: &Tensor) -> Gop {
 /// The stored weight (Conv1D, in × out) of whole module `m`, mutable.
 fn weight_mut<'a>(m: &'a mut Gpt2, module: &Module) -> &'a mut Tensor {
     let b = &mut m.params.blocks[module.layer];
-    match module.kind {
+    match Kind::of(module) {
         Kind::CAttn => &mut b.attn.c_attn.weight,
         Kind::AttnCProj => &mut b.attn.c_proj.weight,
         Kind::CFc => &mut b.mlp.c_fc.weight,
@@ -191,10 +191,7 @@ fn autograd_gradients(m: &Gpt2, windows: &[Window], head: &Tensor) -> std::colle
         for (kind, var) in [Kind::CAttn, Kind::AttnCProj, Kind::CFc, Kind::MlpCProj].into_iter().zip(&v) {
             // ∂L/∂W_stored is in × out; G is its transpose.
             let g = grads.get(var.as_tensor()).unwrap().t().unwrap().contiguous().unwrap();
-            out.insert(
-                fact_tensor(&Module { layer: l, kind, head: None }),
-                g.flatten_all().unwrap().to_vec1().unwrap(),
-            );
+            out.insert(fact_tensor(&gpt2_module(&m.cfg, l, kind, None)), g.flatten_all().unwrap().to_vec1().unwrap());
         }
     }
     out
@@ -212,12 +209,12 @@ fn fact_sums_equal_the_weight_gradient_of_the_summed_loss() {
     let gop64 = fact_sums_f64(&m, &windows);
     // The engine itself, in f32, through the Measurer (its own loss seed) on the same windows.
     let settings = Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 1, seed: 0, fact: true };
-    let meta = GopMeta { fact: true, seq_len: 8, ..GopMeta::for_config(m32.cfg.clone()) };
+    let meta = GopMeta { fact: true, seq_len: 8, ..GopMeta::for_config(m32.cfg.clone().into()) };
     let mut gop32 = Gop::zeros(meta);
     Measurer::new(&m32, settings).unwrap().measure_batch(&windows, &mut gop32).unwrap();
     let reference = autograd_gradients(&m, &windows, &m.params.wte);
     let (mut worst64, mut worst32, mut worst_fd) = (0f64, 0f64, 0f64);
-    for owner in fact_modules(&m.cfg) {
+    for owner in fact_modules(&m.table) {
         let name = fact_tensor(&owner);
         let auto = &reference[&name];
         // The reference itself against finite differences of the loss (whole modules).
@@ -225,7 +222,7 @@ fn fact_sums_equal_the_weight_gradient_of_the_summed_loss() {
         let e = rel_frob(auto, &fd);
         assert!(e < 1e-7, "{}: autograd vs finite differences: relative error {e:.3e}", owner.name());
         worst_fd = worst_fd.max(e);
-        let cols = owner.d_in(&m.cfg);
+        let cols = owner.d_in;
         let mut check = |label: String, rows: std::ops::Range<usize>| {
             let want = head_rows(auto, cols, rows.clone());
             let e64 = rel_frob(&head_rows(&gop64.fact[&name].values, cols, rows.clone()), &want);
@@ -235,10 +232,16 @@ fn fact_sums_equal_the_weight_gradient_of_the_summed_loss() {
             worst64 = worst64.max(e64);
             worst32 = worst32.max(e32);
         };
-        check(owner.name(), 0..owner.d_out(&m.cfg));
-        if owner.kind == Kind::CAttn {
-            for hm in all_modules(&m.cfg).into_iter().filter(|x| x.layer == owner.layer && x.kind.per_head()) {
-                check(hm.name(), agop::measure::fact::fact_rows(&hm, &m.cfg));
+        check(owner.name(), 0..owner.d_out);
+        if Kind::of(&owner) == Kind::CAttn {
+            // Head h of part p (q, k, v) is rows p·C + h·hs of c_attn's G (Conv1D columns).
+            let (c, hs) = (m.cfg.n_embd, m.cfg.head_size());
+            for (p, kind) in [Kind::Q, Kind::K, Kind::V].into_iter().enumerate() {
+                for h in 0..m.cfg.n_head {
+                    let hm = gpt2_module(&m.cfg, owner.layer, kind, Some(h));
+                    assert_eq!(agop::measure::fact::fact_rows(&hm), p * c + h * hs..p * c + (h + 1) * hs);
+                    check(hm.name(), p * c + h * hs..p * c + (h + 1) * hs);
+                }
             }
         }
     }
@@ -277,10 +280,10 @@ fn an_untied_lm_head_is_used() {
     );
     let gop64 = fact_sums_f64_head(&m, &windows, &head64);
     let settings = Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 1, seed: 0, fact: true };
-    let meta = GopMeta { fact: true, seq_len: 8, ..GopMeta::for_config(loaded.cfg.clone()) };
+    let meta = GopMeta { fact: true, seq_len: 8, ..GopMeta::for_config(loaded.cfg.clone().into()) };
     let mut gop32 = Gop::zeros(meta);
     Measurer::new(&loaded, settings).unwrap().measure_batch(&windows, &mut gop32).unwrap();
-    for owner in fact_modules(&m.cfg) {
+    for owner in fact_modules(&m.table) {
         let name = fact_tensor(&owner);
         let e64 = rel_frob(&gop64.fact[&name].values, &reference[&name]);
         let e32 = rel_frob(&gop32.fact[&name].values, &reference[&name]);
@@ -305,7 +308,7 @@ fn fact_correlations_match_a_dense_computation() {
     let mut worst = 0f64;
     for module in all_modules(&m.cfg) {
         let w = agop::correlate::gram::weight(&m, &module).unwrap();
-        let g = module_gradient(&m, &module, &gop.fact[&fact_tensor(&module)]);
+        let g = module_gradient(&module, &gop.fact[&fact_tensor(&module)]);
         let got = fact_moments(&WeightSide::new(w.clone()), &g).values();
         // Dense: N = W Wᵀ, F = −W G, F_s = (F + Fᵀ)/2, F_a = (F − Fᵀ)/2.
         let n = &w * w.transpose();
@@ -338,12 +341,12 @@ fn fact_correlations_match_a_dense_computation() {
 fn gradient_descent_with_g_reaches_a_point_where_fact_holds() {
     let mut m = fixture().to_dtype(DType::F64).unwrap();
     let windows = golden_windows();
-    let target = Module { layer: 1, kind: Kind::CFc, head: None };
+    let target = gpt2_module(&fixture().cfg, 1, Kind::CFc, None);
     let (lambda, lr) = (2.0, 0.02);
     let fact_of = |m: &Gpt2| -> (f64, f64) {
         let gop = fact_sums_f64(m, &windows);
         let w = agop::correlate::gram::weight(m, &target).unwrap();
-        let g = module_gradient(m, &target, &gop.fact[&fact_tensor(&target)]);
+        let g = module_gradient(&target, &gop.fact[&fact_tensor(&target)]);
         let v = fact_moments(&WeightSide::new(w), &g).values();
         (v[0], v[3])
     };
@@ -389,7 +392,7 @@ fn gradient_descent_with_g_reaches_a_point_where_fact_holds() {
     // The NFA at the same point, for comparison (exact AGOP of the logits, f32 engine): not 1.
     let m32 = m.to_dtype(DType::F32).unwrap();
     let settings = Settings { output: Output::Logits, estimator: Estimator::Exact, probes: 0, seed: 0, fact: false };
-    let mut gop = Gop::zeros(GopMeta { seq_len: 8, ..GopMeta::for_config(m32.cfg.clone()) });
+    let mut gop = Gop::zeros(GopMeta { seq_len: 8, ..GopMeta::for_config(m32.cfg.clone().into()) });
     Measurer::new(&m32, settings).unwrap().measure_batch(&windows, &mut gop).unwrap();
     gop.meta.n_tokens = 16;
     let nfa = agop::correlate::correlate_module(&m32, &target, gop.get(&target).unwrap(), 16, &[0.5]).unwrap();
@@ -409,7 +412,7 @@ fn fact_opts(shard: Option<(usize, usize)>, batch: usize, groups: u32) -> Measur
 }
 
 fn assert_fact_close(a: &Gop, b: &Gop, tol: f64) {
-    assert_eq!(a.fact.len(), fact_modules(&a.meta.config).len());
+    assert_eq!(a.fact.len(), fact_modules(&a.meta.config.modules()).len());
     assert_eq!(a.fact.keys().collect::<Vec<_>>(), b.fact.keys().collect::<Vec<_>>());
     for (k, f) in &a.fact {
         let e = rel_frob(&b.fact[k].values, &f.values);

@@ -664,3 +664,121 @@ fn checkpoint_series_from_hub_branches() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("keep_checkpoints = false is for single-process runs"), "{}", text(&o));
 }
+
+/// A Pythia-style series on the hub: a GPT-NeoX repository with branches `step0`, `step512` and
+/// `step1000` (`revision_format = "step{step}"`), a tokenizer.json, and `step1000` a byte-identical
+/// copy of `step512` (as some real Pythia branches are). Every checkpoint is measured; the copy
+/// is reported ("identical weights", on stderr and in the report) and kept, its rows equal to
+/// step512's; and each checkpoint's rows equal a pipeline measuring that revision alone.
+#[test]
+fn pythia_style_series_from_hub_branches() {
+    let env = Env::new();
+    let neox = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/neox/parallel");
+    // A second set of weights: the fixture's, every tensor scaled by 1.1 (safetensors rewritten).
+    let st = std::fs::read(neox.join("model.safetensors")).unwrap();
+    let parsed = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let scaled: Vec<(String, Vec<u8>, Vec<usize>)> = parsed
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let x: Vec<u8> = v
+                .data()
+                .chunks_exact(4)
+                .flat_map(|b| (f32::from_le_bytes(b.try_into().unwrap()) * 1.1).to_le_bytes())
+                .collect();
+            (n, x, v.shape().to_vec())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = scaled
+        .iter()
+        .map(|(n, x, s)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), x).unwrap())
+        })
+        .collect();
+    let st2 = safetensors::serialize(views, None).unwrap();
+    // A word-level tokenizer whose ids fit the fixture's vocabulary of 100.
+    let words = ["To", "be", ",", "or", "not", "to", "that", "is", "the", "question", "."];
+    let mut vocab = serde_json::json!({"<|endoftext|>": 0, "[UNK]": 1});
+    for (i, w) in words.iter().enumerate() {
+        vocab[*w] = serde_json::json!(i + 2);
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    })
+    .to_string();
+    let files = |weights: &[u8]| -> BTreeMap<String, Vec<u8>> {
+        let mut f = BTreeMap::new();
+        f.insert("config.json".to_string(), std::fs::read(neox.join("config.json")).unwrap());
+        f.insert("model.safetensors".to_string(), weights.to_vec());
+        f.insert("tokenizer.json".to_string(), tokenizer.clone().into_bytes());
+        f
+    };
+    let mut r = repos(env.tmp.path());
+    r.insert("models/testorg/pythia".into(), files(&st2));
+    r.insert("models/testorg/pythia@step0".into(), files(&st));
+    r.insert("models/testorg/pythia@step512".into(), files(&st2));
+    r.insert("models/testorg/pythia@step1000".into(), files(&st2));
+    let hub = FakeHub::start(r, Rules::default());
+    std::fs::write(env.tmp.path().join("corpus.txt"), "To be, or not to be, that is the question. ".repeat(40))
+        .unwrap();
+    let pipeline = |name: &str, model: &str| {
+        let p = env.tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "name = \"{name}\"\n[model]\n{model}\n[corpus]\nsources = [\"corpus.txt\"]\nseq_len = 16\n\
+                 max_tokens = 256\n[measure]\nprobes = 2\ngroups = 4\nfact = true\n[correlate]\npowers = [1.0]\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let run = |p: &PathBuf, out: &Path| {
+        env.agop(&hub.endpoint(), &["run", p.to_str().unwrap(), "--out", out.to_str().unwrap()], &[])
+    };
+    let out = env.tmp.path().join("series");
+    let series =
+        pipeline("series", "id = \"testorg/pythia\"\nrevision_format = \"step{step}\"\nsteps = [0, 512, 1000]");
+    let o = run(&series, &out);
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("identical weights") && err.contains("step512") && err.contains("step1000"), "{err}");
+    let report = String::from_utf8_lossy(&o.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(report.contains("WARNING: identical weights: checkpoints step512 and step1000"), "{report}");
+    assert!(report.contains("attention.query_key_value"), "{report}");
+    let df = read_parquet(&out.join("correlations.parquet")).unwrap();
+    let keyed = |d: &polars::prelude::DataFrame, step: Option<u64>, weights: &str| -> BTreeMap<String, Option<f64>> {
+        let s = |c: &str| -> Vec<String> {
+            let col = d.column(c).unwrap().cast(&polars::prelude::DataType::String).unwrap();
+            col.str().unwrap().iter().map(|x| x.unwrap_or("-").to_string()).collect()
+        };
+        let (w, st, nfm) = (s("weights"), s("step"), s("nfm"));
+        let keys: Vec<Vec<String>> =
+            ["layer", "module", "head", "power", "metric", "ansatz"].iter().map(|c| s(c)).collect();
+        let v: Vec<Option<f64>> = d.column("value").unwrap().f64().unwrap().iter().collect();
+        let want_step = step.map(|x| x.to_string()).unwrap_or("-".into());
+        (0..d.height())
+            .filter(|&i| w[i] == weights && st[i] == want_step && nfm[i] == "gram")
+            .map(|i| (keys.iter().map(|k| k[i].as_str()).collect::<Vec<_>>().join("|"), v[i]))
+            .collect()
+    };
+    let s512 = keyed(&df, Some(512), "pretrained");
+    assert!(!s512.is_empty());
+    assert_eq!(s512, keyed(&df, Some(1000), "pretrained"), "identical weights, identical rows");
+    assert_ne!(s512, keyed(&df, Some(0), "pretrained"));
+    let revisions: Vec<Option<&str>> = df.column("revision").unwrap().str().unwrap().iter().collect();
+    assert!(revisions.contains(&Some(branch_commit("step512").as_str())), "each run records its commit");
+    // Each revision alone gives the same rows.
+    for step in [0u64, 512] {
+        let alone = env.tmp.path().join(format!("alone{step}"));
+        let p = pipeline(&format!("alone{step}"), &format!("id = \"testorg/pythia\"\nrevision = \"step{step}\""));
+        let o = run(&p, &alone);
+        assert!(o.status.success(), "{}", text(&o));
+        let a = read_parquet(&alone.join("correlations.parquet")).unwrap();
+        assert_eq!(keyed(&a, None, "pretrained"), keyed(&df, Some(step), "pretrained"), "step {step} alone");
+    }
+}

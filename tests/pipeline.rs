@@ -151,7 +151,7 @@ fn tiny_pipeline_end_to_end() {
         for module in agop::model::all_modules(&m.cfg) {
             let g = &gop.fact[&agop::measure::fact::fact_tensor(&module)];
             let side = agop::correlate::fact::WeightSide::new(agop::correlate::gram::weight(&m, &module).unwrap());
-            let grad = agop::correlate::fact::module_gradient(&m, &module, g);
+            let grad = agop::correlate::fact::module_gradient(&module, g);
             want.extend(agop::correlate::fact::fact_moments(&side, &grad).values());
         }
         assert_eq!(fact.len(), want.len());
@@ -410,7 +410,7 @@ fn the_run_estimate_matches_its_calibration_and_the_files() {
     use agop::pipeline::{run, Pipeline};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let p = Pipeline::from_file(&root.join("pipelines/gpt2-shakespeare.toml")).unwrap();
-    let small: agop::model::Gpt2Config = serde_json::from_str(
+    let small: agop::model::ModelConfig = serde_json::from_str(
         r#"{"model_type":"gpt2","n_layer":12,"n_head":12,"n_embd":768,"n_positions":1024,"vocab_size":50257}"#,
     )
     .unwrap();
@@ -454,7 +454,7 @@ fn the_run_estimate_matches_its_calibration_and_the_files() {
         }
         assert!(agop(&args).status.success());
         let size = std::fs::metadata(&gop).unwrap().len();
-        let tiny = agop::model::Gpt2Config::from_file(&cfg).unwrap();
+        let tiny = agop::model::ModelConfig::from_file(&cfg).unwrap();
         let bytes = agop::measure::Gop::file_bytes(&tiny, fact);
         assert!(size >= bytes && size - bytes < 64 * 1024, "fact {fact}: file {size} B, estimate {bytes} B");
     }

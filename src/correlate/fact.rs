@@ -26,7 +26,7 @@ use super::spectral::Moments;
 use super::sums::RunSums;
 use crate::measure::fact::{fact_modules, fact_rows};
 use crate::measure::FactSum;
-use crate::model::{Gpt2, Kind, Module};
+use crate::model::{Module, ModuleWeights};
 
 /// The metrics of a FACT row, in row order.
 pub const METRICS: [&str; 4] = ["pearson", "cosine", "antisymmetry", "w-cosine"];
@@ -149,25 +149,22 @@ pub fn fact_moments_dense(w: &Mat<f64>, g: &Mat<f64>) -> FactMoments {
 }
 
 /// Module `m`'s rows of its owner's G as a matrix (d_out × d_in).
-pub fn module_gradient(model: &Gpt2, m: &Module, owner: &FactSum) -> Mat<f64> {
-    let rows = fact_rows(m, &model.cfg);
+pub fn module_gradient(m: &Module, owner: &FactSum) -> Mat<f64> {
+    let rows = fact_rows(m);
     let c = owner.cols;
     Mat::from_fn(rows.len(), c, |i, j| owner.values[(rows.start + i) * c + j])
 }
 
-/// The modules whose G is (part of) whole module `owner`'s: itself, and for c_attn every head.
-fn owned(model: &Gpt2, owner: &Module) -> Vec<Module> {
+/// The modules whose G is (part of) whole module `owner`'s: itself, and for the fused qkv
+/// module every head, in table order.
+fn owned(table: &[Module], owner: &Module) -> Vec<Module> {
     let mut out = vec![*owner];
-    if owner.kind == Kind::CAttn {
-        for kind in [Kind::Q, Kind::K, Kind::V] {
-            out.extend((0..model.cfg.n_head).map(|h| Module { layer: owner.layer, kind, head: Some(h) }));
-        }
-    }
+    out.extend(table.iter().filter(|m| !m.is_whole() && m.layer == owner.layer && m.owner == owner.short));
     out
 }
 
 /// The FACT rows of one module from its values (full) and leave-one-group-out values.
-fn rows(model: &Gpt2, m: &Module, full: [f64; 4], loo: &[[f64; 4]]) -> Vec<Correlation> {
+fn rows(m: &Module, full: [f64; 4], loo: &[[f64; 4]]) -> Vec<Correlation> {
     METRICS
         .iter()
         .enumerate()
@@ -177,10 +174,10 @@ fn rows(model: &Gpt2, m: &Module, full: [f64; 4], loo: &[[f64; 4]]) -> Vec<Corre
             let loo: Vec<f64> = loo.iter().map(|x| x[k]).collect();
             Correlation {
                 layer: m.layer as u32,
-                module: m.kind.as_str(),
-                role: m.kind.role(),
+                module: m.short,
+                role: m.role.as_str(),
                 head: m.head.map(|h| h as u32),
-                dim: m.d_in(&model.cfg) as u32,
+                dim: m.d_in as u32,
                 power: 1.0,
                 metric,
                 value,
@@ -198,14 +195,15 @@ fn rows(model: &Gpt2, m: &Module, full: [f64; 4], loo: &[[f64; 4]]) -> Vec<Corre
 /// The FACT rows of every module and head of `model` from the FACT sums of `run`, with
 /// jackknife intervals when the run has window groups (each group's G read once per whole
 /// module, all its heads computed from it).
-pub fn correlate_fact(model: &Gpt2, run: &RunSums) -> Result<Vec<Correlation>> {
+pub fn correlate_fact(model: &dyn ModuleWeights, run: &RunSums) -> Result<Vec<Correlation>> {
     let mut out = Vec::new();
-    for owner in fact_modules(&model.cfg) {
-        let modules = owned(model, &owner);
+    let table = model.modules();
+    for owner in fact_modules(&table) {
+        let modules = owned(&table, &owner);
         let sides: Vec<WeightSide> =
             modules.iter().map(|m| Ok(WeightSide::new(weight(model, m)?))).collect::<Result<_>>()?;
         let values = |g: &FactSum| -> Vec<[f64; 4]> {
-            modules.iter().zip(&sides).map(|(m, s)| fact_moments(s, &module_gradient(model, m, g)).values()).collect()
+            modules.iter().zip(&sides).map(|(m, s)| fact_moments(s, &module_gradient(m, g)).values()).collect()
         };
         let total = run.fact_total(&owner)?;
         let full = values(&total);
@@ -224,7 +222,7 @@ pub fn correlate_fact(model: &Gpt2, run: &RunSums) -> Result<Vec<Correlation>> {
         };
         for (i, m) in modules.iter().enumerate() {
             let l: Vec<[f64; 4]> = loo.iter().map(|v| v[i]).collect();
-            out.extend(rows(model, m, full[i], &l));
+            out.extend(rows(m, full[i], &l));
         }
     }
     Ok(out)

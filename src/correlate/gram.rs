@@ -5,7 +5,7 @@ use anyhow::Result;
 use faer::Mat;
 
 use crate::math::linalg;
-use crate::model::Gpt2;
+use crate::model::ModuleWeights;
 use crate::model::{Module, Side};
 
 /// The mean AGOP of one module, as stored: full operand-space matrix, or W and K with AGOP = W K Wᵀ.
@@ -33,7 +33,7 @@ impl Agop {
 }
 
 /// The module's weight (d_in × d_out, stored layout) in f64.
-pub fn weight(model: &Gpt2, m: &Module) -> Result<Mat<f64>> {
+pub fn weight(model: &dyn ModuleWeights, m: &Module) -> Result<Mat<f64>> {
     linalg::from_tensor(&model.module_weight(m)?)
 }
 

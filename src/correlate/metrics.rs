@@ -10,7 +10,7 @@ use super::spectral::nfm_moments;
 use super::sums::RunSums;
 use crate::math::linalg;
 use crate::measure::Gop;
-use crate::model::{all_modules, Gpt2, Gpt2Config, Module};
+use crate::model::{Module, ModuleWeights};
 
 /// One row of correlations.parquet, without the run-level columns.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,17 +78,17 @@ pub fn pearson(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
 
 /// The rows of one module: every power × (pearson, cosine), `nfm` = `gram` or `delta-gram`; a
 /// non-finite value becomes null with the reason.
-fn rows(m: &Module, cfg: &Gpt2Config, nfm: &'static str, powers: &[f64], values: &[(f64, f64)]) -> Vec<Correlation> {
+fn rows(m: &Module, nfm: &'static str, powers: &[f64], values: &[(f64, f64)]) -> Vec<Correlation> {
     let mut out = Vec::new();
     for (&power, &(p, c)) in powers.iter().zip(values) {
         for (metric, value) in [("pearson", p), ("cosine", c)] {
             let (value, note) = if value.is_finite() { (Some(value), None) } else { (None, Some(UNDEFINED)) };
             out.push(Correlation {
                 layer: m.layer as u32,
-                module: m.kind.as_str(),
-                role: m.kind.role(),
+                module: m.short,
+                role: m.role.as_str(),
                 head: m.head.map(|h| h as u32),
-                dim: m.d_in(cfg) as u32,
+                dim: m.d_in as u32,
                 power,
                 metric,
                 value,
@@ -108,7 +108,7 @@ fn rows(m: &Module, cfg: &Gpt2Config, nfm: &'static str, powers: &[f64], values:
 /// over `n_tokens` tokens, through one eigendecomposition shared by all powers
 /// ([`super::spectral`]).
 pub fn correlate_module(
-    model: &Gpt2,
+    model: &dyn ModuleWeights,
     m: &Module,
     sum: &(usize, Vec<f64>),
     n_tokens: u64,
@@ -120,8 +120,8 @@ pub fn correlate_module(
 /// The body of [`correlate_module`] and [`correlate_module_delta`]: the NFM of `model`, minus
 /// that of `base` when given (`delta-gram`), against the AGOP^α of `model`.
 fn module_rows(
-    model: &Gpt2,
-    base: Option<&Gpt2>,
+    model: &dyn ModuleWeights,
+    base: Option<&dyn ModuleWeights>,
     m: &Module,
     sum: &(usize, Vec<f64>),
     n_tokens: u64,
@@ -134,11 +134,11 @@ fn module_rows(
         .with_context(|| format!("AGOP of {}", m.name()))?
         .remove(0);
     let values: Vec<(f64, f64)> = moments.iter().map(|x| (x.pearson(), x.cosine())).collect();
-    Ok(rows(m, &model.cfg, nfm_label(base), powers, &values))
+    Ok(rows(m, nfm_label(base), powers, &values))
 }
 
 /// `gram`, or `delta-gram` with a base checkpoint.
-fn nfm_label(base: Option<&Gpt2>) -> &'static str {
+fn nfm_label(base: Option<&dyn ModuleWeights>) -> &'static str {
     if base.is_some() {
         "delta-gram"
     } else {
@@ -153,8 +153,8 @@ fn nfm_label(base: Option<&Gpt2>) -> &'static str {
 /// With `base` (the first checkpoint of a series) the same eigendecompositions also give the
 /// rows of ΔNFM = WₜWₜᵀ − W₀W₀ᵀ (`nfm` = `delta-gram`), after the `gram` rows.
 pub fn correlate_module_grouped(
-    model: &Gpt2,
-    base: Option<&Gpt2>,
+    model: &dyn ModuleWeights,
+    base: Option<&dyn ModuleWeights>,
     m: &Module,
     run: &RunSums,
     total: &(usize, Vec<f64>, u64),
@@ -194,7 +194,7 @@ pub fn correlate_module_grouped(
         }
     });
     for (i, nfm_name) in ["gram", "delta-gram"].into_iter().take(bases.len()).enumerate() {
-        let mut rows = rows(m, &model.cfg, nfm_name, powers, &full[i]);
+        let mut rows = rows(m, nfm_name, powers, &full[i]);
         if i == 1 && unchanged {
             for row in rows.iter_mut() {
                 (row.value, row.note) = (None, Some(NO_CHANGE));
@@ -220,8 +220,8 @@ pub fn correlate_module_grouped(
 /// `base`, the first checkpoint of a series) and the AGOP^α of `model`: rows with `nfm` =
 /// `delta-gram`. For the first checkpoint itself ΔNFM = 0 and the rows are null (undefined).
 pub fn correlate_module_delta(
-    model: &Gpt2,
-    base: &Gpt2,
+    model: &dyn ModuleWeights,
+    base: &dyn ModuleWeights,
     m: &Module,
     sum: &(usize, Vec<f64>),
     n_tokens: u64,
@@ -232,8 +232,8 @@ pub fn correlate_module_delta(
 
 /// The dense reference of [`correlate_module_delta`].
 pub fn correlate_module_delta_dense(
-    model: &Gpt2,
-    base: &Gpt2,
+    model: &dyn ModuleWeights,
+    base: &dyn ModuleWeights,
     gop: &Gop,
     m: &Module,
     powers: &[f64],
@@ -243,13 +243,24 @@ pub fn correlate_module_delta_dense(
 
 /// The reference path: NFM and AGOP^α formed as dense d_in × d_in matrices, correlated entry by
 /// entry. Slow for big models; the tests check [`correlate_module`] against it.
-pub fn correlate_module_dense(model: &Gpt2, gop: &Gop, m: &Module, powers: &[f64]) -> Result<Vec<Correlation>> {
+pub fn correlate_module_dense(
+    model: &dyn ModuleWeights,
+    gop: &Gop,
+    m: &Module,
+    powers: &[f64],
+) -> Result<Vec<Correlation>> {
     dense_rows(model, None, gop, m, powers)
 }
 
 /// The body of the dense paths: X = the NFM of `model` (minus that of `base`) and AGOP^α as
 /// d_in × d_in matrices.
-fn dense_rows(model: &Gpt2, base: Option<&Gpt2>, gop: &Gop, m: &Module, powers: &[f64]) -> Result<Vec<Correlation>> {
+fn dense_rows(
+    model: &dyn ModuleWeights,
+    base: Option<&dyn ModuleWeights>,
+    gop: &Gop,
+    m: &Module,
+    powers: &[f64],
+) -> Result<Vec<Correlation>> {
     let w = weight(model, m)?;
     let x = match base {
         Some(b) => nfm(&w) - nfm(&weight(b, m)?),
@@ -261,13 +272,13 @@ fn dense_rows(model: &Gpt2, base: Option<&Gpt2>, gop: &Gop, m: &Module, powers: 
         let a = agop.power(power).with_context(|| format!("AGOP^{power} of {}", m.name()))?;
         values.push((pearson(&x, &a), cosine(&x, &a)));
     }
-    Ok(rows(m, &model.cfg, nfm_label(base), powers, &values))
+    Ok(rows(m, nfm_label(base), powers, &values))
 }
 
 /// Correlations for every module of the model, in the reference's module order.
-pub fn correlate(model: &Gpt2, gop: &Gop, powers: &[f64]) -> Result<Vec<Correlation>> {
+pub fn correlate(model: &dyn ModuleWeights, gop: &Gop, powers: &[f64]) -> Result<Vec<Correlation>> {
     let mut out = Vec::new();
-    for m in all_modules(&model.cfg) {
+    for m in model.modules() {
         out.extend(correlate_module(model, &m, gop.get(&m)?, gop.meta.n_tokens, powers)?);
     }
     Ok(out)

@@ -23,13 +23,13 @@ use crate::bail_bad;
 use crate::fetch::ResolvedModel;
 use crate::math::linalg;
 use crate::measure::gop::GopMeta;
-use crate::model::{self, all_modules, Gpt2, WeightsKind};
+use crate::model::{self, Model, ModuleWeights, WeightsKind};
 use crate::util::write_atomic;
 
 /// Load the weights a GOP file was measured with (pretrained from `dir`, or random-init from
 /// the file's seed), checking that they are the ones the file records: the same config, and for
 /// pretrained weights the same sha256 (unless `force`).
-pub fn model_for_gop(resolved: &ResolvedModel, meta: &GopMeta, force: bool) -> Result<Gpt2> {
+pub fn model_for_gop(resolved: &ResolvedModel, meta: &GopMeta, force: bool) -> Result<Model> {
     let cfg = resolved.config()?;
     if cfg != meta.config {
         bail_bad!("the GOP file was measured on a model with a different config than {}", resolved.id);
@@ -81,6 +81,8 @@ pub struct RunContext {
     pub text: String,
     /// Fingerprint of the inputs (used by `agop run` to skip finished stages).
     pub inputs: String,
+    /// Warnings the report repeats (identical checkpoints of a series).
+    pub warnings: Vec<String>,
 }
 
 /// One GOP file to correlate, with the model it was measured on and, in a checkpoint series,
@@ -133,8 +135,19 @@ pub fn correlate_sources(
     if powers.is_empty() || powers.iter().any(|p| !p.is_finite() || *p <= 0.0) {
         bail_bad!("--powers must be positive numbers, got {powers:?}");
     }
-    let paths: Vec<PathBuf> = sources.iter().map(|s| s.gop.clone()).collect();
-    let sums = RunSums::open_all(&paths)?;
+    // Files of different checkpoints are different runs even when their measurements agree in
+    // everything (byte-identical weights at two steps): group parts step by step.
+    let mut steps: Vec<Option<u64>> = Vec::new();
+    for s in sources {
+        if !steps.contains(&s.step) {
+            steps.push(s.step);
+        }
+    }
+    let mut sums = Vec::new();
+    for step in steps {
+        let paths: Vec<PathBuf> = sources.iter().filter(|s| s.step == step).map(|s| s.gop.clone()).collect();
+        sums.extend(RunSums::open_all(&paths)?);
+    }
     let files_of = |r: &RunSums| r.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     let step_of = |r: &RunSums| sources.iter().find(|s| s.gop == r.paths[0]).and_then(|s| s.step);
     for (i, a) in sums.iter().enumerate() {
@@ -184,9 +197,10 @@ pub fn correlate_sources(
         let prefix = if sums.len() > 1 { format!("{}/", run.meta.weights) } else { String::new() };
         let delta_base = base_model.as_ref().filter(|_| run.meta.weights == WeightsKind::Pretrained);
         let mut rows = Vec::new();
-        for m in all_modules(&model.cfg) {
+        for m in model.modules() {
             // Read once: the correlations and the --agop-out matrix use the same sum.
             let total = run.total(&m)?;
+            let delta_base = delta_base.map(|b| b as &dyn ModuleWeights);
             rows.extend(metrics::correlate_module_grouped(&model, delta_base, &m, run, &total, powers)?);
             if agop_out.is_some() {
                 let (d, v, n) = total;
@@ -232,20 +246,20 @@ pub fn correlate_sources(
                 .column("module")?
                 .str()?
                 .iter()
-                .map(|m| crate::model::Kind::ALL.iter().find(|k| Some(k.as_str()) == m).map(|k| k.role()))
+                .map(|m| crate::model::Kind::ALL.iter().find(|k| Some(k.as_str()) == m).map(|k| k.role().as_str()))
                 .collect();
             more.with_column(polars::prelude::Column::new("role".into(), roles))?;
         }
         df.vstack_mut(&more)
             .map_err(|e| crate::bad!("{}: not a correlations table like this one: {e}", extra.display()))?;
     }
-    table::write_correlations(out, &mut df, &ctx.text, seed, &ctx.inputs)?;
+    table::write_correlations(out, &mut df, &ctx.text, seed, &ctx.inputs, &ctx.warnings)?;
     let cpath = contrasts_path(out);
     let contrasts = if opts.extra_tables.is_empty() { contrasts::contrasts(&sums, &runs)? } else { None };
     match contrasts {
         Some((rows, init_seeds)) => {
             let mut cdf = table::contrasts_frame(&rows, init_seeds)?;
-            table::write_correlations(&cpath, &mut cdf, &ctx.text, seed, &ctx.inputs)?;
+            table::write_correlations(&cpath, &mut cdf, &ctx.text, seed, &ctx.inputs, &ctx.warnings)?;
         }
         // A contrasts file from an earlier run would no longer describe these correlations.
         None => {

@@ -78,15 +78,22 @@ pub fn contrasts_frame(rows: &[RunRows], init_seeds: u32) -> Result<DataFrame> {
 }
 
 /// Write correlations.parquet atomically with its key-value metadata.
-pub fn write_correlations(path: &Path, df: &mut DataFrame, pipeline_text: &str, seed: u64, inputs: &str) -> Result<()> {
-    write_parquet(
-        path,
-        df,
-        &[
-            ("agop_version", env!("CARGO_PKG_VERSION").to_string()),
-            ("pipeline", pipeline_text.to_string()),
-            ("seed", seed.to_string()),
-            ("inputs", inputs.to_string()),
-        ],
-    )
+pub fn write_correlations(
+    path: &Path,
+    df: &mut DataFrame,
+    pipeline_text: &str,
+    seed: u64,
+    inputs: &str,
+    warnings: &[String],
+) -> Result<()> {
+    let mut meta = vec![
+        ("agop_version", env!("CARGO_PKG_VERSION").to_string()),
+        ("pipeline", pipeline_text.to_string()),
+        ("seed", seed.to_string()),
+        ("inputs", inputs.to_string()),
+    ];
+    if !warnings.is_empty() {
+        meta.push(("warnings", warnings.join("\n")));
+    }
+    write_parquet(path, df, &meta)
 }

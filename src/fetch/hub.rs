@@ -15,7 +15,7 @@ use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
 use hf_hub::{HFClientSync, HFError, HFRepositorySync, RepoType};
 
 use super::resolve::ResolvedModel;
-use crate::model::Gpt2Config;
+use crate::model::ModelConfig;
 use crate::util::{progress_bar, sha256_file};
 use crate::{bad, bail_bad};
 
@@ -182,7 +182,7 @@ pub fn resolve_model(id: &str, revision: Option<&str>) -> Result<ResolvedModel> 
     let (owner, name) = hf_hub::split_id(id);
     let repo = client.model(owner, name);
     let config = fetch(&repo, &what, "config.json", rev)?;
-    Gpt2Config::from_file(&config)?;
+    ModelConfig::from_file(&config)?;
     let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
     let commit = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| rev.to_string());
     // Pin every later request to the resolved commit.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bail_bad;
 use crate::model::weights::weights_files;
-use crate::model::Gpt2Config;
+use crate::model::ModelConfig;
 use crate::util::sha256_files;
 
 /// A model resolved to a local directory, with its identity for output metadata.
@@ -70,7 +70,7 @@ impl ResolvedModel {
         .collect()
     }
 
-    pub fn config(&self) -> Result<Gpt2Config> {
+    pub fn config(&self) -> Result<ModelConfig> {
         crate::model::dir_config(&self.dir)
     }
 

@@ -8,47 +8,31 @@
 //! (the loss gradient as the seed, no probes: G is exact), added window by window like the GOP
 //! sums, so it shards, merges, resumes and groups the same way.
 //!
-//! Stored in GOP files as tensor `{module}.fact` for the four whole modules of each block
-//! (c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj). A head's G (through its Q, K or V columns only)
-//! is a row block of its c_attn's G: rows part·C + h·hs .. + hs, part = 0, 1, 2 for q, k, v.
+//! Stored in GOP files as tensor `{module}.fact` for every whole module of the module table
+//! (GPT-2: c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj). A head's G (through its Q, K or V rows
+//! only) is a row block of its fused module's G: rows `offset .. offset + d_out` of the table
+//! (GPT-2: part·C + h·hs .. + hs, part = 0, 1, 2 for q, k, v).
 //! The correlate stage forms F = −WᵀG from it ([`crate::correlate::fact`]).
 
 use rayon::prelude::*;
 
 use crate::math::gemm::{gemm_into, SyncPtr, View};
-use crate::model::{Gpt2Config, Kind, Module};
+use crate::model::Module;
 
-/// The whole modules whose weight gradients are summed, block by block.
-pub fn fact_modules(cfg: &Gpt2Config) -> Vec<Module> {
-    (0..cfg.n_layer)
-        .flat_map(|layer| {
-            [Kind::CAttn, Kind::AttnCProj, Kind::CFc, Kind::MlpCProj].map(|kind| Module { layer, kind, head: None })
-        })
-        .collect()
+/// The whole modules of a module table, whose weight gradients are summed, block by block.
+pub fn fact_modules(table: &[Module]) -> Vec<Module> {
+    table.iter().filter(|m| m.is_whole()).copied().collect()
 }
 
-/// The whole module whose G holds module `m`'s (itself, or c_attn for a head).
-pub fn fact_owner(m: &Module) -> Module {
-    let kind = if m.kind.per_head() { Kind::CAttn } else { m.kind };
-    Module { layer: m.layer, kind, head: None }
-}
-
-/// Name of the FACT tensor of whole module `m` in a GOP file.
+/// Name of the FACT tensor that holds module `m`'s G: its owner's (a head's rows are a row
+/// block of its layer's fused qkv module's G).
 pub fn fact_tensor(m: &Module) -> String {
-    format!("{}.fact", fact_owner(m).name())
+    format!("{}.{}.{}.fact", m.block, m.layer, m.owner)
 }
 
 /// The rows of the owner's G that are module `m`'s (all of them for a whole module).
-pub fn fact_rows(m: &Module, cfg: &Gpt2Config) -> std::ops::Range<usize> {
-    let (c, hs) = (cfg.n_embd, cfg.head_size());
-    let part = match m.kind {
-        Kind::Q => 0,
-        Kind::K => 1,
-        Kind::V => 2,
-        _ => return 0..m.d_out(cfg),
-    };
-    let start = part * c + m.head.unwrap_or(0) * hs;
-    start..start + hs
+pub fn fact_rows(m: &Module) -> std::ops::Range<usize> {
+    m.offset..m.offset + m.d_out
 }
 
 /// Row blocks of this height make up one window's product (parallel tasks).
@@ -104,12 +88,14 @@ mod tests {
                 }
             }
         }
-        let cfg: Gpt2Config =
+        let cfg: crate::model::Gpt2Config =
             serde_json::from_str(r#"{"n_layer": 2, "n_head": 3, "n_embd": 24, "n_positions": 32, "vocab_size": 50}"#)
                 .unwrap();
-        let k1 = Module { layer: 0, kind: Kind::K, head: Some(1) };
-        assert_eq!(fact_rows(&k1, &cfg), 32..40);
+        use crate::model::{gpt2_module, Kind};
+        let k1 = gpt2_module(&cfg, 0, Kind::K, Some(1));
+        // Head 1 of K: columns C + 1·hs = 24 + 8 of c_attn's output.
+        assert_eq!(fact_rows(&k1), 32..40);
         assert_eq!(fact_tensor(&k1), "h.0.attn.c_attn.fact");
-        assert_eq!(fact_rows(&Module { layer: 0, kind: Kind::CFc, head: None }, &cfg), 0..cfg.n_inner());
+        assert_eq!(fact_rows(&gpt2_module(&cfg, 0, Kind::CFc, None)), 0..cfg.n_inner());
     }
 }

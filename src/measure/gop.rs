@@ -16,10 +16,10 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::fact::{fact_modules, fact_owner, fact_tensor, window_cross};
+use super::fact::{fact_modules, fact_tensor, window_cross};
 use super::settings::{Estimator, Output};
 use crate::math::gemm::{gemm_into, SyncPtr, View};
-use crate::model::{all_modules, Gpt2Config, Grad, Module, WeightGrad, WeightsKind};
+use crate::model::{Grad, ModelConfig, Module, WeightGrad, WeightsKind};
 use crate::util::tensor_file::TensorFile;
 use crate::{bad, bail_bad};
 
@@ -52,7 +52,7 @@ pub struct GopMeta {
     /// Half-open ranges of global window indices that were measured, sorted, non-overlapping.
     pub windows: Vec<(u64, u64)>,
     /// The model config, so that a GOP file can be checked against the model it is used with.
-    pub config: Gpt2Config,
+    pub config: ModelConfig,
     /// Window groups of the measurement (`--groups`, for the delete-one-group jackknife): the
     /// sums of each group are kept in group files beside this one ([`super::groups`]). 1: none.
     #[serde(default = "one")]
@@ -85,7 +85,7 @@ fn one() -> u32 {
 impl GopMeta {
     /// Metadata with only the model config filled in (for library use without files): pretrained
     /// weights, logits, sketch; set the fields that matter with struct update syntax.
-    pub fn for_config(config: Gpt2Config) -> Self {
+    pub fn for_config(config: ModelConfig) -> Self {
         Self {
             agop_version: env!("CARGO_PKG_VERSION").into(),
             model: String::new(),
@@ -138,18 +138,19 @@ pub struct FactSum {
 impl Gop {
     /// Zero sums for every module of `cfg`.
     pub fn zeros(meta: GopMeta) -> Self {
-        let sums = all_modules(&meta.config)
+        let table = meta.config.modules();
+        let sums = table
             .iter()
             .map(|m| {
-                let d = m.stored_dim(&meta.config);
+                let d = m.stored_dim();
                 (m.gop_tensor(), (d, vec![0.0; d * d]))
             })
             .collect();
         let fact = if meta.fact {
-            fact_modules(&meta.config)
+            fact_modules(&table)
                 .iter()
                 .map(|m| {
-                    let (rows, cols) = (m.d_out(&meta.config), m.d_in(&meta.config));
+                    let (rows, cols) = (m.d_out, m.d_in);
                     (fact_tensor(m), FactSum { rows, cols, values: vec![0.0; rows * cols] })
                 })
                 .collect()
@@ -162,9 +163,10 @@ impl Gop {
     /// The size of the sums of one GOP file for `cfg` (f64, the stored side of every module,
     /// and with `fact` the weight gradients), without allocating them: what a measurement writes
     /// per file (the total, and each group file again).
-    pub fn file_bytes(cfg: &Gpt2Config, fact: bool) -> u64 {
-        let sums: usize = all_modules(cfg).iter().map(|m| m.stored_dim(cfg).pow(2)).sum();
-        let g: usize = if fact { fact_modules(cfg).iter().map(|m| m.d_out(cfg) * m.d_in(cfg)).sum() } else { 0 };
+    pub fn file_bytes(cfg: &ModelConfig, fact: bool) -> u64 {
+        let table = cfg.modules();
+        let sums: usize = table.iter().map(|m| m.stored_dim().pow(2)).sum();
+        let g: usize = if fact { fact_modules(&table).iter().map(|m| m.d_out * m.d_in).sum() } else { 0 };
         8 * (sums + g) as u64
     }
 
@@ -368,12 +370,12 @@ impl Gop {
     pub fn load(path: &Path) -> Result<Self> {
         let f = GopFile::open(path)?;
         let mut sums = BTreeMap::new();
-        for m in all_modules(&f.meta.config) {
+        for m in f.meta.config.modules() {
             sums.insert(m.gop_tensor(), f.sum(&m)?);
         }
         let mut fact = BTreeMap::new();
         if f.meta.fact {
-            for m in fact_modules(&f.meta.config) {
+            for m in fact_modules(&f.meta.config.modules()) {
                 fact.insert(fact_tensor(&m), f.fact(&m)?);
             }
         }
@@ -397,19 +399,19 @@ impl GopFile {
         let meta_json =
             file.metadata.get("agop").ok_or_else(|| bad!("{name}: not an agop GOP file (no `agop` metadata)"))?;
         let meta: GopMeta = serde_json::from_str(meta_json).map_err(|e| bad!("{name}: bad agop metadata: {e}"))?;
-        for m in all_modules(&meta.config) {
+        for m in meta.config.modules() {
             let t = m.gop_tensor();
             let e = file.entries.get(&t).ok_or_else(|| bad!("{name}: GOP file has no tensor {t}"))?;
-            let d = m.stored_dim(&meta.config);
+            let d = m.stored_dim();
             if e.dtype != "F64" || e.shape != [d, d] {
                 bail_bad!("{name}: tensor {t} is {} {:?}, expected F64 [{d}, {d}]", e.dtype, e.shape);
             }
         }
         if meta.fact {
-            for m in fact_modules(&meta.config) {
+            for m in fact_modules(&meta.config.modules()) {
                 let t = fact_tensor(&m);
                 let e = file.entries.get(&t).ok_or_else(|| bad!("{name}: GOP file has no FACT tensor {t}"))?;
-                let (r, c) = (m.d_out(&meta.config), m.d_in(&meta.config));
+                let (r, c) = (m.d_out, m.d_in);
                 if e.dtype != "F64" || e.shape != [r, c] {
                     bail_bad!("{name}: tensor {t} is {} {:?}, expected F64 [{r}, {c}]", e.dtype, e.shape);
                 }
@@ -429,8 +431,9 @@ impl GopFile {
         if values.iter().any(|x| !x.is_finite()) {
             bail_bad!("{name}: tensor {t} holds NaN or infinite values; this GOP file cannot be used");
         }
-        let owner = fact_owner(m);
-        Ok(FactSum { rows: owner.d_out(&self.meta.config), cols: owner.d_in(&self.meta.config), values })
+        let table = self.meta.config.modules();
+        let owner = crate::model::owner(&table, m);
+        Ok(FactSum { rows: owner.d_out, cols: owner.d_in, values })
     }
 
     /// The stored sum of module `m`: (dim, row-major dim × dim values).
@@ -443,7 +446,7 @@ impl GopFile {
                 self.file.path.display()
             );
         }
-        Ok((m.stored_dim(&self.meta.config), v))
+        Ok((m.stored_dim(), v))
     }
 }
 

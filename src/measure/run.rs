@@ -13,7 +13,7 @@ use super::groups::{group_path, groups_dir, remove_other_groups, GroupPlan};
 use super::settings::Settings;
 use crate::bail_bad;
 use crate::fetch::ResolvedModel;
-use crate::model::{self, Gpt2Config, Network, WeightsKind};
+use crate::model::{self, ModelConfig, Network, WeightsKind};
 use crate::tokenize::{read_tokens, Window};
 use crate::util::{progress_bar, sha256_file};
 
@@ -70,20 +70,20 @@ impl MeasureOptions {
 }
 
 /// Check windows against the model: length within n_positions, ids within the vocabulary.
-pub fn check_windows(windows: &[Window], cfg: &Gpt2Config, source: &str) -> Result<()> {
+pub fn check_windows(windows: &[Window], cfg: &ModelConfig, source: &str) -> Result<()> {
     for w in windows {
-        if w.tokens.len() > cfg.n_positions {
+        if w.tokens.len() > cfg.n_positions() {
             bail_bad!(
                 "{source}: seq_len {} is larger than the model's n_positions {}",
                 w.tokens.len(),
-                cfg.n_positions
+                cfg.n_positions()
             );
         }
-        if let Some(t) = w.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+        if let Some(t) = w.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size()) {
             bail_bad!(
                 "{source}: window {} has token id {t}, outside the model's vocabulary of {}",
                 w.index,
-                cfg.vocab_size
+                cfg.vocab_size()
             );
         }
     }

@@ -70,8 +70,10 @@ impl Gpt2Config {
     pub fn validate(&self) -> Result<()> {
         match self.model_type.as_deref() {
             Some("gpt2") => {}
-            Some(other) => bail_bad!("model_type is \"{other}\"; agop supports only \"gpt2\" checkpoints"),
-            None => bail_bad!("config field model_type is missing; agop supports only \"gpt2\" checkpoints"),
+            Some(other) => bail_bad!(
+                "model_type is \"{other}\"; agop reads \"gpt2\" and \"gpt_neox\" checkpoints (docs/reference.md §1)"
+            ),
+            None => bail_bad!("config field model_type is missing; agop reads \"gpt2\" and \"gpt_neox\" checkpoints"),
         }
         for (field, v) in [
             ("n_layer", self.n_layer),

@@ -12,26 +12,21 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::Gpt2Config;
-use super::modules::{Kind, Module};
-use super::network::{Grad, Network, WeightGrad};
-use super::ops::attention::{AttentionBackward, AttentionMix, AttentionProbs};
-use super::ops::{kernels, plain};
-use super::params::{LayerNorm, Linear, Params};
+use super::modules::{all_modules, Kind, Module};
+use super::network::{Grad, ModuleWeights, Network, WeightGrad};
+use super::ops::select::{LnCache, Ops};
+use super::params::Params;
 
 /// A GPT-2 language model; the LM head is `wte` unless the config unties it.
 #[derive(Debug, Clone)]
 pub struct Gpt2 {
     pub cfg: Gpt2Config,
     pub params: Params,
+    /// The module table ([`all_modules`]).
+    pub table: Vec<Module>,
     /// Run candle's own ops ([`plain`]) even on the CPU (tests: the second code path). Off the
     /// CPU they are always used.
     pub plain_ops: bool,
-}
-
-/// Saved LayerNorm statistics: normalized input and 1/σ.
-struct LnCache {
-    /// Rows of [x̂ (C) | 1/σ], as written by the forward kernel.
-    packed: Tensor,
 }
 
 /// What the backward pass needs from one block's forward.
@@ -103,7 +98,8 @@ pub struct BlockOperands {
 
 impl Gpt2 {
     pub fn new(cfg: Gpt2Config, params: Params) -> Self {
-        Self { cfg, params, plain_ops: false }
+        let table = all_modules(&cfg);
+        Self { cfg, params, table, plain_ops: false }
     }
 
     /// The same model computing with candle's own ops ([`plain`]) on the CPU too.
@@ -113,7 +109,7 @@ impl Gpt2 {
 
     /// Which implementation of the ops this model runs.
     fn ops(&self) -> Ops {
-        Ops { plain: self.plain_ops || !self.device().is_cpu(), erf: self.cfg.gelu_erf() }
+        Ops::new(self.plain_ops || !self.device().is_cpu(), self.cfg.gelu_erf())
     }
 
     /// The device the parameters live on.
@@ -165,17 +161,10 @@ impl Gpt2 {
     }
 
     /// The weight of module `m` in stored Conv1D layout (d_in × d_out); for a head, its column
-    /// block of c_attn.
+    /// block of c_attn (columns `offset..offset + d_out`).
     pub fn module_weight(&self, m: &Module) -> Result<Tensor> {
-        let w = &self.params.blocks[m.layer].linear(m.kind).weight;
-        let (c, hs) = (self.cfg.n_embd, self.cfg.head_size());
-        let head_cols = |part: usize| w.narrow(1, part * c + m.head.unwrap_or(0) * hs, hs);
-        Ok(match m.kind {
-            Kind::Q => head_cols(0)?,
-            Kind::K => head_cols(1)?,
-            Kind::V => head_cols(2)?,
-            _ => w.clone(),
-        })
+        let w = &self.params.blocks[m.layer].linear(Kind::of(m)).weight;
+        Ok(if m.is_whole() { w.clone() } else { w.narrow(1, m.offset, m.d_out)? })
     }
 
     /// The same model computing in `dtype` (F64 for finite-difference checks).
@@ -206,7 +195,7 @@ impl Gpt2 {
         seed: &Tensor,
         visit: impl FnMut(usize, &BlockGrads) -> Result<()>,
     ) -> Result<()> {
-        self.backward_inner(fwd, seed, false, visit)
+        self.backward_inner(fwd, seed, false, false, visit).map(|_| ())
     }
 
     /// [`Gpt2::backward`] that also recomputes every block's module operands from the forward
@@ -217,16 +206,41 @@ impl Gpt2 {
         seed: &Tensor,
         visit: impl FnMut(usize, &BlockGrads) -> Result<()>,
     ) -> Result<()> {
-        self.backward_inner(fwd, seed, true, visit)
+        self.backward_inner(fwd, seed, true, false, visit).map(|_| ())
     }
 
+    /// [`Gpt2::backward_operands`] that also returns the gradient at the embeddings' sum, the
+    /// input of block 0 (B, T, C): with the visited gradients, everything a training step needs.
+    pub fn backward_to_input(
+        &self,
+        fwd: &Forward,
+        seed: &Tensor,
+        visit: impl FnMut(usize, &BlockGrads) -> Result<()>,
+    ) -> Result<Tensor> {
+        self.backward_inner(fwd, seed, true, true, visit)?.ok_or_else(|| anyhow::anyhow!("no blocks"))
+    }
+
+    /// The normalized input x̂ (B, T, C) of a LayerNorm of the forward pass: `ln_1` (`second`
+    /// false) or `ln_2` of block `layer`, or `ln_f` (`layer` None). γ and β's gradients are
+    /// Σ dy ⊙ x̂ and Σ dy.
+    pub fn ln_normalized(&self, fwd: &Forward, layer: Option<usize>, second: bool) -> Result<Tensor> {
+        let cache = match layer {
+            None => &fwd.ln_f,
+            Some(l) if second => &fwd.blocks[l].ln_2,
+            Some(l) => &fwd.blocks[l].ln_1,
+        };
+        Ok(cache.packed.narrow(candle_core::D::Minus1, 0, self.cfg.n_embd)?)
+    }
+
+    /// Returns the gradient at block 0's input with `input` (the training path).
     fn backward_inner(
         &self,
         fwd: &Forward,
         seed: &Tensor,
         operands: bool,
+        input: bool,
         mut visit: impl FnMut(usize, &BlockGrads) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<Option<Tensor>> {
         let cfg = &self.cfg;
         let h = cfg.n_head;
         let ops = self.ops();
@@ -273,11 +287,11 @@ impl Gpt2 {
                     operands: operand_values.as_ref(),
                 },
             )?;
-            if l > 0 {
+            if l > 0 || input {
                 dx = (dx + ops.layer_norm_backward(&attn_in, &cache.ln_1, &blk.ln_1)?)?;
             }
         }
-        Ok(())
+        Ok(input.then_some(dx))
     }
 
     fn attn_scale(&self, layer: usize) -> f64 {
@@ -292,123 +306,22 @@ impl Gpt2 {
     }
 }
 
-/// The ops of the forward and backward passes, from one of two implementations: the CPU kernels
-/// of [`kernels`] and [`super::ops::attention`] (host memory, work split by window and head, so a
-/// window's numbers never depend on its batch), or candle's own ops ([`plain`]: any device,
-/// CUDA included).
-#[derive(Debug, Clone, Copy)]
-struct Ops {
-    plain: bool,
-    /// gelu with erf instead of the tanh form.
-    erf: bool,
-}
-
-impl Ops {
-    /// x (B, T, in) · W (in, out) + b.
-    fn linear(&self, x: &Tensor, l: &Linear) -> Result<Tensor> {
-        Ok(if self.plain { plain::bmm_bias(x, &l.weight, &l.bias)? } else { kernels::bmm_bias(x, &l.weight, &l.bias)? })
-    }
-
-    /// g (B, T, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
-    fn matmul_t(&self, g: &Tensor, w: &Tensor) -> Result<Tensor> {
-        Ok(if self.plain { plain::bmm(g, w, false, true)? } else { kernels::bmm(g, w, false, true)? })
-    }
-
-    /// LayerNorm over the last dimension, returning the output and the statistics for backward.
-    fn layer_norm(&self, x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
-        let packed = if self.plain {
-            plain::layer_norm_forward(x, eps)?
-        } else {
-            x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })?
-        };
-        let cache = LnCache { packed };
-        Ok((self.layer_norm_output(&cache, ln)?, cache))
-    }
-
-    /// The LayerNorm output γ·x̂ + β again, from the statistics the forward kept.
-    fn layer_norm_output(&self, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
-        if self.plain {
-            return Ok(plain::layer_norm_affine(&cache.packed, &ln.weight, &ln.bias)?);
-        }
-        let affine = kernels::LayerNormAffine { gamma: f64_values(&ln.weight)?, beta: f64_values(&ln.bias)? };
-        Ok(cache.packed.apply_op1_no_bwd(&affine)?)
-    }
-
-    /// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ (one fused pass on the CPU).
-    fn layer_norm_backward(&self, dy: &Tensor, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
-        if self.plain {
-            return Ok(plain::layer_norm_backward(dy, &cache.packed, &ln.weight)?);
-        }
-        let op = kernels::LayerNormBackward { gamma: f64_values(&ln.weight)? };
-        Ok(dy.contiguous()?.apply_op2_no_bwd(&cache.packed, &op)?)
-    }
-
-    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(if self.plain {
-            plain::gelu(x, self.erf)?
-        } else {
-            x.contiguous()?.apply_op1_no_bwd(&kernels::Gelu { erf: self.erf })?
-        })
-    }
-
-    /// du ⊙ gelu'(pre).
-    fn gelu_backward(&self, du: &Tensor, pre: &Tensor) -> Result<Tensor> {
-        Ok(if self.plain {
-            plain::gelu_backward(du, pre, self.erf)?
-        } else {
-            du.apply_op2_no_bwd(pre, &kernels::GeluBackward { erf: self.erf })?
-        })
-    }
-
-    /// att (B, H, T, T) = causal softmax(scale · Q Kᵀ) from the packed Q | K | V.
-    fn attention_probs(&self, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-        Ok(if self.plain {
-            plain::attention_probs(qkv, heads, scale)?
-        } else {
-            qkv.apply_op1_no_bwd(&AttentionProbs { heads, scale })?
-        })
-    }
-
-    /// y (B, T, C) = att · V per head.
-    fn attention_mix(&self, att: &Tensor, qkv: &Tensor, heads: usize) -> Result<Tensor> {
-        Ok(if self.plain {
-            plain::attention_mix(att, qkv, heads)?
-        } else {
-            att.apply_op2_no_bwd(qkv, &AttentionMix { heads })?
-        })
-    }
-
-    /// d(Q | K | V) from dy at the merged heads, through att · V and the causal softmax.
-    fn attention_backward(&self, dy: &Tensor, att: &Tensor, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-        Ok(if self.plain {
-            plain::attention_backward(dy, att, qkv, heads, scale)?
-        } else {
-            dy.apply_op3_no_bwd(att, qkv, &AttentionBackward { heads, scale })?
-        })
-    }
-}
-
-/// A 1-D parameter (γ or β) as f64 values, for the kernels.
-fn f64_values(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?)
-}
-
 impl BlockGrads<'_> {
     /// The gradients as the measurement sees them: each module's stored side (docs/reference.md §2) —
     /// operand gradients of c_attn, attn.c_proj and mlp.c_fc, output gradients (δ) of
     /// mlp.c_proj and, packed in one (B, T, 3C) tensor, of every head's q, k and v.
-    pub fn stored_sides(&self, cfg: &Gpt2Config, layer: usize) -> Vec<Grad<'_>> {
-        let whole = |kind| Module { layer, kind, head: None };
-        let heads: Vec<Module> = [Kind::Q, Kind::K, Kind::V]
-            .into_iter()
-            .flat_map(|kind| (0..cfg.n_head).map(move |h| Module { layer, kind, head: Some(h) }))
-            .collect();
+    pub fn stored_sides(&self, table: &[Module], layer: usize) -> Vec<Grad<'_>> {
+        let of_layer = || table.iter().filter(move |m| m.layer == layer);
+        let whole = |kind: Kind| *of_layer().find(|m| m.role == kind.role() && m.is_whole()).expect("in the table");
+        // In [Q | K | V] order, each head's columns in turn (as `offset` says).
+        let mut heads: Vec<Module> = of_layer().filter(|m| m.role.per_head()).copied().collect();
+        heads.sort_by_key(|m| m.offset);
         vec![
             Grad::Module(whole(Kind::CAttn), self.attn_in),
             Grad::Module(whole(Kind::AttnCProj), self.proj_in),
             Grad::Module(whole(Kind::CFc), self.fc_in),
             Grad::Module(whole(Kind::MlpCProj), self.mlp_out),
-            Grad::Packed { modules: heads, width: cfg.head_size(), tensor: self.qkv_out },
+            Grad::Packed { width: heads[0].d_out, modules: heads, tensor: self.qkv_out },
         ]
     }
 }
@@ -416,9 +329,12 @@ impl BlockGrads<'_> {
 impl BlockGrads<'_> {
     /// Each whole module's (δ at its output, operand) pair; needs the operands
     /// ([`Gpt2::backward_operands`]).
-    pub fn weight_grads(&self, layer: usize) -> Result<Vec<WeightGrad<'_>>> {
+    pub fn weight_grads(&self, table: &[Module], layer: usize) -> Result<Vec<WeightGrad<'_>>> {
         let Some(ops) = self.operands else { bail!("weight gradients need the backward with operands") };
-        let pair = |kind, delta, operand| WeightGrad { module: Module { layer, kind, head: None }, delta, operand };
+        let whole = |kind: Kind| {
+            *table.iter().find(|m| m.layer == layer && m.role == kind.role() && m.is_whole()).expect("in the table")
+        };
+        let pair = |kind, delta, operand| WeightGrad { module: whole(kind), delta, operand };
         Ok(vec![
             pair(Kind::CAttn, self.qkv_out, &ops.attn),
             pair(Kind::AttnCProj, self.proj_out, &ops.proj),
@@ -428,15 +344,21 @@ impl BlockGrads<'_> {
     }
 }
 
+impl ModuleWeights for Gpt2 {
+    fn modules(&self) -> Vec<Module> {
+        self.table.clone()
+    }
+
+    fn module_weight(&self, m: &Module) -> Result<Tensor> {
+        Gpt2::module_weight(self, m)
+    }
+}
+
 impl Network for Gpt2 {
     type Forward = Forward;
 
     fn device(&self) -> &Device {
         Gpt2::device(self)
-    }
-
-    fn modules(&self) -> Vec<Module> {
-        super::modules::all_modules(&self.cfg)
     }
 
     fn unembedding(&self) -> &Tensor {
@@ -452,7 +374,7 @@ impl Network for Gpt2 {
     }
 
     fn backward(&self, fwd: &Forward, seed: &Tensor, visit: &mut dyn FnMut(&[Grad]) -> Result<()>) -> Result<()> {
-        Gpt2::backward(self, fwd, seed, |l, g| visit(&g.stored_sides(&self.cfg, l)))
+        Gpt2::backward(self, fwd, seed, |l, g| visit(&g.stored_sides(&self.table, l)))
     }
 
     fn backward_weights(
@@ -461,6 +383,6 @@ impl Network for Gpt2 {
         seed: &Tensor,
         visit: &mut dyn FnMut(&[WeightGrad]) -> Result<()>,
     ) -> Result<()> {
-        Gpt2::backward_operands(self, fwd, seed, |l, g| visit(&g.weight_grads(l)?))
+        Gpt2::backward_operands(self, fwd, seed, |l, g| visit(&g.weight_grads(&self.table, l)?))
     }
 }

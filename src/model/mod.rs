@@ -4,12 +4,14 @@
 //!
 //! Every function that makes tensors takes the [`Device`] as data; only `ops/` is CPU-specific.
 
+pub mod arch;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod gpt2;
 pub mod modules;
 pub mod nanogpt;
+pub mod neox;
 pub mod network;
 pub mod ops;
 pub mod params;
@@ -21,27 +23,29 @@ use std::path::Path;
 use anyhow::Result;
 use candle_core::Device;
 
+pub use arch::ModelConfig;
+pub use arch::{load_model, Model};
 pub use checkpoint::{init_model, save_checkpoint};
 pub use config::Gpt2Config;
 pub use device::{device_name, parse_device};
 pub use gpt2::{BlockGrads, BlockOperands, Forward, Gpt2, Site};
-pub use modules::{all_modules, Kind, Module, Side};
-pub use network::{Grad, Network, WeightGrad};
+pub use modules::{all_modules, gpt2_module, owner, Kind, Module, Role, Side};
+pub use network::{Grad, ModuleWeights, Network, WeightGrad};
 pub use params::{Block, LayerNorm, Linear, Params};
-pub use weights::{load_model, random_init, WeightsKind};
+pub use weights::{load_gpt2, random_init, WeightsKind};
 
 /// Read `config.json` from a checkpoint directory and load the weights of the given kind onto
 /// the CPU.
 /// The config of a checkpoint folder: its `config.json`, or for a nanoGPT folder (a `ckpt.pt`
 /// and no config.json) the checkpoint's `model_args`.
-pub fn dir_config(dir: &Path) -> Result<Gpt2Config> {
+pub fn dir_config(dir: &Path) -> Result<ModelConfig> {
     if nanogpt::is_nanogpt(dir) {
-        return nanogpt::config(&dir.join(nanogpt::CKPT));
+        return Ok(nanogpt::config(&dir.join(nanogpt::CKPT))?.into());
     }
-    Gpt2Config::from_file(&dir.join("config.json"))
+    ModelConfig::from_file(&dir.join("config.json"))
 }
 
 pub fn load_dir(dir: &Path, weights: WeightsKind, seed: u64) -> Result<Gpt2> {
     let cfg = dir_config(dir)?;
-    load_model(dir, &cfg, weights, seed, &Device::Cpu)
+    load_gpt2(dir, cfg.gpt2("load_dir")?, weights, seed, &Device::Cpu)
 }

@@ -28,16 +28,25 @@ pub struct WeightGrad<'a> {
     pub operand: &'a Tensor,
 }
 
+/// What the correlate stage needs of a model: its module table and the weights of its modules
+/// (object-safe, so one `&dyn ModuleWeights` serves every architecture).
+pub trait ModuleWeights {
+    /// The module table: every weight matrix measured, in the reference's order
+    /// (docs/reference.md §2).
+    fn modules(&self) -> Vec<Module>;
+
+    /// The weight of a module of the table as d_in × d_out (y = x·W): the NFM is W Wᵀ in this
+    /// layout (WᵀW of the usual [out, in] view); for a head, its d_out columns.
+    fn module_weight(&self, m: &Module) -> Result<Tensor>;
+}
+
 /// A language model whose AGOPs agop can measure.
-pub trait Network: Sync {
+pub trait Network: ModuleWeights + Sync {
     /// What the forward pass keeps for one or more backward passes.
     type Forward;
 
     /// Where the parameters (and so every activation) live.
     fn device(&self) -> &Device;
-
-    /// Every weight matrix measured, in the reference's order (docs/reference.md §2).
-    fn modules(&self) -> Vec<Module>;
 
     /// The unembedding E (V × C): logits = hidden · Eᵀ.
     fn unembedding(&self) -> &Tensor;

@@ -203,6 +203,25 @@ impl WeightsReader {
 /// safetensors or PyTorch `.bin` files ([`weights_files`]): the same names (with or without the
 /// `transformer.` prefix), dtypes and checks for both.
 pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<Gpt2> {
+    let what = format!("n_layer {}", cfg.n_layer);
+    let params =
+        load_tensors(dir, device, "transformer.", |take| Params::build(cfg, take), |n| is_known_buffer(n, cfg), &what)?;
+    Ok(Gpt2::new(cfg.clone(), params))
+}
+
+/// The parameters of the checkpoint in `dir`, read by name: `build` asks for every tensor by its
+/// name (the HF name without `prefix`) and shape, and gets it as f32 on `device`, after checks
+/// (shape, a float dtype, finite values, no name stored twice); a stored tensor `build` did not
+/// ask for must be one `known` accepts (a buffer), else it is a parameter of another config
+/// (`what` describes the config in that message).
+pub fn load_tensors<P>(
+    dir: &Path,
+    device: &Device,
+    prefix: &str,
+    build: impl FnOnce(&mut dyn FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<P>,
+    known: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<P> {
     // Headers first; each tensor's bytes are read when the schema asks for it, so memory holds
     // the converted tensors plus one file tensor at a time (not a copy of every file).
     let files = weights_files(dir)?;
@@ -212,7 +231,7 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<
     for e in reader.entries() {
         // torch.compile'd nanoGPT models prefix every name with `_orig_mod.`.
         let bare = if nanogpt { e.1.strip_prefix("_orig_mod.").unwrap_or(&e.1) } else { &e.1 };
-        let name = bare.strip_prefix("transformer.").unwrap_or(bare).to_string();
+        let name = bare.strip_prefix(prefix).unwrap_or(bare).to_string();
         // Two tensors for one parameter (`wte.weight` and `transformer.wte.weight`, or one name in
         // two shards): which one a reader takes is arbitrary, so neither is taken.
         if let Some(first) = tensors.get(&name) {
@@ -226,7 +245,7 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<
         tensors.insert(name, e);
     }
     let described = if files.len() == 1 { files[0].display().to_string() } else { format!("{}", dir.display()) };
-    let take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+    let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
         let (i, key, stored_shape, dtype) =
             tensors.remove(name).ok_or_else(|| bad!("{described}: tensor {name} is missing"))?;
         let file = reader.path(i).display();
@@ -248,20 +267,19 @@ pub fn load_pretrained(dir: &Path, cfg: &Gpt2Config, device: &Device) -> Result<
         check_finite(&t).map_err(|e| bad!("{file}: tensor {name} {e}"))?;
         Ok(t)
     };
-    let params = Params::build(cfg, take)?;
+    let params = build(&mut take)?;
     // What the schema did not take must be a known buffer, not a parameter of a bigger model.
     let mut extra: Vec<(&String, &Path)> =
-        tensors.iter().filter(|(n, _)| !is_known_buffer(n, cfg)).map(|(n, e)| (n, reader.path(e.0))).collect();
+        tensors.iter().filter(|(n, _)| !known(n)).map(|(n, e)| (n, reader.path(e.0))).collect();
     extra.sort();
     if let Some((name, file)) = extra.first() {
         bail_bad!(
-            "{}: tensor {name} is not a parameter of this config (n_layer {}){}; is config.json the checkpoint's?",
+            "{}: tensor {name} is not a parameter of this config ({what}){}; is config.json the checkpoint's?",
             file.display(),
-            cfg.n_layer,
             if extra.len() > 1 { format!(", and {} more", extra.len() - 1) } else { String::new() }
         );
     }
-    Ok(Gpt2::new(cfg.clone(), params))
+    Ok(params)
 }
 
 /// Tensors HF GPT-2 checkpoints carry beside the parameters: the causal-mask buffers
@@ -318,8 +336,8 @@ pub fn random_init(cfg: &Gpt2Config, seed: u64, device: &Device) -> Result<Gpt2>
     Ok(Gpt2::new(cfg.clone(), Params::build(cfg, take)?))
 }
 
-/// Load `pretrained` weights from `dir`, or build the `random-init` control from `seed`.
-pub fn load_model(dir: &Path, cfg: &Gpt2Config, weights: WeightsKind, seed: u64, device: &Device) -> Result<Gpt2> {
+/// Load `pretrained` GPT-2 weights from `dir`, or build the `random-init` control from `seed`.
+pub fn load_gpt2(dir: &Path, cfg: &Gpt2Config, weights: WeightsKind, seed: u64, device: &Device) -> Result<Gpt2> {
     match weights {
         WeightsKind::Pretrained => load_pretrained(dir, cfg, device),
         WeightsKind::RandomInit => random_init(cfg, seed, device),

@@ -344,7 +344,7 @@ impl Pipeline {
                         dir.display()
                     );
                 }
-                let mut first: Option<(PathBuf, crate::model::Gpt2Config)> = None;
+                let mut first: Option<(PathBuf, crate::model::ModelConfig)> = None;
                 for c in &cps {
                     let sub = dir.join(c.revision.as_deref().unwrap_or(""));
                     if !sub.join("config.json").is_file() && !crate::model::nanogpt::is_nanogpt(&sub) {
@@ -359,10 +359,10 @@ impl Pipeline {
                              {}, ...); a series is one model along training",
                             sub.display(),
                             d0.display(),
-                            cfg.n_layer,
-                            c0.n_layer,
-                            cfg.n_embd,
-                            c0.n_embd
+                            cfg.n_layer(),
+                            c0.n_layer(),
+                            cfg.n_embd(),
+                            c0.n_embd()
                         ),
                         Some(_) => {}
                     }
@@ -634,6 +634,27 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every pipeline file shipped in pipelines/ parses and validates (a typo in a built-in
+    /// pipeline is found here, not by a user an hour into a run).
+    #[test]
+    fn every_built_in_pipeline_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                Pipeline::from_file(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 10, "found only {n} pipelines");
+        let p = Pipeline::from_file(&dir.join("pythia-70m-deduped.toml")).unwrap();
+        let revs: Vec<String> = p.checkpoints().into_iter().filter_map(|c| c.revision).collect();
+        assert_eq!(revs.first().map(String::as_str), Some("step0"));
+        assert_eq!(revs.last().map(String::as_str), Some("step143000"));
+        assert_eq!(revs.len(), 8);
+    }
 
     fn parse(model: &str) -> Result<Pipeline> {
         let text = format!("name = \"s\"\n[model]\n{model}\n[corpus]\nsources = [\"x.txt\"]\nseq_len = 8\n");

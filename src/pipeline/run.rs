@@ -135,8 +135,8 @@ fn checkpoint_model(p: &Pipeline, prep: &Prepared, k: usize) -> Result<ResolvedM
     Ok(m)
 }
 
-/// Checkpoint `k` of a series belongs with the first: the same architecture (config), and other
-/// weights (a checkpoint measured twice would give duplicate rows).
+/// Checkpoint `k` of a series belongs with the first: the same architecture (config). (Identical
+/// weights at two steps are kept and reported: [`identical_weights`].)
 fn check_series_member(p: &Pipeline, prep: &Prepared, k: usize, m: &ResolvedModel) -> Result<()> {
     let (first, this) = (prep.model.config()?, m.config()?);
     let rev = p.checkpoints()[k].revision.clone().unwrap_or_default();
@@ -156,12 +156,6 @@ fn check_series_member(p: &Pipeline, prep: &Prepared, k: usize, m: &ResolvedMode
              is one model along training",
             m.dir.display(),
             fields.join(", ")
-        );
-    }
-    if m.weights_sha256()? == prep.model.weights_sha256()? {
-        bail_bad!(
-            "checkpoint {rev} ({}) has the same weights as the first checkpoint {rev0}; give each checkpoint once",
-            m.dir.display()
         );
     }
     Ok(())
@@ -449,7 +443,13 @@ fn measure_into(
 
 /// The run context of a pipeline's correlate runs, with the fingerprint of their inputs.
 fn context(p: &Pipeline, inputs: String) -> RunContext {
-    RunContext { pipeline: p.name.clone(), corpus: p.corpus.sources.join(", "), text: p.text.clone(), inputs }
+    RunContext {
+        pipeline: p.name.clone(),
+        corpus: p.corpus.sources.join(", "),
+        text: p.text.clone(),
+        inputs,
+        warnings: vec![],
+    }
 }
 
 /// What a checkpoint's own correlation rows are made from: its GOP file (and group files, whose
@@ -539,6 +539,10 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
         }
     }
 
+    let warnings = identical_weights(p, prep)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     let corr = prep.out.join("correlations.parquet");
     let shas = sources
         .iter()
@@ -555,7 +559,7 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
         say(quiet, format!("[correlate] {} is up to date", corr.display()));
     } else {
         say(quiet, format!("[correlate] → {}", corr.display()));
-        let ctx = context(p, key);
+        let ctx = RunContext { warnings, ..context(p, key) };
         let opts = correlate::CorrelateOptions {
             extra_tables: evicted_rows,
             ..correlate::CorrelateOptions::new(&p.correlate.powers)
@@ -590,23 +594,19 @@ pub struct Estimate {
 /// `n_windows` windows. The time scales [`REFERENCE_RATE`] by the forward FLOPs per token
 /// (2·(12·n_layer·C² + C·V), attention's T-dependent part left out), by the passes per window
 /// (a forward and a backward per probe: 1 + 2·probes), by the threads, and by [`FACT_COST`].
-pub fn estimate(p: &Pipeline, cfg: &crate::model::Gpt2Config, n_windows: u64, threads: usize) -> Estimate {
+pub fn estimate(p: &Pipeline, cfg: &crate::model::ModelConfig, n_windows: u64, threads: usize) -> Estimate {
     let m = &p.measure;
     let measurements: u64 = m.weights.iter().map(|&w| p.measurement_count(w) as u64).sum();
     let tokens = n_windows * p.corpus.seq_len as u64 * measurements;
-    let flops = |l: usize, e: usize, v: usize| {
-        let (l, e, v) = (l as f64, e as f64, v as f64);
-        2.0 * (12.0 * l * e * e + e * v)
-    };
-    // GPT-2 small: 12 layers, 768 wide, 50257 tokens; one probe (3 passes).
-    let reference = flops(12, 768, 50257) * 3.0;
+    // GPT-2 small (12 layers of 12·C² weights, C = 768, 50257 tokens); one probe (3 passes).
+    let reference = 2.0 * (12.0 * 12.0 * 768.0 * 768.0 + 768.0 * 50257.0) * 3.0;
     let passes = match (m.estimator, m.output) {
         (crate::measure::Estimator::Sketch, crate::measure::Output::Logits) => 1.0 + 2.0 * m.probes as f64,
         (_, crate::measure::Output::Loss) => 3.0,
         (crate::measure::Estimator::Exact, _) => f64::NAN,
     };
     let rate = REFERENCE_RATE * (threads.max(1) as f64 / 2.0) * reference
-        / (flops(cfg.n_layer, cfg.n_embd, cfg.vocab_size) * passes)
+        / (cfg.flops_per_token() * passes)
         / if m.fact { FACT_COST } else { 1.0 };
     let on_cpu = m.device == "cpu";
     let seconds = (on_cpu && rate.is_finite()).then(|| tokens as f64 / rate);
@@ -632,6 +632,37 @@ fn estimate_line(p: &Pipeline, prep: &Prepared) -> Result<String> {
         e.bytes as f64 / 1e9,
         prep.out.display()
     ))
+}
+
+/// Checkpoints of a series whose weights are byte-identical (some published Pythia branches
+/// are copies of others): both are kept, measured and correlated, and named here, for stderr and
+/// the report. From each checkpoint's recorded sha256 (deleted checkpoints included).
+fn identical_weights(p: &Pipeline, prep: &Prepared) -> Result<Vec<String>> {
+    if !p.is_series() {
+        return Ok(vec![]);
+    }
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut out = Vec::new();
+    for (k, c) in p.checkpoints().iter().enumerate() {
+        let sha = if k == 0 {
+            prep.model.weights_sha256()?.to_string()
+        } else {
+            match read_record(&checkpoint_record_path(&prep.out, &tag(p, WeightsKind::Pretrained, k))) {
+                Some(r) => r.weights_sha256,
+                None => continue,
+            }
+        };
+        let rev = c.revision.clone().unwrap_or_default();
+        if let Some((first, _)) = seen.iter().find(|(_, s)| *s == sha) {
+            out.push(format!(
+                "identical weights: checkpoints {first} and {rev} have byte-identical weights (sha256 {}); both are \
+                 kept, and their rows are equal",
+                &sha[..16.min(sha.len())]
+            ));
+        }
+        seen.push((rev, sha));
+    }
+    Ok(out)
 }
 
 /// Run every stage in one process. Returns the output folder.

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use polars::prelude::*;
 
-use crate::model::Kind;
 use crate::{bad, bail_bad};
 
 /// One row of correlations.parquet, as the report needs it.
@@ -215,8 +214,20 @@ pub fn report(path: &Path) -> Result<String> {
 /// init (`init_config` alone), which a reader must not take for a trained model. From the
 /// pipeline text recorded in correlations.parquet; empty for other runs.
 pub fn provenance(table: &Path) -> String {
-    let dir = table.parent().unwrap_or(Path::new("."));
     let meta = crate::util::parquet::parquet_metadata(table).unwrap_or_default();
+    let mut out = String::new();
+    if let Some((_, w)) = meta.iter().find(|(k, _)| k == "warnings") {
+        for line in w.lines() {
+            out.push_str(&table::wrap(&format!("WARNING: {line}"), table::TEXT_WIDTH));
+        }
+        out.push('\n');
+    }
+    out + &trained_or_random(table, &meta)
+}
+
+/// The provenance lines of [`provenance`] for `[train]` and `init_config` runs.
+fn trained_or_random(table: &Path, meta: &[(String, String)]) -> String {
+    let dir = table.parent().unwrap_or(Path::new("."));
     let Some(text) = meta.iter().find(|(k, _)| k == "pipeline").map(|(_, v)| v.clone()) else {
         return String::new();
     };
@@ -260,14 +271,15 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Module names (the `module` column) in display order: [`Kind::ALL`].
-pub fn module_names() -> Vec<&'static str> {
-    Kind::ALL.iter().map(|k| k.as_str()).collect()
+/// Module names (the `module` column) in display order: the order of the table's rows (the
+/// module table's, docs/reference.md §2), whatever the architecture.
+pub fn module_names<'a>(rows: impl IntoIterator<Item = &'a Row>) -> Vec<String> {
+    distinct(rows.into_iter().map(|r| r.module.clone()))
 }
 
-/// Names of the per-head modules (attn.q, attn.k, attn.v).
-pub fn head_module_names() -> Vec<&'static str> {
-    Kind::ALL.iter().filter(|k| k.per_head()).map(|k| k.as_str()).collect()
+/// Names of the per-head modules (GPT-2: attn.q, attn.k, attn.v).
+pub fn head_module_names<'a>(rows: impl IntoIterator<Item = &'a Row>) -> Vec<String> {
+    distinct(rows.into_iter().filter(|r| r.head.is_some()).map(|r| r.module.clone()))
 }
 
 /// The value for (weights, layer, module, power, metric) — the whole-matrix value, or the median

@@ -29,8 +29,8 @@ fn y_range(ys: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 }
 
 /// A panel's caption: the module, and for per-head modules that a point is the median over heads.
-fn panel_caption(module: &str) -> String {
-    format!("{module}{}", if head_module_names().contains(&module) { " (median over heads)" } else { "" })
+fn panel_caption(module: &str, heads: &[String]) -> String {
+    format!("{module}{}", if heads.iter().any(|h| h == module) { " (median over heads)" } else { "" })
 }
 
 /// A colour for t in [0, 1] on the viridis scale (dark blue → green → yellow), from its
@@ -85,10 +85,10 @@ pub fn write_all(rows: &[Row], fact: &[Row], contrasts: &[Row], dir: &Path) -> R
         let lines: Vec<Line> = weights.iter().enumerate().map(|(k, w)| line(w.clone(), rows, w, p, k, false)).collect();
         by_layer(&lines, &format!("NFM vs AGOP^{p}: Pearson correlation by layer{bars}"), &path)?;
         written.push(path);
-        for m in head_module_names() {
+        for m in head_module_names(rows) {
             for w in &weights {
                 let path = dir.join(format!("heads-{}-{w}-power{p}.png", m.trim_start_matches("attn.")));
-                if heatmap(rows, w, m, p, contrasts, &path)? {
+                if heatmap(rows, w, &m, p, contrasts, &path)? {
                     written.push(path);
                 }
             }
@@ -119,7 +119,9 @@ fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
     let panels = root.split_evenly((2, 4));
-    for (i, m) in module_names().iter().enumerate() {
+    let all_rows = || lines.iter().flat_map(|l| l.rows.iter());
+    let heads = head_module_names(all_rows());
+    for (i, m) in module_names(all_rows()).iter().enumerate() {
         // Each panel's y axis spans its own values and intervals: a fixed range would hide
         // intervals of ±0.001 and the gap between pretrained and random-init.
         let cells_of = |line: &Line| -> Trace {
@@ -133,7 +135,7 @@ fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
         let all: Vec<_> = lines.iter().flat_map(cells_of).collect();
         let ys = all.iter().flat_map(|&(_, v, ci)| [Some(v), ci.map(|c| c.0), ci.map(|c| c.1)]).flatten();
         let mut chart = ChartBuilder::on(&panels[i])
-            .caption(panel_caption(m), ("sans-serif", 17))
+            .caption(panel_caption(m, &heads), ("sans-serif", 17))
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(52)
@@ -344,7 +346,8 @@ pub fn by_step(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
             )
             .map_err(err)?;
         let panels = root.split_evenly((2, 4));
-        for (i, m) in module_names().iter().enumerate() {
+        let heads = head_module_names(rows);
+        for (i, m) in module_names(rows).iter().enumerate() {
             let traces: Vec<Vec<(f64, f64)>> = layers
                 .iter()
                 .map(|&l| {
@@ -364,7 +367,7 @@ pub fn by_step(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
             let level = (!control.is_empty()).then(|| super::median(control));
             let ys = traces.iter().flatten().map(|p| p.1).chain(level);
             let mut chart = ChartBuilder::on(&panels[i])
-                .caption(panel_caption(m), ("sans-serif", 17))
+                .caption(panel_caption(m, &heads), ("sans-serif", 17))
                 .margin(8)
                 .x_label_area_size(30)
                 .y_label_area_size(52)
@@ -436,7 +439,8 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
         let t = if layers.len() > 1 { k as f64 / (layers.len() - 1) as f64 } else { 0.0 };
         HSLColor(0.6, 0.75, 0.62 - 0.42 * t)
     };
-    for (i, m) in module_names().iter().enumerate() {
+    let heads = head_module_names(rows);
+    for (i, m) in module_names(rows).iter().enumerate() {
         // (ansatz rows, power) → per layer: points (step, value, interval).
         let series = |src: &[Row], p: f64| -> Vec<Trace> {
             layers
@@ -465,7 +469,7 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
         let yr = y_range(ys.into_iter());
         let (lo, hi) = (yr.start, yr.end);
         let mut chart = ChartBuilder::on(&panels[i])
-            .caption(panel_caption(m), ("sans-serif", 17))
+            .caption(panel_caption(m, &heads), ("sans-serif", 17))
             .margin(8)
             .x_label_area_size(34)
             .y_label_area_size(52)

@@ -154,7 +154,8 @@ fn body(out: &mut String, cols: &[Column], mark_zero: bool) -> Result<()> {
     writeln!(out, "{header}")?;
     writeln!(out, "{}", "-".repeat(header.chars().count()))?;
     for &l in &layers {
-        for m in module_names() {
+        for m in module_names(cols.iter().flat_map(|c| c.rows.iter())) {
+            let m = m.as_str();
             let mut line = format!("{l:>5}  {m:<12}");
             let mut any = false;
             for c in cols {

@@ -40,8 +40,8 @@ pub fn tokenize(model: &ResolvedModel, opts: &TokenizeOptions, out: &Path) -> Re
             .map(std::path::PathBuf::from),
     );
     crate::util::fs::check_output(out, "--out", &inputs)?;
-    if opts.seq_len > cfg.n_positions {
-        bail_bad!("--seq-len {} is larger than the model's n_positions {}", opts.seq_len, cfg.n_positions);
+    if opts.seq_len > cfg.n_positions() {
+        bail_bad!("--seq-len {} is larger than the model's n_positions {}", opts.seq_len, cfg.n_positions());
     }
     let tok = bpe::Gpt2Tokenizer::from_dir(&model.dir)?;
     let (docs, skipped) = corpus::read_sources(&opts.sources, &opts.corpus)?;
@@ -56,11 +56,11 @@ pub fn tokenize(model: &ResolvedModel, opts: &TokenizeOptions, out: &Path) -> Re
     let bar = progress_bar(bytes, opts.progress, "tokenize", "bytes");
     let stream = bpe::token_stream(&tok, &docs, &bar)?;
     bar.finish_and_clear();
-    if let Some(t) = stream.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+    if let Some(t) = stream.iter().find(|&&t| t as usize >= cfg.vocab_size()) {
         bail_bad!(
             "the tokenizer of {} produced id {t}, outside the model's vocabulary of {}",
             model.id,
-            cfg.vocab_size
+            cfg.vocab_size()
         );
     }
     let windows = bpe::windows(&stream, opts.seq_len, opts.max_tokens)?;

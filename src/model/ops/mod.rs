@@ -165,3 +165,4 @@ pub mod attention;
 pub mod kernels;
 pub mod loss;
 pub mod plain;
+pub mod select;

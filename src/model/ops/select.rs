@@ -1,0 +1,130 @@
+//! The ops of a forward and a hand-written backward pass, from one of two implementations: the
+//! CPU kernels of [`super::kernels`] and [`super::attention`] (host memory, work split by window
+//! and head, so a window's numbers never depend on its batch), or candle's own ops
+//! ([`super::plain`]: any device, CUDA included). Every architecture's model runs on these.
+
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+
+use super::attention::{AttentionBackward, AttentionMix, AttentionProbs};
+use super::{kernels, plain};
+use crate::model::params::{LayerNorm, Linear};
+
+/// Saved LayerNorm statistics: normalized input and 1/σ.
+pub struct LnCache {
+    /// Rows of [x̂ (C) | 1/σ], as written by the forward kernel.
+    pub packed: Tensor,
+}
+
+/// The ops of the forward and backward passes, from one of two implementations: the CPU kernels
+/// of [`kernels`] and [`super::ops::attention`] (host memory, work split by window and head, so a
+/// window's numbers never depend on its batch), or candle's own ops ([`plain`]: any device,
+/// CUDA included).
+#[derive(Debug, Clone, Copy)]
+pub struct Ops {
+    plain: bool,
+    /// gelu with erf instead of the tanh form.
+    erf: bool,
+}
+
+impl Ops {
+    /// `plain`: candle's own ops (off the CPU always); `erf`: the exact GELU.
+    pub fn new(plain: bool, erf: bool) -> Self {
+        Self { plain, erf }
+    }
+
+    /// x (B, T, in) · W (in, out) + b.
+    pub fn linear(&self, x: &Tensor, l: &Linear) -> Result<Tensor> {
+        Ok(if self.plain { plain::bmm_bias(x, &l.weight, &l.bias)? } else { kernels::bmm_bias(x, &l.weight, &l.bias)? })
+    }
+
+    /// g (B, T, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
+    pub fn matmul_t(&self, g: &Tensor, w: &Tensor) -> Result<Tensor> {
+        Ok(if self.plain { plain::bmm(g, w, false, true)? } else { kernels::bmm(g, w, false, true)? })
+    }
+
+    /// LayerNorm over the last dimension, returning the output and the statistics for backward.
+    pub fn layer_norm(&self, x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
+        let packed = if self.plain {
+            plain::layer_norm_forward(x, eps)?
+        } else {
+            x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })?
+        };
+        let cache = LnCache { packed };
+        Ok((self.layer_norm_output(&cache, ln)?, cache))
+    }
+
+    /// The LayerNorm output γ·x̂ + β again, from the statistics the forward kept.
+    pub fn layer_norm_output(&self, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
+        if self.plain {
+            return Ok(plain::layer_norm_affine(&cache.packed, &ln.weight, &ln.bias)?);
+        }
+        let affine = kernels::LayerNormAffine { gamma: f64_values(&ln.weight)?, beta: f64_values(&ln.bias)? };
+        Ok(cache.packed.apply_op1_no_bwd(&affine)?)
+    }
+
+    /// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ (one fused pass on the CPU).
+    pub fn layer_norm_backward(&self, dy: &Tensor, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
+        if self.plain {
+            return Ok(plain::layer_norm_backward(dy, &cache.packed, &ln.weight)?);
+        }
+        let op = kernels::LayerNormBackward { gamma: f64_values(&ln.weight)? };
+        Ok(dy.contiguous()?.apply_op2_no_bwd(&cache.packed, &op)?)
+    }
+
+    pub fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(if self.plain {
+            plain::gelu(x, self.erf)?
+        } else {
+            x.contiguous()?.apply_op1_no_bwd(&kernels::Gelu { erf: self.erf })?
+        })
+    }
+
+    /// du ⊙ gelu'(pre).
+    pub fn gelu_backward(&self, du: &Tensor, pre: &Tensor) -> Result<Tensor> {
+        Ok(if self.plain {
+            plain::gelu_backward(du, pre, self.erf)?
+        } else {
+            du.apply_op2_no_bwd(pre, &kernels::GeluBackward { erf: self.erf })?
+        })
+    }
+
+    /// att (B, H, T, T) = causal softmax(scale · Q Kᵀ) from the packed Q | K | V.
+    pub fn attention_probs(&self, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+        Ok(if self.plain {
+            plain::attention_probs(qkv, heads, scale)?
+        } else {
+            qkv.apply_op1_no_bwd(&AttentionProbs { heads, scale })?
+        })
+    }
+
+    /// y (B, T, C) = att · V per head.
+    pub fn attention_mix(&self, att: &Tensor, qkv: &Tensor, heads: usize) -> Result<Tensor> {
+        Ok(if self.plain {
+            plain::attention_mix(att, qkv, heads)?
+        } else {
+            att.apply_op2_no_bwd(qkv, &AttentionMix { heads })?
+        })
+    }
+
+    /// d(Q | K | V) from dy at the merged heads, through att · V and the causal softmax.
+    pub fn attention_backward(
+        &self,
+        dy: &Tensor,
+        att: &Tensor,
+        qkv: &Tensor,
+        heads: usize,
+        scale: f64,
+    ) -> Result<Tensor> {
+        Ok(if self.plain {
+            plain::attention_backward(dy, att, qkv, heads, scale)?
+        } else {
+            dy.apply_op3_no_bwd(att, qkv, &AttentionBackward { heads, scale })?
+        })
+    }
+}
+
+/// A 1-D parameter (γ or β) as f64 values, for the kernels.
+fn f64_values(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+}
