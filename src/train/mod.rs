@@ -22,6 +22,7 @@
 
 pub mod adamw;
 pub mod data;
+pub mod grads;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -234,8 +235,33 @@ fn summed_loss(model: &Gpt2, hidden: &Tensor, targets: &Tensor) -> Result<Tensor
     total.ok_or_else(|| anyhow::anyhow!("no rows to train on"))
 }
 
+/// The gradients of [`grads::loss_gradients`] by candle's autograd through the plain-ops
+/// forward (the reference the hand-written training backward is tested against, and the path
+/// `agop train` took before it): (mean loss, every parameter's gradient by HF name).
+pub fn autograd_loss_gradients(model: &Gpt2, ids: &Tensor, targets: &Tensor) -> Result<(f64, HashMap<String, Tensor>)> {
+    let cfg = &model.cfg;
+    let vars: Vec<(String, Var)> =
+        model.params.named(cfg).into_iter().map(|(n, t)| Ok((n, Var::from_tensor(&t)?))).collect::<Result<_>>()?;
+    let by_name: HashMap<&str, &Var> = vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
+    let m =
+        Gpt2::new(cfg.clone(), Params::build(cfg, |name, _| Ok(by_name[name].as_tensor().clone()))?).with_plain_ops();
+    let hidden = m.forward(ids)?.hidden;
+    let (b, t, _) = hidden.dims3()?;
+    let count = targets.ge(0.0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let loss = (summed_loss(&m, &hidden.reshape((b * t, ()))?, targets)? / count)?;
+    let store = loss.backward()?;
+    let grads = vars
+        .iter()
+        .map(|(n, v)| {
+            let g = store.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok)?;
+            Ok((n.clone(), g.detach()))
+        })
+        .collect::<Result<_>>()?;
+    Ok((loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, grads))
+}
+
 /// Token ids (B, T) and next-token targets (B·T,) as floats, −1 at each window's last position.
-fn batch_tensors(windows: &[&Window], device: &Device) -> Result<(Tensor, Tensor)> {
+pub fn batch_tensors(windows: &[&Window], device: &Device) -> Result<(Tensor, Tensor)> {
     let t = windows[0].tokens.len();
     let ids: Vec<u32> = windows.iter().flat_map(|w| w.tokens.iter().copied()).collect();
     let targets: Vec<f32> =
@@ -316,8 +342,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         .map(|(name, t)| Ok(Param { decay: t.rank() == 2, var: Var::from_tensor(&t)?, name }))
         .collect::<Result<_>>()?;
     let by_name: HashMap<&str, &Var> = params.iter().map(|p| (p.name.as_str(), &p.var)).collect();
-    let model =
-        Gpt2::new(cfg.clone(), Params::build(&cfg, |name, _| Ok(by_name[name].as_tensor().clone()))?).with_plain_ops();
+    // The model reads the variables' storage (detached: the hand-written backward needs no
+    // autograd graph), so every optimizer update is what the next forward pass sees.
+    let model = Gpt2::new(cfg.clone(), Params::build(&cfg, |name, _| Ok(by_name[name].as_tensor().detach()))?);
 
     let mut opt = AdamW::new(&params, s.weight_decay)?;
     let mut rows: Vec<LogRow> = Vec::new();
@@ -381,17 +408,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         let idx = data::batch_indices(n_train, s.batch, s.seed, k);
         let windows: Vec<&Window> = idx.iter().map(|&i| &split.train[i]).collect();
         let (ids, targets) = batch_tensors(&windows, &dev)?;
-        let hidden = model.forward(&ids)?.hidden;
-        let (b, t, _) = hidden.dims3()?;
-        let loss = (summed_loss(&model, &hidden.reshape((b * t, ()))?, &targets)? / (b * (t - 1)) as f64)?;
-        let store = loss.backward()?;
+        let (loss, mut by_name) = grads::loss_gradients(&model, &ids, &targets)?;
         let grads: Vec<Tensor> = params
             .iter()
-            .map(|p| store.get(p.var.as_tensor()).cloned().map_or_else(|| p.var.as_tensor().zeros_like(), Ok))
-            // Detached: a gradient carries the graph it was computed with, and the optimizer's
-            // moments would otherwise keep every step's graph alive.
-            .map(|g| g.map(|g| g.detach()))
-            .collect::<candle_core::Result<_>>()?;
+            .map(|p| by_name.remove(&p.name).ok_or_else(|| anyhow::anyhow!("no gradient for {}", p.name)))
+            .collect::<Result<_>>()?;
         let norm = grads
             .iter()
             .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>())
@@ -405,7 +426,6 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             if coef < 1.0 { grads.iter().map(|g| g * coef).collect::<candle_core::Result<_>>()? } else { grads };
         let lr = s.lr_at(k);
         opt.step(&params, &grads, lr, k + 1)?;
-        let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let step = k + 1;
         let mut row = LogRow {
             step,

@@ -26,6 +26,20 @@ pub fn cross_entropy_rows(z: &Tensor, targets: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// ∂(g · Σ_i ℓ_i)/∂z (N, V) from the logits, the targets and the forward's per-row losses
+/// `rows` (so logsumexp is not computed again): g·(softmax(z_i) − e_{y_i}), zero rows without
+/// a target. The hand-written training backward's seed ([`crate::train`]).
+pub fn cross_entropy_grad(z: &Tensor, targets: &Tensor, rows: &Tensor, g: f64) -> Result<Tensor> {
+    let gl = Tensor::stack(&[&(rows.ones_like()? * g)?, rows], 1)?.contiguous()?;
+    if z.device().is_cpu() {
+        z.contiguous()?.apply_op3_no_bwd(&targets.contiguous()?, &gl, &CrossEntropyGrad)
+    } else {
+        let zv = candle_core::Var::from_tensor(z)?;
+        let l = (cross_entropy_plain(zv.as_tensor(), targets)? * g)?.sum_all()?;
+        Ok(l.backward()?.get(zv.as_tensor()).expect("a gradient for the logits").clone())
+    }
+}
+
 /// The same losses in candle's own ops (differentiable through candle's autograd).
 pub fn cross_entropy_plain(z: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let valid = targets.ge(0.0)?.to_dtype(z.dtype())?; // (N,)
