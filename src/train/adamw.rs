@@ -23,45 +23,60 @@ pub struct Param {
     pub decay: bool,
 }
 
-/// Moments of every parameter.
+/// Moments of every parameter (f32, flat, in the parameter's row-major order).
 pub struct AdamW {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
 }
+
+/// Elements per parallel task of the update (each element's arithmetic is the same wherever
+/// it falls, so the result does not depend on the thread count).
+const CHUNK: usize = 1 << 14;
 
 impl AdamW {
     /// Zero moments for `params`.
     pub fn new(params: &[Param], weight_decay: f64) -> Result<Self> {
-        let zeros = |p: &Param| p.var.as_tensor().zeros_like();
+        let zeros = |p: &Param| vec![0f32; p.var.as_tensor().elem_count()];
         Ok(Self {
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
             weight_decay,
-            m: params.iter().map(zeros).collect::<candle_core::Result<_>>()?,
-            v: params.iter().map(zeros).collect::<candle_core::Result<_>>()?,
+            m: params.iter().map(zeros).collect(),
+            v: params.iter().map(zeros).collect(),
         })
     }
 
-    /// Update `t` (1-based) with learning rate `lr` and the (already clipped) gradients.
-    pub fn step(&mut self, params: &[Param], grads: &[Tensor], lr: f64, t: u64) -> Result<()> {
-        let (b1, b2) = (self.beta1, self.beta2);
-        let c1 = 1.0 - b1.powi(t as i32);
-        let c2 = 1.0 - b2.powi(t as i32);
+    /// Update `t` (1-based) with learning rate `lr`, the gradients (flat, f32) scaled by `coef`
+    /// (gradient clipping), in one pass over each parameter's values.
+    pub fn step(&mut self, params: &[Param], grads: &[Vec<f32>], coef: f64, lr: f64, t: u64) -> Result<()> {
+        use rayon::prelude::*;
+        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
+        let c1 = (1.0 - self.beta1.powi(t as i32)) as f32;
+        let c2 = (1.0 - self.beta2.powi(t as i32)) as f32;
+        let (lr32, eps, coef) = (lr as f32, self.eps as f32, coef as f32);
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-            let mut w = p.var.as_tensor().detach();
-            if p.decay && self.weight_decay > 0.0 {
-                w = (w * (1.0 - lr * self.weight_decay))?;
-            }
-            self.m[i] = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let denom = ((&self.v[i] / c2)?.sqrt()? + self.eps)?;
-            let update = ((&self.m[i] / c1)? / denom)?;
-            p.var.set(&(w - (update * lr)?)?)?;
+            let w_t = p.var.as_tensor();
+            let mut w: Vec<f32> = w_t.flatten_all()?.to_vec1()?;
+            let decay = if p.decay { (1.0 - lr * self.weight_decay) as f32 } else { 1.0 };
+            w.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(self.m[i].par_chunks_mut(CHUNK))
+                .zip(self.v[i].par_chunks_mut(CHUNK))
+                .for_each(|(((w, g), m), v)| {
+                    for j in 0..w.len() {
+                        let gj = g[j] * coef;
+                        m[j] = b1 * m[j] + (1.0 - b1) * gj;
+                        v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
+                        let update = (m[j] / c1) / ((v[j] / c2).sqrt() + eps);
+                        w[j] = w[j] * decay - lr32 * update;
+                    }
+                });
+            p.var.set(&Tensor::from_vec(w, w_t.shape(), w_t.device())?)?;
         }
         Ok(())
     }
@@ -70,8 +85,10 @@ impl AdamW {
     pub fn save(&self, params: &[Param], path: &Path) -> Result<()> {
         let mut t = HashMap::new();
         for (i, p) in params.iter().enumerate() {
-            t.insert(format!("{}.m", p.name), self.m[i].clone());
-            t.insert(format!("{}.v", p.name), self.v[i].clone());
+            let shape = p.var.as_tensor().shape().clone();
+            let dev = p.var.device();
+            t.insert(format!("{}.m", p.name), Tensor::from_vec(self.m[i].clone(), &shape, dev)?);
+            t.insert(format!("{}.v", p.name), Tensor::from_vec(self.v[i].clone(), &shape, dev)?);
         }
         crate::util::fs::write_atomic_path(path, |tmp| Ok(candle_core::safetensors::save(&t, tmp)?))
     }
@@ -93,7 +110,7 @@ impl AdamW {
                         p.var.dims()
                     ));
                 }
-                *slot = x;
+                *slot = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
             }
         }
         Ok(opt)

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 
 use crate::model::ops::loss;
 use crate::model::Gpt2;
@@ -45,22 +46,31 @@ pub fn loss_gradients(model: &Gpt2, ids: &Tensor, targets: &Tensor) -> Result<(f
         anyhow::bail!("no positions to predict in the batch");
     }
     let g = 1.0 / count;
-    // The loss, ∂loss/∂hidden and ∂E, piece by piece.
-    let (mut total, mut d_hidden, mut d_e) = (0.0, Vec::new(), None::<Tensor>);
-    for start in (0..n).step_by(LOSS_ROWS) {
+    // The loss, ∂loss/∂hidden and ∂E, piece by piece: as many pieces at once as there are
+    // threads (each piece's products are single-threaded), added in piece order, so the sums
+    // do not depend on the thread count.
+    let piece = |start: usize| -> Result<(f64, Tensor, Tensor)> {
         let len = LOSS_ROWS.min(n - start);
         let h = hidden.narrow(0, start, len)?.contiguous()?;
         let y = targets.narrow(0, start, len)?.contiguous()?;
         let z = mm(&h, e, false, true)?; // (len, V)
-        let rows = loss::cross_entropy_rows(&z, &y)?;
-        total += rows.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        let dz = loss::cross_entropy_grad(&z, &y, &rows, g)?; // (len, V)
-        d_hidden.push(mm(&dz, e, false, false)?); // (len, C)
-        let part = mm(&dz, &h, true, false)?; // (V, C)
-        d_e = Some(match d_e {
-            Some(acc) => (acc + part)?,
-            None => part,
-        });
+        let (rows, dz) = loss::cross_entropy_with_grad(&z, &y, g)?; // dz (len, V)
+        let l: f64 = rows.iter().sum();
+        Ok((l, mm(&dz, e, false, false)?, mm(&dz, &h, true, false)?)) // (len, C), (V, C)
+    };
+    let starts: Vec<usize> = (0..n).step_by(LOSS_ROWS).collect();
+    let (mut total, mut d_hidden, mut d_e) = (0.0, Vec::new(), None::<Tensor>);
+    for group in starts.chunks(rayon::current_num_threads().max(1)) {
+        let parts: Vec<Result<(f64, Tensor, Tensor)>> = group.par_iter().map(|&s| piece(s)).collect();
+        for part in parts {
+            let (l, dh, de) = part?;
+            total += l;
+            d_hidden.push(dh);
+            d_e = Some(match d_e {
+                Some(acc) => (acc + de)?,
+                None => de,
+            });
+        }
     }
     let d_e = d_e.expect("at least one piece");
     let seed = Tensor::cat(&d_hidden, 0)?.reshape((b, t, c))?;

@@ -409,23 +409,21 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         let windows: Vec<&Window> = idx.iter().map(|&i| &split.train[i]).collect();
         let (ids, targets) = batch_tensors(&windows, &dev)?;
         let (loss, mut by_name) = grads::loss_gradients(&model, &ids, &targets)?;
-        let grads: Vec<Tensor> = params
+        let grads: Vec<Vec<f32>> = params
             .iter()
-            .map(|p| by_name.remove(&p.name).ok_or_else(|| anyhow::anyhow!("no gradient for {}", p.name)))
+            .map(|p| {
+                let g = by_name.remove(&p.name).ok_or_else(|| anyhow::anyhow!("no gradient for {}", p.name))?;
+                Ok(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+            })
             .collect::<Result<_>>()?;
-        let norm = grads
-            .iter()
-            .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>())
-            .sum::<candle_core::Result<f64>>()?
-            .sqrt();
+        // The global norm in f64, parameter by parameter in schema order.
+        let norm = grads.iter().map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum::<f64>().sqrt();
         if !norm.is_finite() {
             anyhow::bail!("the gradient norm at update {} is {norm}; try a lower --lr", k + 1);
         }
-        let coef = s.grad_clip / (norm + 1e-6);
-        let grads: Vec<Tensor> =
-            if coef < 1.0 { grads.iter().map(|g| g * coef).collect::<candle_core::Result<_>>()? } else { grads };
+        let coef = (s.grad_clip / (norm + 1e-6)).min(1.0);
         let lr = s.lr_at(k);
-        opt.step(&params, &grads, lr, k + 1)?;
+        opt.step(&params, &grads, coef, lr, k + 1)?;
         let step = k + 1;
         let mut row = LogRow {
             step,

@@ -26,6 +26,79 @@ pub fn cross_entropy_rows(z: &Tensor, targets: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Per-row losses ℓ_i and ∂(g · Σ_i ℓ_i)/∂z (N, V) in one op: each row's exponentials are
+/// made once, written into the gradient and summed, then scaled by g / Σ (the training path,
+/// [`crate::train`]; the separate [`cross_entropy_rows`] and [`cross_entropy_grad`] make them
+/// twice). On other devices, those two.
+pub fn cross_entropy_with_grad(z: &Tensor, targets: &Tensor, g: f64) -> Result<(Vec<f64>, Tensor)> {
+    if !z.device().is_cpu() {
+        let rows = cross_entropy_rows(z, targets)?;
+        let dz = cross_entropy_grad(z, targets, &rows, g)?;
+        return Ok((rows.to_dtype(candle_core::DType::F64)?.to_vec1()?, dz));
+    }
+    let op = CrossEntropyFused { g, losses: std::sync::Mutex::new(Vec::new()) };
+    let dz = z.contiguous()?.apply_op2_no_bwd(&targets.contiguous()?, &op)?;
+    let losses = std::mem::take(&mut *op.losses.lock().expect("not poisoned"));
+    Ok((losses, dz))
+}
+
+/// [`cross_entropy_with_grad`]'s op: the output is the gradient; the losses go to `losses`.
+struct CrossEntropyFused {
+    g: f64,
+    losses: std::sync::Mutex<Vec<f64>>,
+}
+
+impl Map2 for CrossEntropyFused {
+    const NAME: &'static str = "cross-entropy-fused";
+    fn f<T: Real>(&self, z: &[T], lz: &Layout, y: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
+        let (n, v) = lz.shape().dims2()?;
+        if y.len() != n {
+            candle_core::bail!("cross-entropy: {} targets for {n} rows", y.len());
+        }
+        let mut out = vec![T::default(); n * v];
+        let losses: Vec<f64> = out
+            .par_chunks_mut(v)
+            .zip(z.par_chunks(v))
+            .zip(y.par_iter())
+            .map(|((o, row), &t)| {
+                let t = t.to();
+                if t < 0.0 {
+                    return 0.0;
+                }
+                let t = t as usize;
+                let max = row.iter().copied().fold(row[0], |m, x| if x > m { x } else { m });
+                // Exponentials in eight lanes (as log_sum_exp), kept in the output.
+                let mut lanes = [T::default(); 8];
+                let mut oc = o.chunks_exact_mut(8);
+                let mut rc = row.chunks_exact(8);
+                for (oo, rr) in (&mut oc).zip(&mut rc) {
+                    for k in 0..8 {
+                        let e = (rr[k] - max).exp_();
+                        oo[k] = e;
+                        lanes[k] = lanes[k] + e;
+                    }
+                }
+                let mut rest = 0f64;
+                for (oo, &x) in oc.into_remainder().iter_mut().zip(rc.remainder()) {
+                    let e = (x - max).exp_();
+                    *oo = e;
+                    rest += e.to();
+                }
+                let sum: f64 = lanes.iter().map(|x| x.to()).sum::<f64>() + rest;
+                let scale = T::from(self.g / sum);
+                for x in o.iter_mut() {
+                    *x = *x * scale;
+                }
+                o[t] = o[t] - T::from(self.g);
+                max.to() + sum.ln() - row[t].to()
+            })
+            .collect();
+        *self.losses.lock().expect("not poisoned") = losses;
+        Ok((out, lz.shape().clone()))
+    }
+}
+custom_op!(2, CrossEntropyFused);
+
 /// ∂(g · Σ_i ℓ_i)/∂z (N, V) from the logits, the targets and the forward's per-row losses
 /// `rows` (so logsumexp is not computed again): g·(softmax(z_i) − e_{y_i}), zero rows without
 /// a target. The hand-written training backward's seed ([`crate::train`]).
@@ -158,6 +231,17 @@ mod tests {
         let db = gb.get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         for (x, r) in da.iter().zip(&db) {
             assert!((x - r).abs() < 1e-12);
+        }
+        // The fused op: the same losses, and the gradient of g·Σℓ.
+        let (fused, dz) = cross_entropy_with_grad(z.as_tensor(), &y, 0.25).unwrap();
+        for (x, r) in fused.iter().zip(&b) {
+            assert!((x - r).abs() < 1e-12, "fused loss {x} vs {r}");
+        }
+        let gw =
+            (cross_entropy_plain(z.as_tensor(), &y).unwrap() * 0.25).unwrap().sum_all().unwrap().backward().unwrap();
+        let want = gw.get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for (x, r) in dz.flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().zip(&want) {
+            assert!((x - r).abs() < 1e-12, "fused gradient {x} vs {r}");
         }
         // f32 too, against the f64 values.
         let z32 = z.as_tensor().to_dtype(DType::F32).unwrap();
