@@ -1,4 +1,4 @@
-"""PyTorch + transformers baseline for GPT-NeoX: the same work as ../shared/bench/torch_baseline.py
+"""PyTorch + transformers baseline for GPT-NeoX: the same work as benches/torch_baseline.py
 does for GPT-2 (and agop's `measure` does): forward a random-init GPTNeoXForCausalLM, one Gaussian
 probe over all logits at all positions, one backward, and per layer the operand outer products of
 query_key_value, dense and dense_h_to_4h, the output-side product of dense_4h_to_h, and the

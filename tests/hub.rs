@@ -453,6 +453,21 @@ fn pytorch_bin_repositories_are_fetched_and_checked() {
     assert!(text(&o).contains("pytorch_model.bin") && text(&o).contains("truncated"), "{}", text(&o));
 }
 
+/// A pipeline file `<dir>/<name>.toml` for the series tests: `[model]` lines as given, 16
+/// windows of 16 tokens of `<dir>/corpus.txt`, 4 window groups, `[measure]` lines as given.
+fn series_pipeline(dir: &Path, name: &str, model: &str, measure: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"{name}\"\n[model]\n{model}\n[corpus]\nsources = [\"corpus.txt\"]\nseq_len = 16\n\
+             max_tokens = 256\n[measure]\n{measure}\ngroups = 4\n[correlate]\npowers = [1.0]\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
 /// A checkpoint series from hub branches (the second holding only pytorch_model.bin): each
 /// revision measured on the same windows, pinned to its commit, with its step; random-init once; delta-gram rows against the first checkpoint;
 /// each checkpoint's rows equal a pipeline measuring that revision alone; a missing branch is
@@ -490,18 +505,7 @@ fn checkpoint_series_from_hub_branches() {
     let hub = FakeHub::start(r, Rules::default());
     let text_file = env.tmp.path().join("corpus.txt");
     std::fs::write(&text_file, "To be, or not to be, that is the question. ".repeat(40)).unwrap();
-    let pipeline = |name: &str, model: &str| {
-        let p = env.tmp.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &p,
-            format!(
-                "name = \"{name}\"\n[model]\n{model}\n[corpus]\nsources = [\"corpus.txt\"]\nseq_len = 16\n\
-                 max_tokens = 256\n[measure]\nprobes = 1\ngroups = 4\n[correlate]\npowers = [1.0]\n"
-            ),
-        )
-        .unwrap();
-        p
-    };
+    let pipeline = |name: &str, model: &str| series_pipeline(env.tmp.path(), name, model, "probes = 1");
     let run = |p: &PathBuf, out: &str| env.agop(&hub.endpoint(), &["run", p.to_str().unwrap(), "--out", out], &[]);
     let out = env.tmp.path().join("series-out");
     let series = pipeline("series", "id = \"testorg/series\"\nrevisions = [\"checkpoint-10\", \"checkpoint-200\"]");
@@ -725,18 +729,7 @@ fn pythia_style_series_from_hub_branches() {
     let hub = FakeHub::start(r, Rules::default());
     std::fs::write(env.tmp.path().join("corpus.txt"), "To be, or not to be, that is the question. ".repeat(40))
         .unwrap();
-    let pipeline = |name: &str, model: &str| {
-        let p = env.tmp.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &p,
-            format!(
-                "name = \"{name}\"\n[model]\n{model}\n[corpus]\nsources = [\"corpus.txt\"]\nseq_len = 16\n\
-                 max_tokens = 256\n[measure]\nprobes = 2\ngroups = 4\nfact = true\n[correlate]\npowers = [1.0]\n"
-            ),
-        )
-        .unwrap();
-        p
-    };
+    let pipeline = |name: &str, model: &str| series_pipeline(env.tmp.path(), name, model, "probes = 2\nfact = true");
     let run = |p: &PathBuf, out: &Path| {
         env.agop(&hub.endpoint(), &["run", p.to_str().unwrap(), "--out", out.to_str().unwrap()], &[])
     };

@@ -188,13 +188,7 @@ fn interrupted_write_leaves_nothing_that_looks_complete() {
 #[test]
 fn killed_measure_leaves_no_gop_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = r#"{"model_type":"gpt2","n_layer":4,"n_head":4,"n_embd":128,"n_positions":256,"vocab_size":1000}"#;
-    let model = init_checkpoint(tmp.path(), "model", config, 0);
-    let windows: Vec<agop::tokenize::Window> = (0..1500)
-        .map(|i| agop::tokenize::Window { index: i, tokens: (0..256).map(|j| ((i * 7 + j) % 1000) as u32).collect() })
-        .collect();
-    let tokens = tmp.path().join("tokens.parquet");
-    agop::tokenize::write_tokens(&tokens, &windows, &Default::default()).unwrap();
+    let (model, tokens) = slow_measure_inputs(tmp.path());
     let gop = tmp.path().join("gop.safetensors");
     let mut child = Command::new(agop_bin())
         .args(["measure", "--model"])

@@ -92,3 +92,16 @@ pub fn assert_bad(o: &std::process::Output, want: &[&str]) {
         assert!(err.contains(w), "message lacks {w:?}: {err}");
     }
 }
+
+/// A model and a tokens file big enough that `agop measure` runs for seconds (4 layers, 128
+/// wide, 1,500 windows of 256 tokens): for tests that interrupt or race a measurement.
+pub fn slow_measure_inputs(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let config = r#"{"model_type":"gpt2","n_layer":4,"n_head":4,"n_embd":128,"n_positions":256,"vocab_size":1000}"#;
+    let model = init_checkpoint(dir, "model", config, 0);
+    let windows: Vec<Window> = (0..1500)
+        .map(|i| Window { index: i, tokens: (0..256).map(|j| ((i * 7 + j) % 1000) as u32).collect() })
+        .collect();
+    let tokens = dir.join("tokens.parquet");
+    agop::tokenize::write_tokens(&tokens, &windows, &Default::default()).unwrap();
+    (model, tokens)
+}
