@@ -99,6 +99,9 @@ pub enum Command {
     },
     /// Correlate each module's weight Gram matrix (NFM) with AGOP^power.
     Correlate(CorrelateArgs),
+    /// Read out each module's AGOP and NFM eigenvectors as tokens, with their spectra
+    /// (features.parquet; a checkpoint series also gets feature-overlap.parquet).
+    Features(FeaturesArgs),
     /// Print the table and write the plots of a finished run: a run folder, or a correlations
     /// table (`correlations.parquet` or any `agop correlate --out` file; the contrasts table
     /// beside it is read too, and the plots go to `plots/` beside it).
@@ -212,6 +215,30 @@ pub struct CorrelateArgs {
     pub agop_out: Option<PathBuf>,
     /// Correlate even when --model's weights are not those the GOP files were measured on
     /// (their sha256 differs). For experts: the result describes neither model.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FeaturesArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// GOP file from measure or merge; repeat for several (e.g. pretrained and random-init).
+    #[arg(long, required = true)]
+    pub gop: Vec<PathBuf>,
+    /// features.parquet to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Eigenvectors per matrix read out as tokens (ranks 1..=top).
+    #[arg(long, default_value_t = 4)]
+    pub top: usize,
+    /// Tokens listed per read-out and sign.
+    #[arg(long, default_value_t = 5)]
+    pub tokens: usize,
+    /// Eigenvalues per matrix in the spectrum rows.
+    #[arg(long, default_value_t = 64)]
+    pub spectrum: usize,
+    /// Use --model's weights even when they are not those the GOP files were measured on.
     #[arg(long)]
     pub force: bool,
 }

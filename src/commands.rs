@@ -14,7 +14,7 @@ use agop::pipeline::{run, slurm, Pipeline};
 use agop::tokenize::corpus::CorpusOptions;
 use agop::tokenize::{self, TokenizeOptions};
 
-use crate::cli::{Command, CorrelateArgs, MeasureArgs, ModelArgs, Stage, TokenizeArgs, TrainArgs};
+use crate::cli::{Command, CorrelateArgs, FeaturesArgs, MeasureArgs, ModelArgs, Stage, TokenizeArgs, TrainArgs};
 
 /// The pipeline `agop run` runs without a file.
 const DEFAULT_PIPELINE: &str = include_str!("../pipelines/gpt2-shakespeare.toml");
@@ -194,6 +194,10 @@ pub fn run(command: Command) -> Result<()> {
             let df = correlate_command(&a)?;
             eprintln!("{} correlations → {}", df.height(), a.out.display());
         }
+        Command::Features(a) => {
+            let df = features_command(&a)?;
+            eprintln!("{} feature rows → {}", df.height(), a.out.display());
+        }
         Command::Train(a) => {
             let opts = a.options()?;
             let r = agop::train::train(&opts)?;
@@ -226,4 +230,18 @@ fn correlate_command(a: &CorrelateArgs) -> Result<DataFrame> {
         ..correlate::CorrelateOptions::new(&a.powers)
     };
     correlate::correlate_files(&model, &a.gop, &a.out, &opts, &RunContext::default())
+}
+
+fn features_command(a: &FeaturesArgs) -> Result<DataFrame> {
+    let model = a.model.resolve()?;
+    let sources: Vec<correlate::Source> =
+        a.gop.iter().map(|p| correlate::Source { model: model.clone(), gop: p.clone(), step: None }).collect();
+    let opts = agop::features::FeatureOptions {
+        top: a.top,
+        tokens: a.tokens,
+        spectrum: a.spectrum,
+        force: a.force,
+        extra_tables: vec![],
+    };
+    agop::features::features_sources(&sources, &a.out, &opts, &RunContext::default())
 }

@@ -15,6 +15,8 @@
 //! - [`train`]: `agop train`, a GPT-2 trained on a corpus into a series of checkpoints.
 //! - [`measure`]: estimators, GOP sums and files, the checkpointed measure loop, merge.
 //! - [`correlate`]: NFM against AGOP^α → `correlations.parquet`.
+//! - [`features`]: the AGOP's and NFM's spectra and leading eigenvectors read out as tokens →
+//!   `features.parquet`.
 //! - [`report`]: terminal table and plots.
 //! - [`pipeline`]: pipeline files, `agop run` stage by stage, Slurm scripts.
 
@@ -33,6 +35,8 @@ pub mod train;
 pub mod measure;
 
 pub mod correlate;
+
+pub mod features;
 
 pub mod report;
 

@@ -100,6 +100,8 @@ fn correlations_match_golden() {
     for output in [Output::Logits, Output::Loss] {
         let gop = run(&m, &windows, output, Estimator::Exact, 0, 0, 2);
         let rows = correlate::correlate(&m, &gop, &[0.5, 1.0]).unwrap();
+        // The golden file has pearson and cosine; the subspace rows are checked in features.rs.
+        let rows: Vec<_> = rows.into_iter().filter(|r| !r.metric.starts_with("subspace-")).collect();
         assert_eq!(rows.len(), all_modules(&m.cfg).len() * 2 * 2);
         let mut worst = 0.0f64;
         for r in rows {

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::gram::{agop_mean, nfm, weight};
 use super::jackknife::{jackknife, Interval};
-use super::spectral::nfm_moments;
+use super::spectral::{nfm_moments, subspace_agreement, subspace_ks, Eigen};
 use super::sums::RunSums;
 use crate::math::linalg;
 use crate::measure::Gop;
@@ -44,6 +44,9 @@ pub struct Correlation {
 /// The `note` of a null correlation.
 pub const UNDEFINED: &str = "undefined: the NFM or AGOP^power is zero (or, for pearson, has constant entries)";
 
+/// The `note` of a null `subspace-<k>` row.
+pub const UNDEFINED_SUBSPACE: &str = "undefined: the NFM or the AGOP has fewer than k nonzero eigenvalues";
+
 /// The `note` of a null FACT row.
 pub const UNDEFINED_FACT: &str =
     "undefined: the NFM or the FACT matrix −WᵀG is zero (or, for pearson, has constant entries)";
@@ -76,32 +79,50 @@ pub fn pearson(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
     cosine(&ca, &cb)
 }
 
-/// The rows of one module: every power × (pearson, cosine), `nfm` = `gram` or `delta-gram`; a
-/// non-finite value becomes null with the reason.
-fn rows(m: &Module, nfm: &'static str, powers: &[f64], values: &[(f64, f64)]) -> Vec<Correlation> {
+/// The rows of one module: every power × (pearson, cosine), `nfm` = `gram` or `delta-gram`,
+/// then one `subspace-<k>` row (power 1) per value of `subspace` (the sizes of [`subspace_ks`]
+/// in order; the `gram` rows only); a non-finite value becomes null with the reason.
+fn rows(m: &Module, nfm: &'static str, powers: &[f64], values: &[(f64, f64)], subspace: &[f64]) -> Vec<Correlation> {
     let mut out = Vec::new();
+    let row = |power: f64, metric: &'static str, value: f64, undefined: &'static str| {
+        let (value, note) = if value.is_finite() { (Some(value), None) } else { (None, Some(undefined)) };
+        Correlation {
+            layer: m.layer as u32,
+            module: m.short,
+            role: m.role.as_str(),
+            head: m.head.map(|h| h as u32),
+            dim: m.d_in as u32,
+            power,
+            metric,
+            value,
+            note,
+            ansatz: "nfa",
+            nfm,
+            interval: None,
+            groups: 1,
+            loo: Vec::new(),
+        }
+    };
     for (&power, &(p, c)) in powers.iter().zip(values) {
         for (metric, value) in [("pearson", p), ("cosine", c)] {
-            let (value, note) = if value.is_finite() { (Some(value), None) } else { (None, Some(UNDEFINED)) };
-            out.push(Correlation {
-                layer: m.layer as u32,
-                module: m.short,
-                role: m.role.as_str(),
-                head: m.head.map(|h| h as u32),
-                dim: m.d_in as u32,
-                power,
-                metric,
-                value,
-                note,
-                ansatz: "nfa",
-                nfm,
-                interval: None,
-                groups: 1,
-                loo: Vec::new(),
-            });
+            out.push(row(power, metric, value, UNDEFINED));
         }
     }
+    for (&(_, metric), &value) in subspace_ks(m.d_in, m.d_out).iter().zip(subspace) {
+        out.push(row(1.0, metric, value, UNDEFINED_SUBSPACE));
+    }
     out
+}
+
+/// The `subspace-<k>` values of a module: top-k agreement of its NFM's and its AGOP's
+/// eigenvectors for every k of [`subspace_ks`].
+fn subspace_values(m: &Module, nfm: &Eigen, agop: &Eigen) -> Vec<f64> {
+    subspace_ks(m.d_in, m.d_out).iter().map(|&(k, _)| subspace_agreement(&nfm.vectors, &agop.vectors, k)).collect()
+}
+
+/// How many eigenvectors the subspace rows of `m` need.
+fn top_needed(m: &Module) -> usize {
+    subspace_ks(m.d_in, m.d_out).last().map_or(0, |&(k, _)| k)
 }
 
 /// Correlations of one module at every power from its stored sum (`dim` × `dim`, row-major)
@@ -130,11 +151,14 @@ fn module_rows(
     let w = weight(model, m)?;
     let w0 = base.map(|b| weight(b, m)).transpose()?;
     let stored = linalg::from_square(sum.0, &sum.1, 1.0 / n_tokens.max(1) as f64);
-    let moments = nfm_moments(&w, &[w0.as_ref()], &stored, m.side(), powers)
-        .with_context(|| format!("AGOP of {}", m.name()))?
-        .remove(0);
-    let values: Vec<(f64, f64)> = moments.iter().map(|x| (x.pearson(), x.cosine())).collect();
-    Ok(rows(m, nfm_label(base), powers, &values))
+    let (mut moments, agop) = nfm_moments(&w, &[w0.as_ref()], &stored, m.side(), powers, top_needed(m))
+        .with_context(|| format!("AGOP of {}", m.name()))?;
+    let values: Vec<(f64, f64)> = moments.remove(0).iter().map(|x| (x.pearson(), x.cosine())).collect();
+    let subspace = match base {
+        None => subspace_values(m, &Eigen::of_nfm(&w, top_needed(m))?, &agop),
+        Some(_) => vec![],
+    };
+    Ok(rows(m, nfm_label(base), powers, &values, &subspace))
 }
 
 /// `gram`, or `delta-gram` with a base checkpoint.
@@ -164,12 +188,17 @@ pub fn correlate_module_grouped(
     let w0 = base.map(|b| weight(b, m)).transpose()?;
     let bases: Vec<Option<&Mat<f64>>> = std::iter::once(None).chain(w0.as_ref().map(Some)).collect();
     let (d, total, n) = (total.0, &total.1, total.2);
-    // (pearson, cosine) per power, for each NFM.
-    let values = |sum: &[f64], n: u64| -> Result<Vec<Vec<(f64, f64)>>> {
+    let nfm_eigen = Eigen::of_nfm(&w, top_needed(m))?;
+    // (pearson, cosine) per power, for each NFM; and the subspace values (NFM, not ΔNFM).
+    type Values = (Vec<Vec<(f64, f64)>>, Vec<f64>);
+    let values = |sum: &[f64], n: u64| -> Result<Values> {
         let stored = linalg::from_square(d, sum, 1.0 / n.max(1) as f64);
-        let moments =
-            nfm_moments(&w, &bases, &stored, m.side(), powers).with_context(|| format!("AGOP of {}", m.name()))?;
-        Ok(moments.iter().map(|ms| ms.iter().map(|x| (x.pearson(), x.cosine())).collect()).collect())
+        let (moments, agop) = nfm_moments(&w, &bases, &stored, m.side(), powers, top_needed(m))
+            .with_context(|| format!("AGOP of {}", m.name()))?;
+        Ok((
+            moments.iter().map(|ms| ms.iter().map(|x| (x.pearson(), x.cosine())).collect()).collect(),
+            subspace_values(m, &nfm_eigen, &agop),
+        ))
     };
     let full = values(total, n)?;
     let groups = run.group_count();
@@ -194,7 +223,8 @@ pub fn correlate_module_grouped(
         }
     });
     for (i, nfm_name) in ["gram", "delta-gram"].into_iter().take(bases.len()).enumerate() {
-        let mut rows = rows(m, nfm_name, powers, &full[i]);
+        let subspace: &[f64] = if i == 0 { &full.1 } else { &[] };
+        let mut rows = rows(m, nfm_name, powers, &full.0[i], subspace);
         if i == 1 && unchanged {
             for row in rows.iter_mut() {
                 (row.value, row.note) = (None, Some(NO_CHANGE));
@@ -202,11 +232,20 @@ pub fn correlate_module_grouped(
             out.extend(rows);
             continue;
         }
-        // Rows are (power, metric) in the order of `rows`: pearson, then cosine, for each power.
+        // Rows are (power, metric) in the order of `rows`: pearson, then cosine, for each power;
+        // then the subspace sizes.
+        let np = 2 * powers.len();
         for (k, row) in rows.iter_mut().enumerate() {
             if groups >= 2 {
                 let (pi, cosine) = (k / 2, k % 2 == 1);
-                row.loo = loo.iter().map(|v| if cosine { v[i][pi].1 } else { v[i][pi].0 }).collect();
+                row.loo = loo
+                    .iter()
+                    .map(|v| match k {
+                        _ if k >= np => v.1[k - np],
+                        _ if cosine => v.0[i][pi].1,
+                        _ => v.0[i][pi].0,
+                    })
+                    .collect();
                 row.groups = groups as u32;
                 row.interval = row.value.and_then(|v| jackknife(v, &row.loo));
             }
@@ -272,7 +311,17 @@ fn dense_rows(
         let a = agop.power(power).with_context(|| format!("AGOP^{power} of {}", m.name()))?;
         values.push((pearson(&x, &a), cosine(&x, &a)));
     }
-    Ok(rows(m, nfm_label(base), powers, &values))
+    // Subspaces from the dense d_in × d_in matrices' own eigendecompositions.
+    let subspace = match base {
+        Some(_) => vec![],
+        None => {
+            let top = top_needed(m);
+            let (nv, nu) = linalg::sym_eigen(&x)?;
+            let (av, au) = linalg::sym_eigen(&agop.dense())?;
+            subspace_values(m, &Eigen::from_ascending(&nv, &nu, top), &Eigen::from_ascending(&av, &au, top))
+        }
+    };
+    Ok(rows(m, nfm_label(base), powers, &values, &subspace))
 }
 
 /// Correlations for every module of the model, in the reference's module order.

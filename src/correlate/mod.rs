@@ -135,19 +135,7 @@ pub fn correlate_sources(
     if powers.is_empty() || powers.iter().any(|p| !p.is_finite() || *p <= 0.0) {
         bail_bad!("--powers must be positive numbers, got {powers:?}");
     }
-    // Files of different checkpoints are different runs even when their measurements agree in
-    // everything (byte-identical weights at two steps): group parts step by step.
-    let mut steps: Vec<Option<u64>> = Vec::new();
-    for s in sources {
-        if !steps.contains(&s.step) {
-            steps.push(s.step);
-        }
-    }
-    let mut sums = Vec::new();
-    for step in steps {
-        let paths: Vec<PathBuf> = sources.iter().filter(|s| s.step == step).map(|s| s.gop.clone()).collect();
-        sums.extend(RunSums::open_all(&paths)?);
-    }
+    let sums = open_runs(sources)?;
     let files_of = |r: &RunSums| r.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     let step_of = |r: &RunSums| sources.iter().find(|s| s.gop == r.paths[0]).and_then(|s| s.step);
     for (i, a) in sums.iter().enumerate() {
@@ -272,6 +260,24 @@ pub fn correlate_sources(
         write_f32_matrices(p, &agops)?;
     }
     Ok(df)
+}
+
+/// The GOP files of `sources` read as runs ([`RunSums`]), in the order of their first file.
+/// Files of different checkpoints are different runs even when their measurements agree in
+/// everything (byte-identical weights at two steps): parts are grouped step by step.
+pub fn open_runs(sources: &[Source]) -> Result<Vec<RunSums>> {
+    let mut steps: Vec<Option<u64>> = Vec::new();
+    for s in sources {
+        if !steps.contains(&s.step) {
+            steps.push(s.step);
+        }
+    }
+    let mut sums = Vec::new();
+    for step in steps {
+        let paths: Vec<PathBuf> = sources.iter().filter(|s| s.step == step).map(|s| s.gop.clone()).collect();
+        sums.extend(RunSums::open_all(&paths)?);
+    }
+    Ok(sums)
 }
 
 /// Where correlate writes the contrasts of `out`: `contrasts.parquet` beside a

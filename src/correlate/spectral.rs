@@ -88,14 +88,16 @@ fn pow0(x: f64, a: f64) -> f64 {
 ///   ⟨X, A^α⟩ = Σ λ^α (‖Wₜᵀu‖² − ‖W₀ᵀu‖²)   (operand side; output side with u → B v),
 ///   ‖X‖² = ‖WₜᵀWₜ‖² + ‖W₀ᵀW₀‖² − 2‖W₀ᵀWₜ‖²,   sum(X) = ‖Wₜᵀ1‖² − ‖W₀ᵀ1‖².
 ///
-/// Returns one list of per-power moments per base, in order.
+/// Returns one list of per-power moments per base, in order, and the AGOP's `top` leading
+/// eigenvectors in operand space from the same eigendecomposition ([`Eigen`]).
 pub fn nfm_moments(
     w: &Mat<f64>,
     bases: &[Option<&Mat<f64>>],
     stored: &Mat<f64>,
     side: Side,
     powers: &[f64],
-) -> Result<Vec<Vec<Moments>>> {
+    top: usize,
+) -> Result<(Vec<Vec<Moments>>, Eigen)> {
     let (d, r) = (w.nrows(), w.ncols());
     let n = (d * d) as f64;
     let ones = vec![1.0; d];
@@ -116,9 +118,10 @@ pub fn nfm_moments(
     Ok(match side {
         Side::Operand => {
             let (vals, u) = sym_eigen(stored)?;
+            let eigen = Eigen::from_ascending(&vals, &u, top);
             let wu = col_norms2(&(w.transpose() * &u)); // ‖Wᵀuᵢ‖²
             let s1: Vec<f64> = t_mul_vec(&u, &ones).into_iter().map(|x| x * x).collect(); // (uᵢᵀ1)²
-            bases
+            let moments = bases
                 .iter()
                 .zip(&nfm_sums)
                 .map(|(b, &(sx, xx))| {
@@ -141,7 +144,8 @@ pub fn nfm_moments(
                         })
                         .collect()
                 })
-                .collect()
+                .collect();
+            (moments, eigen)
         }
         Side::Output => {
             let g = w.transpose() * w; // r × r
@@ -152,10 +156,12 @@ pub fn nfm_moments(
             let keep: Vec<usize> = (0..vals.len()).filter(|&i| vals[i] > max * 1e-13 && vals[i] > 0.0).collect();
             // (B vₖ)ᵀ X (B vₖ) with B = W K^½: ‖G K^½ vₖ‖² (− ‖W₀ᵀW K^½ vₖ‖²), all r × r.
             let kv = &kh * &v;
+            // The AGOP's eigenvectors in operand space: B vₖ / √λₖ = W K^½ vₖ / √λₖ.
+            let eigen = Eigen::from_factor(w, &vals, &kv, top);
             let gkv = col_norms2(&(&g * &kv));
             let bt1 = t_mul_vec(&kh, &wt1); // K^½ Wᵀ1 (K^½ is symmetric)
             let q: Vec<f64> = t_mul_vec(&v, &bt1).into_iter().map(|x| x * x).collect(); // (vₖᵀBᵀ1)²
-            bases
+            let moments = bases
                 .iter()
                 .zip(&nfm_sums)
                 .map(|(b, &(sx, xx))| {
@@ -179,7 +185,84 @@ pub fn nfm_moments(
                         })
                         .collect()
                 })
-                .collect()
+                .collect();
+            (moments, eigen)
         }
     })
+}
+
+/// The leading eigenpairs of a symmetric PSD operand-space matrix (an AGOP or an NFM).
+#[derive(Debug, Clone)]
+pub struct Eigen {
+    /// Every eigenvalue, descending, negative rounding clamped to 0 (for a matrix known through
+    /// a factor, its nonzero eigenvalues only: the rest are 0).
+    pub values: Vec<f64>,
+    /// The leading eigenvectors as unit columns (d × k, k ≤ the `top` asked for), in the order
+    /// of `values`; only those of nonzero eigenvalues (the others are not determined).
+    pub vectors: Mat<f64>,
+}
+
+impl Eigen {
+    /// From `sym_eigen`'s ascending eigenvalues and eigenvector columns of the matrix itself.
+    pub fn from_ascending(vals: &[f64], u: &Mat<f64>, top: usize) -> Self {
+        let values: Vec<f64> = vals.iter().rev().map(|&l| l.max(0.0)).collect();
+        let k = top.min(values.iter().take_while(|&&l| l > values[0] * 1e-13 && l > 0.0).count());
+        let n = vals.len();
+        Eigen { values, vectors: Mat::from_fn(u.nrows(), k, |i, j| u[(i, n - 1 - j)]) }
+    }
+
+    /// For A = F Fᵀ with F = W M (d × r) known through FᵀF = V Λ Vᵀ (`vals` ascending, V's
+    /// columns) and `mv` = M V: A's nonzero eigenvalues are Λ's, its eigenvectors F vₖ / √λₖ.
+    pub fn from_factor(w: &Mat<f64>, vals: &[f64], mv: &Mat<f64>, top: usize) -> Self {
+        let max = vals.iter().cloned().fold(0.0, f64::max);
+        let kept: Vec<usize> = (0..vals.len()).rev().filter(|&i| vals[i] > max * 1e-13 && vals[i] > 0.0).collect();
+        let values: Vec<f64> = kept.iter().map(|&i| vals[i]).collect();
+        let k = top.min(kept.len());
+        let cols = Mat::from_fn(mv.nrows(), k, |i, j| mv[(i, kept[j])] / vals[kept[j]].sqrt());
+        Eigen { values, vectors: w * cols }
+    }
+
+    /// The NFM W Wᵀ (operand space) of a weight W (d × r): eigen of the smaller Gram.
+    pub fn of_nfm(w: &Mat<f64>, top: usize) -> Result<Self> {
+        if w.nrows() <= w.ncols() {
+            let (vals, u) = sym_eigen(&(w * w.transpose()))?;
+            Ok(Self::from_ascending(&vals, &u, top))
+        } else {
+            let (vals, v) = sym_eigen(&(w.transpose() * w))?;
+            Ok(Self::from_factor(w, &vals, &v, top))
+        }
+    }
+
+    /// Share of the trace held by eigenvalue `i` (0-based).
+    pub fn share(&self, i: usize) -> f64 {
+        self.values[i] / self.values.iter().sum::<f64>()
+    }
+
+    /// The participation ratio (Σλ)² / Σλ²: the number of equally strong directions that would
+    /// carry the same spread (1 for rank one, d for a multiple of the identity).
+    pub fn effective_rank(&self) -> f64 {
+        let s: f64 = self.values.iter().sum();
+        s * s / self.values.iter().map(|l| l * l).sum::<f64>()
+    }
+}
+
+/// Subspace agreement of the top-k eigenvectors of two matrices: ‖U_kᵀV_k‖²_F / k, the mean
+/// squared cosine of the principal angles between the two k-dimensional eigenspaces (1: the
+/// same subspace; k/d on average for random ones). NaN when either has fewer than k vectors.
+pub fn subspace_agreement(u: &Mat<f64>, v: &Mat<f64>, k: usize) -> f64 {
+    if u.ncols() < k || v.ncols() < k || k == 0 {
+        return f64::NAN;
+    }
+    frob2(&(u.subcols(0, k).transpose() * v.subcols(0, k))) / k as f64
+}
+
+/// The subspace sizes k of the `subspace-<k>` rows for a module of operand dimension `d_in`
+/// and output dimension `d_out`: 1, 4, 16, 64 below the weight's rank min(d_in, d_out). At k =
+/// rank both spaces would be W's whole column space for output-side modules, agreeing by
+/// construction, so that k is left out.
+pub fn subspace_ks(d_in: usize, d_out: usize) -> Vec<(usize, &'static str)> {
+    [(1, "subspace-1"), (4, "subspace-4"), (16, "subspace-16"), (64, "subspace-64")]
+        .into_iter()
+        .filter(|&(k, _)| k < d_in.min(d_out))
+        .collect()
 }

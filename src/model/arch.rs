@@ -14,7 +14,7 @@ use super::gpt2::{Forward, Gpt2};
 use super::modules::Module;
 use super::neox::config::NeoXConfig;
 use super::neox::{GptNeoX, NeoXForward};
-use super::network::{Grad, ModuleWeights, Network, WeightGrad};
+use super::network::{Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
 use super::weights::{load_gpt2, WeightsKind};
 use crate::bail_bad;
 
@@ -181,6 +181,20 @@ impl ModuleWeights for Model {
         match self {
             Model::Gpt2(x) => x.module_weight(m),
             Model::NeoX(x) => ModuleWeights::module_weight(x, m),
+        }
+    }
+
+    fn token_space(&self) -> TokenSpace<'_> {
+        match self {
+            Model::Gpt2(x) => x.token_space(),
+            Model::NeoX(x) => x.token_space(),
+        }
+    }
+
+    fn input_norm(&self, m: &Module) -> Option<Norm<'_>> {
+        match self {
+            Model::Gpt2(x) => x.input_norm(m),
+            Model::NeoX(x) => x.input_norm(m),
         }
     }
 }

@@ -12,8 +12,8 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::Gpt2Config;
-use super::modules::{all_modules, Kind, Module};
-use super::network::{Grad, ModuleWeights, Network, WeightGrad};
+use super::modules::{all_modules, Kind, Module, Role};
+use super::network::{Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
 use super::ops::select::{LnCache, Ops};
 use super::params::Params;
 
@@ -351,6 +351,25 @@ impl ModuleWeights for Gpt2 {
 
     fn module_weight(&self, m: &Module) -> Result<Tensor> {
         Gpt2::module_weight(self, m)
+    }
+
+    fn token_space(&self) -> TokenSpace<'_> {
+        let ln = &self.params.ln_f;
+        TokenSpace {
+            embedding: &self.params.wte,
+            final_norm: Norm { gain: &ln.weight, bias: &ln.bias, eps: self.cfg.layer_norm_epsilon },
+            unembedding: self.unembedding_tensor(),
+        }
+    }
+
+    fn input_norm(&self, m: &Module) -> Option<Norm<'_>> {
+        let blk = &self.params.blocks[m.layer];
+        let ln = match m.role {
+            Role::Qkv | Role::Q | Role::K | Role::V => &blk.ln_1,
+            Role::MlpIn => &blk.ln_2,
+            Role::AttnOut | Role::MlpOut => return None,
+        };
+        Some(Norm { gain: &ln.weight, bias: &ln.bias, eps: self.cfg.layer_norm_epsilon })
     }
 }
 

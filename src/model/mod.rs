@@ -30,7 +30,7 @@ pub use config::Gpt2Config;
 pub use device::{device_name, parse_device};
 pub use gpt2::{BlockGrads, BlockOperands, Forward, Gpt2, Site};
 pub use modules::{all_modules, gpt2_module, owner, Kind, Module, Role, Side};
-pub use network::{Grad, ModuleWeights, Network, WeightGrad};
+pub use network::{Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
 pub use params::{Block, LayerNorm, Linear, Params};
 pub use weights::{load_gpt2, random_init, WeightsKind};
 

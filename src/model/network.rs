@@ -38,6 +38,33 @@ pub trait ModuleWeights {
     /// The weight of a module of the table as d_in × d_out (y = x·W): the NFM is W Wᵀ in this
     /// layout (WᵀW of the usual [out, in] view); for a head, its d_out columns.
     fn module_weight(&self, m: &Module) -> Result<Tensor>;
+
+    /// The token side of the model, for reading a module's features out as tokens
+    /// (docs/features.md): the embedding, the final LayerNorm and the unembedding.
+    fn token_space(&self) -> TokenSpace<'_>;
+
+    /// The LayerNorm whose output is the operand of `m`, when that operand is the normalized
+    /// residual stream (roles `qkv`, `q`, `k`, `v`, `mlp_in`); None for the others.
+    fn input_norm(&self, m: &Module) -> Option<Norm<'_>>;
+}
+
+/// A LayerNorm: y = γ ⊙ (x − mean) / √(var + eps) + β.
+#[derive(Debug, Clone, Copy)]
+pub struct Norm<'a> {
+    pub gain: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub eps: f64,
+}
+
+/// Where tokens enter and leave the residual stream.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenSpace<'a> {
+    /// Token embeddings (V × C).
+    pub embedding: &'a Tensor,
+    /// The LayerNorm before the unembedding.
+    pub final_norm: Norm<'a>,
+    /// The unembedding E (V × C): logits = hidden · Eᵀ.
+    pub unembedding: &'a Tensor,
 }
 
 /// A language model whose AGOPs agop can measure.

@@ -22,6 +22,9 @@ pub struct Pipeline {
     pub measure: MeasureSpec,
     #[serde(default)]
     pub correlate: CorrelateSpec,
+    /// `[features]`: the eigenvector read-outs after correlate (on by default).
+    #[serde(default)]
+    pub features: FeaturesSpec,
     /// `[train]`: train the `init_config` model on the corpus first; its checkpoints are the series.
     #[serde(default)]
     pub train: Option<TrainSpec>,
@@ -267,6 +270,35 @@ pub struct CorrelateSpec {
     pub powers: Vec<f64>,
 }
 
+/// `[features]`: `agop features` as a stage after correlate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSpec {
+    /// Run the stage (features.parquet, and feature-overlap.parquet for a series).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Eigenvectors per matrix read out as tokens.
+    #[serde(default = "default_top")]
+    pub top: usize,
+    /// Tokens listed per read-out and sign.
+    #[serde(default = "default_feature_tokens")]
+    pub tokens: usize,
+}
+
+fn default_top() -> usize {
+    4
+}
+
+fn default_feature_tokens() -> usize {
+    5
+}
+
+impl Default for FeaturesSpec {
+    fn default() -> Self {
+        Self { enabled: true, top: default_top(), tokens: default_feature_tokens() }
+    }
+}
+
 fn default_powers() -> Vec<f64> {
     vec![0.5, 1.0]
 }
@@ -470,6 +502,9 @@ impl Pipeline {
         }
         if let Some(p) = self.correlate.powers.iter().find(|p| !p.is_finite() || **p <= 0.0) {
             bail_bad!("[correlate] powers must be positive numbers, got {p}");
+        }
+        if self.features.top == 0 || self.features.tokens == 0 {
+            bail_bad!("[features] top and tokens must be at least 1");
         }
         Ok(())
     }

@@ -489,18 +489,38 @@ fn measure_evicted(p: &Pipeline, prep: &Prepared, k: usize, quiet: bool) -> Resu
     let source = correlate::Source { model: model.clone(), gop: path.clone(), step: p.checkpoints()[k].step };
     let ctx = context(p, evicted_rows_key(p, prep, &path)?);
     let opts = correlate::CorrelateOptions::new(&p.correlate.powers);
-    correlate::correlate_sources(&[source], Some(&prep.model), &rows, &opts, &ctx)?;
+    correlate::correlate_sources(&[source.clone()], Some(&prep.model), &rows, &opts, &ctx)?;
+    if p.features.enabled {
+        let fpath = evicted_features_path(&prep.out, &tag);
+        say(quiet, format!("[features {tag}] → {}", fpath.display()));
+        crate::features::features_sources(&[source], &fpath, &feature_options(p, vec![]), &ctx)?;
+    }
     let freed = crate::fetch::hub::evict_weights(&model, &prep.model)?;
     say(quiet, format!("[evict {tag}] deleted its weights from the hub cache ({:.1} MB)", freed as f64 / 1e6));
     Ok(path)
 }
 
-/// Stage 3: (with `shards`) merge the shard files of every measurement, then correlate and
-/// report.
+/// The features table of an evicted checkpoint, added to features.parquet by the reduce stage.
+fn evicted_features_path(out: &Path, tag: &str) -> PathBuf {
+    out.join(format!("features-{tag}.parquet"))
+}
+
+/// The pipeline's `[features]` settings as options.
+fn feature_options(p: &Pipeline, extra_tables: Vec<PathBuf>) -> crate::features::FeatureOptions {
+    crate::features::FeatureOptions {
+        top: p.features.top,
+        tokens: p.features.tokens,
+        extra_tables,
+        ..Default::default()
+    }
+}
+
+/// Stage 3: (with `shards`) merge the shard files of every measurement, then correlate,
+/// read out the features and report.
 pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool) -> Result<()> {
     let mut sources = Vec::new();
     // Checkpoints deleted after their own correlate run: their GOP files and rows.
-    let (mut evicted_gops, mut evicted_rows) = (Vec::new(), Vec::new());
+    let (mut evicted_gops, mut evicted_rows, mut evicted_features) = (Vec::new(), Vec::new(), Vec::new());
     for &weights in &p.measure.weights {
         for k in checkpoint_indices(p, weights) {
             let tag = tag(p, weights, k);
@@ -514,6 +534,7 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
                 // are missing or stale).
                 evicted_gops.push(measure_evicted(p, prep, k, true)?);
                 evicted_rows.push(evicted_rows_path(&prep.out, &tag));
+                evicted_features.push(evicted_features_path(&prep.out, &tag));
                 continue;
             }
             let model = checkpoint_model(p, prep, if weights == WeightsKind::Pretrained { k } else { 0 })?;
@@ -559,13 +580,25 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
         say(quiet, format!("[correlate] {} is up to date", corr.display()));
     } else {
         say(quiet, format!("[correlate] → {}", corr.display()));
-        let ctx = RunContext { warnings, ..context(p, key) };
+        let ctx = RunContext { warnings, ..context(p, key.clone()) };
         let opts = correlate::CorrelateOptions {
             extra_tables: evicted_rows,
             ..correlate::CorrelateOptions::new(&p.correlate.powers)
         };
         let base = p.is_series().then_some(&prep.model);
         correlate::correlate_sources(&sources, base, &corr, &opts, &ctx)?;
+    }
+    let feats = prep.out.join("features.parquet");
+    if p.features.enabled {
+        let settings = format!("features top {} tokens {}", p.features.top, p.features.tokens);
+        let fkey = fingerprint(&[&key, &settings]);
+        if has_inputs_key(&feats, &fkey) {
+            say(quiet, format!("[features] {} is up to date", feats.display()));
+        } else {
+            say(quiet, format!("[features] → {}", feats.display()));
+            let ctx = context(p, fkey);
+            crate::features::features_sources(&sources, &feats, &feature_options(p, evicted_features), &ctx)?;
+        }
     }
     let report = crate::report::report(&prep.out)?;
     if !quiet {

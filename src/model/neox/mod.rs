@@ -17,7 +17,7 @@ use rand_distr::{Distribution, Normal};
 use self::config::NeoXConfig;
 use self::params::NeoXParams;
 use super::modules::{Module, Role};
-use super::network::{Grad, ModuleWeights, Network, WeightGrad};
+use super::network::{Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
 use super::ops::select::{LnCache, Ops};
 
 /// A GPT-NeoX language model.
@@ -307,6 +307,25 @@ impl ModuleWeights for GptNeoX {
             Role::MlpOut => &layer.dense_4h_to_h.weight,
         };
         Ok(if m.is_whole() { w.clone() } else { w.narrow(1, m.offset, m.d_out)? })
+    }
+
+    fn token_space(&self) -> TokenSpace<'_> {
+        let ln = &self.params.final_layer_norm;
+        TokenSpace {
+            embedding: &self.params.embed_in,
+            final_norm: Norm { gain: &ln.weight, bias: &ln.bias, eps: self.cfg.layer_norm_eps },
+            unembedding: self.unembedding_tensor(),
+        }
+    }
+
+    fn input_norm(&self, m: &Module) -> Option<Norm<'_>> {
+        let layer = &self.params.layers[m.layer];
+        let ln = match m.role {
+            Role::Qkv | Role::Q | Role::K | Role::V => &layer.input_layernorm,
+            Role::MlpIn => &layer.post_attention_layernorm,
+            Role::AttnOut | Role::MlpOut => return None,
+        };
+        Some(Norm { gain: &ln.weight, bias: &ln.bias, eps: self.cfg.layer_norm_eps })
     }
 }
 
