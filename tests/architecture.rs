@@ -12,8 +12,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The rooms in dependency order: each may use only rooms before it. Same list as lib.rs.
-const ORDER: &[&str] =
-    &["error", "util", "math", "model", "fetch", "tokenize", "train", "measure", "correlate", "features", "report", "pipeline"];
+const ORDER: &[&str] = &[
+    "error",
+    "util",
+    "math",
+    "model",
+    "fetch",
+    "tokenize",
+    "train",
+    "measure",
+    "correlate",
+    "features",
+    "report",
+    "pipeline",
+];
 
 /// Files of the binary crate.
 const BIN: &[&str] = &["main.rs", "cli.rs", "commands.rs"];

@@ -108,7 +108,8 @@ fn eigenvectors_equal_the_dense_ones_up_to_sign() {
                 assert!((l - vals[i]).abs() <= 1e-9 * vals[0], "{}: eigenvalue {i}: {l} vs {}", md.name(), vals[i]);
             }
             for j in 0..fast.vectors.ncols() {
-                let separated = (j == 0 || vals[j - 1] - vals[j] > 1e-6 * vals[0]) && vals[j] - vals[j + 1] > 1e-6 * vals[0];
+                let separated =
+                    (j == 0 || vals[j - 1] - vals[j] > 1e-6 * vals[0]) && vals[j] - vals[j + 1] > 1e-6 * vals[0];
                 if !separated {
                     continue;
                 }
@@ -165,7 +166,8 @@ fn rows_of(df: &DataFrame) -> Vec<Row> {
 
 fn run_features(gops: &[PathBuf], out: &Path) -> DataFrame {
     let model = ResolvedModel::local(&fixture_model()).unwrap();
-    let sources: Vec<Source> = gops.iter().map(|g| Source { model: model.clone(), gop: g.clone(), step: None }).collect();
+    let sources: Vec<Source> =
+        gops.iter().map(|g| Source { model: model.clone(), gop: g.clone(), step: None }).collect();
     features::features_sources(&sources, out, &FeatureOptions::default(), &correlate::RunContext::default()).unwrap()
 }
 
@@ -205,7 +207,8 @@ fn embedding_readout_scores_are_cosines_with_the_normalised_embeddings() {
             .collect();
         // Oriented so that the largest |cosine| is positive.
         let best = cos.iter().fold(0.0f64, |a, &x| if x.abs() > a.abs() { x } else { a });
-        let mut want: Vec<(u32, f64)> = cos.iter().map(|c| c * best.signum()).enumerate().map(|(t, c)| (t as u32, c)).collect();
+        let mut want: Vec<(u32, f64)> =
+            cos.iter().map(|c| c * best.signum()).enumerate().map(|(t, c)| (t as u32, c)).collect();
         want.sort_by(|x, y| y.1.total_cmp(&x.1));
         let mut got: Vec<Row> = rows_of(&df)
             .into_iter()
@@ -300,10 +303,21 @@ fn spectrum_rows_are_the_dense_spectrum() {
             rows.sort_by_key(|r| r.rank);
             // Every nonzero eigenvalue (up to 64) is listed; zeros may be.
             let nonzero = vals.iter().filter(|&&v| v > vals[0] * 1e-13).count();
-            assert!(rows.len() >= nonzero.min(64) && rows.len() <= md.d_in.min(64), "{} {source}: {} spectrum rows", md.name(), rows.len());
+            assert!(
+                rows.len() >= nonzero.min(64) && rows.len() <= md.d_in.min(64),
+                "{} {source}: {} spectrum rows",
+                md.name(),
+                rows.len()
+            );
             for (i, r) in rows.iter().enumerate() {
                 let want = vals[i] / total;
-                assert!((r.share - want).abs() < 1e-9, "{} {source} rank {}: share {} vs {want}", md.name(), i + 1, r.share);
+                assert!(
+                    (r.share - want).abs() < 1e-9,
+                    "{} {source} rank {}: share {} vs {want}",
+                    md.name(),
+                    i + 1,
+                    r.share
+                );
             }
             let eff = rows[0].effective_rank;
             assert!((eff - pr).abs() < 1e-6 * pr, "{} {source}: effective rank {eff} vs {pr}", md.name());

@@ -65,7 +65,8 @@ fn tiny_pipeline_end_to_end() {
     }
     // NFA: weights × layers × (4 + 3·heads) × powers × metrics = 2 × 2 × (4 + 12) × 2 × 2; tiny.toml
     // also measures FACT: weights × layers × (4 + 12) × 4 metrics at power 1.
-    assert_eq!(df.height(), 2 * 2 * (4 + 3 * 4) * 2 * 2 + 2 * 2 * (4 + 3 * 4) * 4);
+    // Subspace rows: k ∈ {1, 4, 16} below the whole matrices' rank 64, {1, 4} below a head's 16.
+    assert_eq!(df.height(), 2 * 2 * (4 + 3 * 4) * 2 * 2 + 2 * 2 * (4 + 3 * 4) * 4 + 2 * 2 * (4 * 3 + 12 * 2));
     let ansatz: Vec<String> = df.column("ansatz").unwrap().str().unwrap().iter().map(|x| x.unwrap().into()).collect();
     let metric: Vec<String> = df.column("metric").unwrap().str().unwrap().iter().map(|x| x.unwrap().into()).collect();
     let power: Vec<f64> = df.column("power").unwrap().f64().unwrap().iter().map(|x| x.unwrap()).collect();
@@ -159,6 +160,16 @@ fn tiny_pipeline_end_to_end() {
             assert!((g - w).abs() < 1e-12, "FACT {g} vs {w}");
         }
     }
+    // features.parquet: spectra and read-outs of both weights, the read-outs as GPT-2 tokens.
+    let f = read_parquet(&out.join("features.parquet")).unwrap();
+    let fw: Vec<&str> = f.column("weights").unwrap().str().unwrap().iter().flatten().collect();
+    assert!(fw.contains(&"pretrained") && fw.contains(&"random-init"));
+    let readout = f.column("readout").unwrap().str().unwrap();
+    let text = f.column("text").unwrap().str().unwrap();
+    let with_readout = readout.iter().filter(|r| r.is_some()).count();
+    // 2 weights × 2 layers × 14 read-out modules (c_attn, 12 heads, c_fc) × 2 sources × 4 ranks × 2 read-outs × 2 signs × 5 tokens.
+    assert_eq!(with_readout, 2 * 2 * 14 * 2 * 4 * 2 * 2 * 5);
+    assert!(readout.iter().zip(text.iter()).all(|(r, t)| r.is_none() || t.is_some()));
     // Plots exist and are PNGs.
     let png = std::fs::read(out.join("plots/by-layer-power1.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");

@@ -64,12 +64,7 @@ type TopVectors = HashMap<(String, &'static str), Mat<f64>>;
 
 /// `agop features`: features.parquet for every run of `sources` (and feature-overlap.parquet
 /// for a series of at least two checkpoints).
-pub fn features_sources(
-    sources: &[Source],
-    out: &Path,
-    opts: &FeatureOptions,
-    ctx: &RunContext,
-) -> Result<DataFrame> {
+pub fn features_sources(sources: &[Source], out: &Path, opts: &FeatureOptions, ctx: &RunContext) -> Result<DataFrame> {
     let mut inputs: Vec<PathBuf> = sources.iter().map(|s| s.gop.clone()).collect();
     inputs.extend(sources.iter().map(|s| crate::measure::groups::groups_dir(&s.gop)));
     for s in sources {
@@ -184,7 +179,8 @@ pub fn module_eigen(model: &dyn ModuleWeights, run: &RunSums, m: &Module, top: u
     let (d, sum, n) = run.total(m)?;
     let w = weight(model, m)?;
     let stored = linalg::from_square(d, &sum, 1.0 / n.max(1) as f64);
-    let (_, agop) = nfm_moments(&w, &[], &stored, m.side(), &[], top).with_context(|| format!("AGOP of {}", m.name()))?;
+    let (_, agop) =
+        nfm_moments(&w, &[], &stored, m.side(), &[], top).with_context(|| format!("AGOP of {}", m.name()))?;
     Ok([agop, Eigen::of_nfm(&w, top)?])
 }
 
