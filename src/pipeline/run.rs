@@ -489,7 +489,7 @@ fn measure_evicted(p: &Pipeline, prep: &Prepared, k: usize, quiet: bool) -> Resu
     let source = correlate::Source { model: model.clone(), gop: path.clone(), step: p.checkpoints()[k].step };
     let ctx = context(p, evicted_rows_key(p, prep, &path)?);
     let opts = correlate::CorrelateOptions::new(&p.correlate.powers);
-    correlate::correlate_sources(&[source.clone()], Some(&prep.model), &rows, &opts, &ctx)?;
+    correlate::correlate_sources(std::slice::from_ref(&source), Some(&prep.model), &rows, &opts, &ctx)?;
     if p.features.enabled {
         let fpath = evicted_features_path(&prep.out, &tag);
         say(quiet, format!("[features {tag}] → {}", fpath.display()));
