@@ -1,5 +1,6 @@
 //! `agop report DIR`: a terminal table and PNG plots from a finished run's correlations.parquet.
 
+pub mod features;
 pub mod plots;
 pub mod table;
 
@@ -199,7 +200,12 @@ pub fn report(path: &Path) -> Result<String> {
         text.push_str(&table::render_contrasts(&cnfa, &cfact, init_seeds)?);
         contrast_nfa = cnfa;
     }
+    let feats = features::read_features(&dir.join("features.parquet"))?;
+    text.push_str(&features::features_text(&rows, feats.as_deref())?);
     let mut written = plots::write_all(&rows, &fact, &contrast_nfa, &dir.join("plots"))?;
+    if let Some(f) = &feats {
+        written.extend(features::spectrum_plots(f, &dir.join("plots"))?);
+    }
     if steps.len() > 1 {
         written.extend(plots::by_step(&all, &dir.join("plots"))?);
         let eval = crate::train::eval_losses(&dir.join("train")).unwrap_or_default();

@@ -51,7 +51,12 @@ fn palette(i: usize) -> RGBColor {
 
 /// Write every plot into `dir` from the NFA rows, the FACT rows (empty when the run measured
 /// none) and the NFA contrast rows (empty without contrasts.parquet); returns the files written.
+/// The subspace size the by-layer subspace plot and the report's subspace block show.
+pub const SUBSPACE_SHOWN: &str = "subspace-4";
+
 pub fn write_all(rows: &[Row], fact: &[Row], contrasts: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
+    let (subspace, rows): (Vec<Row>, Vec<Row>) = rows.iter().cloned().partition(|r| r.metric.starts_with("subspace-"));
+    let (subspace, rows) = (&subspace[..], &rows[..]);
     register_font();
     std::fs::create_dir_all(dir)?;
     let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
@@ -63,6 +68,7 @@ pub fn write_all(rows: &[Row], fact: &[Row], contrasts: &[Row], dir: &Path) -> R
         rows,
         weights: w.clone(),
         power,
+        metric: "pearson",
         color: palette(k),
         dashed,
     };
@@ -94,6 +100,18 @@ pub fn write_all(rows: &[Row], fact: &[Row], contrasts: &[Row], dir: &Path) -> R
             }
         }
     }
+    if subspace.iter().any(|r| r.metric == SUBSPACE_SHOWN) {
+        let path = dir.join("by-layer-subspace.png");
+        let lines: Vec<Line> = weights
+            .iter()
+            .enumerate()
+            .map(|(k, w)| Line { metric: SUBSPACE_SHOWN, ..line(w.clone(), subspace, w, 1.0, k, false) })
+            .collect();
+        let title =
+            format!("Top-4 eigenspaces of NFM and AGOP: mean squared cosine of the principal angles by layer{bars}");
+        by_layer(&lines, &title, &path)?;
+        written.push(path);
+    }
     Ok(written)
 }
 
@@ -107,6 +125,8 @@ struct Line<'a> {
     rows: &'a [Row],
     weights: String,
     power: f64,
+    /// `pearson`, or a `subspace-<k>` metric.
+    metric: &'static str,
     color: RGBColor,
     dashed: bool,
 }
@@ -128,7 +148,7 @@ fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
             layers
                 .iter()
                 .filter_map(|&l| {
-                    cell_ci(line.rows, &line.weights, l, m, line.power, "pearson").map(|(v, ci)| (l as f64, v, ci))
+                    cell_ci(line.rows, &line.weights, l, m, line.power, line.metric).map(|(v, ci)| (l as f64, v, ci))
                 })
                 .collect()
         };
@@ -144,7 +164,7 @@ fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
         chart
             .configure_mesh()
             .x_desc("layer")
-            .y_desc("Pearson")
+            .y_desc(if lines[0].metric == "pearson" { "Pearson" } else { "agreement" })
             .x_labels(max_layer as usize + 2)
             .y_labels(6)
             .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() })
@@ -481,7 +501,15 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
             .y_desc("Pearson")
             .x_labels(6)
             .y_labels(6)
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_label_formatter(&|x| {
+                let r = x.round();
+                let lead = r / 10f64.powf(r.log10().floor());
+                if (x - r).abs() < 1e-6 && [1.0, 2.0, 5.0].contains(&lead) {
+                    format!("{r:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .y_label_formatter(&|y| format!("{y:.2}"))
             .light_line_style(WHITE)
             .draw()
@@ -558,7 +586,15 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
             .x_desc("training step")
             .y_desc("nats / token")
             .x_labels(6)
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_label_formatter(&|x| {
+                let r = x.round();
+                let lead = r / 10f64.powf(r.log10().floor());
+                if (x - r).abs() < 1e-6 && [1.0, 2.0, 5.0].contains(&lead) {
+                    format!("{r:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .light_line_style(WHITE)
             .draw()
             .map_err(err)?;
@@ -568,4 +604,96 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
     }
     root.present().map_err(err)?;
     Ok(written)
+}
+
+/// One curve of a spectrum plot: eigenvalue share (y) against rank (x) in one layer's panel.
+pub struct SpectrumLine {
+    pub layer: u32,
+    pub label: String,
+    /// 0–3: the palette; 4: grey; 100–200: viridis from 0 to 1.
+    pub color: usize,
+    pub dashed: bool,
+    pub points: Vec<(f64, f64)>,
+}
+
+fn spectrum_color(c: usize) -> RGBColor {
+    match c {
+        0..=3 => palette(c),
+        100..=200 => viridis((c - 100) as f64 / 100.0),
+        _ => RGBColor(128, 128, 128),
+    }
+}
+
+/// Log-log panels, one per layer (at most 12, evenly spaced), of [`SpectrumLine`]s; the legend
+/// (the first layer's labels) in the first panel.
+pub fn spectrum_plot(lines: &[SpectrumLine], title: &str, path: &Path) -> Result<()> {
+    register_font();
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut layers = distinct(lines.iter().map(|l| l.layer));
+    if layers.len() > 12 {
+        let n = layers.len();
+        layers = (0..12).map(|i| layers[i * (n - 1) / 11]).collect();
+    }
+    let cols = layers.len().clamp(1, 4);
+    let rows = layers.len().div_ceil(cols).max(1);
+    let root =
+        BitMapBackend::new(path, ((350 * cols as u32 + 50).max(1100), 320 * rows as u32 + 60)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
+    let panels = root.split_evenly((rows, cols));
+    let pts = || lines.iter().flat_map(|l| l.points.iter());
+    let max_rank = pts().map(|p| p.0).fold(1.0f64, f64::max).max(2.0);
+    // Shares below 1e-5 of the trace are numerically zero for these plots' purpose.
+    let min_share = pts().map(|p| p.1).filter(|y| *y > 0.0).fold(1.0f64, f64::min).max(1e-5);
+    for (i, &layer) in layers.iter().enumerate() {
+        let mut chart = ChartBuilder::on(&panels[i])
+            .caption(format!("layer {layer}"), ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(52)
+            .build_cartesian_2d((1.0f64..max_rank).log_scale(), (min_share * 0.8..1.0f64).log_scale())
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("rank")
+            .y_desc("share of trace")
+            .x_label_formatter(&|x| {
+                let r = x.round();
+                let lead = r / 10f64.powf(r.log10().floor());
+                if (x - r).abs() < 1e-6 && [1.0, 2.0, 5.0].contains(&lead) {
+                    format!("{r:.0}")
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| format!("{y:.0e}"))
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(err)?;
+        for line in lines.iter().filter(|l| l.layer == layer && !l.points.is_empty()) {
+            let style = spectrum_color(line.color).stroke_width(2);
+            // Points below the axis floor are clipped to it rather than drawn off the panel.
+            let points: Vec<(f64, f64)> = line.points.iter().map(|&(x, y)| (x, y.max(min_share * 0.8))).collect();
+            if line.dashed {
+                chart.draw_series(DashedLineSeries::new(points, 6, 4, style)).map_err(err)?;
+            } else {
+                chart.draw_series(LineSeries::new(points, style)).map_err(err)?;
+            }
+        }
+    }
+    // The legend, in the first panel's lower left: the solid lines' labels (the title says what
+    // dashed means), each once.
+    let labels: Vec<(String, usize)> =
+        distinct(lines.iter().filter(|l| !l.dashed && l.layer == layers[0]).map(|l| (l.label.clone(), l.color)));
+    let (_, h) = panels[0].dim_in_pixel();
+    for (k, (label, color)) in labels.iter().enumerate() {
+        let y = h as i32 - 50 - 18 * (labels.len() - k) as i32;
+        let style = spectrum_color(*color).stroke_width(3);
+        panels[0].draw(&PathElement::new(vec![(75, y), (100, y)], style)).map_err(err)?;
+        panels[0].draw(&Text::new(label.clone(), (106, y - 7), ("sans-serif", 13))).map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
 }
