@@ -102,13 +102,8 @@ pub fn features_text(corr: &[Row], features: Option<&[FeatureRow]>) -> Result<St
     if !sub.is_empty() {
         let sub: Vec<Row> = sub.into_iter().cloned().collect();
         let weights = distinct(sub.iter().map(|r| r.weights.clone()));
-        let shown: Vec<&String> = weights
-            .iter()
-            .filter(|w| {
-                !w.starts_with("pretrained@")
-                    || Some(*w) == weights.iter().filter(|w| w.starts_with("pretrained@")).last()
-            })
-            .collect();
+        // A series' rows are those of the steps the report shows (first, middle, last).
+        let shown: Vec<&String> = weights.iter().collect();
         out.push_str(&wrap(
             "\nSubspace agreement (subspace-4): how much of the NFM's top-4 eigenspace the AGOP's top-4 eigenspace \
              holds, ‖U₄ᵀV₄‖²/4 (1: the same directions; about 4/d for unrelated ones; heads: median):\n",
