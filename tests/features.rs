@@ -225,6 +225,32 @@ fn embedding_readout_scores_are_cosines_with_the_normalised_embeddings() {
         let scores: Vec<f64> = got.iter().map(|r| r.score.unwrap()).collect();
         let signs: Vec<&str> = got.iter().map(|r| r.sign.as_deref().unwrap()).collect();
         assert_eq!(tokens.len(), 10, "{}: 5 tokens per sign", md.name());
+        // The logit lens of the same (oriented) vector: g = γ_f ⊙ (u ⊘ γ), unit length, scored
+        // against every row of the tied unembedding.
+        let gf = vec1(&m.params.ln_f.weight);
+        let mut g: Vec<f64> = (0..u.nrows()).map(|j| best.signum() * u[(j, 0)] / g[j] * gf[j]).collect();
+        let len = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+        g.iter_mut().for_each(|x| *x /= len);
+        let mut lens: Vec<(u32, f64)> =
+            (0..wte.nrows()).map(|t| (t as u32, (0..wte.ncols()).map(|j| wte[(t, j)] * g[j]).sum::<f64>())).collect();
+        lens.sort_by(|x, y| y.1.total_cmp(&x.1));
+        let mut lens_rows: Vec<Row> = rows_of(&df)
+            .into_iter()
+            .filter(|r| {
+                r.layer == md.layer as u32
+                    && r.module == md.short
+                    && r.source == "agop"
+                    && r.rank == 1
+                    && r.readout.as_deref() == Some("logit-lens")
+            })
+            .collect();
+        lens_rows.sort_by_key(|r| (r.sign.clone(), r.position));
+        assert_eq!(lens_rows.len(), 10);
+        for (i, r) in lens_rows.iter().enumerate() {
+            let (wt, ws) = if i < 5 { lens[i] } else { lens[lens.len() - 1 - (i - 5)] };
+            assert_eq!(r.token, Some(wt), "{} logit lens #{i}", md.name());
+            assert!((r.score.unwrap() - ws).abs() < 1e-9, "{} logit lens #{i}: {:?} vs {ws}", md.name(), r.score);
+        }
         for (i, ((t, s), sign)) in tokens.iter().zip(&scores).zip(&signs).enumerate() {
             let (wt, ws) = if *sign == "+" { want[i] } else { want[want.len() - 1 - (i - 5)] };
             assert_eq!(*t, wt, "{} {sign} #{}: token", md.name(), i % 5 + 1);
