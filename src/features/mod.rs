@@ -240,7 +240,32 @@ fn run_features(
                 None => None,
             };
             let h = norm.as_ref().map(|n| normalized_embeddings(&embedding, n));
-            for &i in &members {
+            // One product per LayerNorm for all its modules' vectors: the columns of (member,
+            // source) in order, `top` (or fewer) each.
+            let ks: Vec<[usize; 2]> =
+                members.iter().map(|&i| [0, 1].map(|s| opts.top.min(eigens[i][s].vectors.ncols()))).collect();
+            let scores = match (&h, &norm) {
+                (Some(h), Some(norm)) => {
+                    let n: usize = ks.iter().flatten().sum();
+                    let mut u = Mat::zeros(h.ncols(), n);
+                    let mut c = 0;
+                    for (j, &i) in members.iter().enumerate() {
+                        for s in 0..2 {
+                            for r in 0..ks[j][s] {
+                                u.col_mut(c).copy_from(eigens[i][s].vectors.col(r));
+                                c += 1;
+                            }
+                        }
+                    }
+                    let mut emb = h * &u; // V × n cosines
+                    orient(&mut u, Some(&mut emb));
+                    let logit = &unembedding * logit_directions(&u, norm, &final_gain); // V × n
+                    Some((emb, logit))
+                }
+                _ => None,
+            };
+            let mut offset = 0;
+            for (j, &i) in members.iter().enumerate() {
                 let m = in_layer[i];
                 for (source, eig) in ["agop", "nfm"].into_iter().zip(&eigens[i]) {
                     let total: f64 = eig.values.iter().sum();
@@ -266,18 +291,14 @@ fn run_features(
                     for r in 0..opts.spectrum.min(eig.values.len()) {
                         rows.push(row(r));
                     }
-                    let k = opts.top.min(eig.vectors.ncols());
-                    let mut u = eig.vectors.subcols(0, k).to_owned();
-                    let (Some(h), Some(norm)) = (&h, &norm) else {
-                        vectors.insert((m.name(), source), eig.vectors.clone());
-                        continue;
-                    };
-                    let mut emb = h * &u; // V × k cosines
-                    orient(&mut u, Some(&mut emb));
-                    let logit = &unembedding * logit_directions(&u, norm, &final_gain); // V × k
-                    for (readout, scores) in [("embedding", &emb), ("logit-lens", &logit)] {
-                        for r in 0..k {
-                            let col: Vec<f64> = (0..scores.nrows()).map(|t| scores[(t, r)]).collect();
+                    vectors.insert((m.name(), source), eig.vectors.clone());
+                    let Some((emb, logit)) = &scores else { continue };
+                    let k = ks[j][if source == "agop" { 0 } else { 1 }];
+                    let cols = offset..offset + k;
+                    offset += k;
+                    for (readout, scores) in [("embedding", emb), ("logit-lens", logit)] {
+                        for (r, c) in cols.clone().enumerate() {
+                            let col: Vec<f64> = scores.col(c).iter().copied().collect();
                             let neg: Vec<f64> = col.iter().map(|x| -x).collect();
                             for (sign, list, s) in [("+", &col, 1.0), ("-", &neg, -1.0)] {
                                 for (pos, (tok, score)) in top_tokens(list, opts.tokens).into_iter().enumerate() {
@@ -294,7 +315,6 @@ fn run_features(
                             }
                         }
                     }
-                    vectors.insert((m.name(), source), eig.vectors.clone());
                 }
             }
         }
