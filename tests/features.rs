@@ -350,3 +350,64 @@ fn spectrum_rows_are_the_dense_spectrum() {
         }
     }
 }
+
+/// A two-checkpoint "series" (the fixture's exact GOP at step 0, the same with layer 1's MLP-input
+/// AGOP planted rank one at step 10): feature-overlap.parquet's k = 1 row of that module is the
+/// squared cosine between the two leading eigenvectors, computed densely; every other module,
+/// unchanged, overlaps 1.
+#[test]
+fn overlap_between_checkpoints_is_the_squared_cosine_of_their_eigenvectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = fixture();
+    let (p0, p1) = (tmp.path().join("g0.safetensors"), tmp.path().join("g1.safetensors"));
+    let gop = exact_gop(&m, &p0);
+    let md = all_modules(&m.cfg).into_iter().find(|md| md.layer == 1 && md.role == Role::MlpIn).unwrap();
+    let wte = agop::math::linalg::from_tensor(&m.params.wte).unwrap();
+    let ln = &m.params.blocks[1].ln_2;
+    let e: Vec<f64> = (0..wte.ncols()).map(|j| wte[(5, j)]).collect();
+    let h = layer_norm(&e, &vec1(&ln.weight), &vec1(&ln.bias), m.cfg.layer_norm_epsilon);
+    let d = h.len();
+    let mut planted = gop.clone();
+    planted.sums.insert(md.gop_tensor(), (d, (0..d * d).map(|k| h[k / d] * h[k % d]).collect()));
+    planted.save(&p1).unwrap();
+    let model = ResolvedModel::local(&fixture_model()).unwrap();
+    let sources =
+        vec![Source { model: model.clone(), gop: p0, step: Some(0) }, Source { model, gop: p1, step: Some(10) }];
+    let out = tmp.path().join("features.parquet");
+    features::features_sources(&sources, &out, &FeatureOptions::default(), &correlate::RunContext::default()).unwrap();
+    let o = agop::util::parquet::read_parquet(&features::overlap_path(&out)).unwrap();
+    let (_, a) = dense_nfm_agop(&m, &gop, &md);
+    let (_, u) = dense_eigen(&a);
+    let hn = h.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let cos: f64 = (0..d).map(|j| u[(j, 0)] * h[j] / hn).sum();
+    let col_u = |n: &str| o.column(n).unwrap().u32().unwrap().iter().collect::<Vec<_>>();
+    let col_s =
+        |n: &str| o.column(n).unwrap().str().unwrap().iter().map(|x| x.unwrap().to_string()).collect::<Vec<_>>();
+    let (layer, k, head) = (col_u("layer"), col_u("k"), col_u("head"));
+    let (module, source) = (col_s("module"), col_s("source"));
+    let value: Vec<Option<f64>> = o.column("value").unwrap().f64().unwrap().iter().collect();
+    let steps: Vec<Option<u64>> = o.column("step_to").unwrap().u64().unwrap().iter().collect();
+    assert!(steps.iter().all(|s| *s == Some(10)));
+    let mut found = false;
+    for i in 0..o.height() {
+        let planted_row = layer[i] == Some(1) && module[i] == md.short && head[i].is_none();
+        if planted_row && source[i] == "agop" && k[i] == Some(1) {
+            let v = value[i].unwrap();
+            assert!((v - cos * cos).abs() < 1e-9, "overlap {v} vs squared cosine {}", cos * cos);
+            found = true;
+        } else if !(planted_row && source[i] == "agop") {
+            // Unchanged matrices: the same eigenspaces (where they are determined).
+            if let Some(v) = value[i] {
+                assert!((0.0..=1.0 + 1e-9).contains(&v));
+            }
+        }
+    }
+    assert!(found, "no overlap row for the planted module");
+    // The NFM is the same weights at both steps: its overlap is 1 for every module and k.
+    for i in 0..o.height() {
+        if source[i] == "nfm" {
+            let v = value[i].unwrap();
+            assert!((v - 1.0).abs() < 1e-9, "NFM overlap {v} at row {i}");
+        }
+    }
+}

@@ -166,6 +166,67 @@ pub fn features_text(corr: &[Row], features: Option<&[FeatureRow]>) -> Result<St
     Ok(out)
 }
 
+/// How far the AGOP's top-4 eigenspaces move between consecutive checkpoints of a series
+/// (feature-overlap.parquet beside the table; empty text without one): per pair of steps, the
+/// median over the whole matrices and the one that moved most.
+pub fn overlap_text(path: &Path) -> Result<String> {
+    if !path.is_file() {
+        return Ok(String::new());
+    }
+    let df = crate::util::parquet::read_parquet(path)?;
+    let wrong = |n: &str| bad!("{}: no column `{n}` of the right type (not an agop overlap table?)", path.display());
+    let u32s = |n: &str| -> Result<Vec<Option<u32>>> {
+        Ok(df.column(n).map_err(|_| wrong(n))?.u32().map_err(|_| wrong(n))?.iter().collect())
+    };
+    let u64s = |n: &str| -> Result<Vec<Option<u64>>> {
+        Ok(df.column(n).map_err(|_| wrong(n))?.u64().map_err(|_| wrong(n))?.iter().collect())
+    };
+    let strs = |n: &str| -> Result<Vec<Option<String>>> {
+        Ok(df
+            .column(n)
+            .map_err(|_| wrong(n))?
+            .str()
+            .map_err(|_| wrong(n))?
+            .iter()
+            .map(|x| x.map(String::from))
+            .collect())
+    };
+    let (layer, head, k) = (u32s("layer")?, u32s("head")?, u32s("k")?);
+    let (from, to) = (u64s("step_from")?, u64s("step_to")?);
+    let (module, source) = (strs("module")?, strs("source")?);
+    let value: Vec<Option<f64>> =
+        df.column("value").map_err(|_| wrong("value"))?.f64().map_err(|_| wrong("value"))?.iter().collect();
+    let pick: Vec<usize> = (0..df.height())
+        .filter(|&i| source[i].as_deref() == Some("agop") && k[i] == Some(4) && head[i].is_none() && value[i].is_some())
+        .collect();
+    if pick.is_empty() {
+        return Ok(String::new());
+    }
+    let mut out = wrap(
+        "\nFeature drift: how much of each whole matrix's AGOP top-4 eigenspace stays from one checkpoint to the \
+         next (mean squared cosine of the principal angles; 1: unchanged; feature-overlap.parquet has every k, the \
+         heads and the NFM):\n",
+        TEXT_WIDTH,
+    );
+    for pair in distinct(pick.iter().map(|&i| (from[i], to[i]))) {
+        let rows: Vec<usize> = pick.iter().copied().filter(|&i| (from[i], to[i]) == pair).collect();
+        let median = super::median(rows.iter().map(|&i| value[i].unwrap_or(f64::NAN)).collect());
+        let low = rows.iter().copied().min_by(|&a, &b| value[a].unwrap_or(1.0).total_cmp(&value[b].unwrap_or(1.0)));
+        let (a, b) = (pair.0.unwrap_or(0), pair.1.unwrap_or(0));
+        match low {
+            Some(i) => writeln!(
+                out,
+                "  step {a:>7} → {b:<7} median {median:.3}, lowest {:.3} (layer {} {})",
+                value[i].unwrap_or(f64::NAN),
+                layer[i].unwrap_or(0),
+                module[i].as_deref().unwrap_or("")
+            )?,
+            None => writeln!(out, "  step {a:>7} → {b:<7} median {median:.3}")?,
+        }
+    }
+    Ok(out)
+}
+
 /// The spectrum plots: AGOP eigenvalue share against rank per layer for the whole modules,
 /// pretrained (solid) against random-init (dashed); for a series, the MLP input's across steps.
 pub fn spectrum_plots(features: &[FeatureRow], dir: &Path) -> Result<Vec<PathBuf>> {

@@ -202,6 +202,7 @@ pub fn report(path: &Path) -> Result<String> {
     }
     let feats = features::read_features(&dir.join("features.parquet"))?;
     text.push_str(&features::features_text(&rows, feats.as_deref())?);
+    text.push_str(&features::overlap_text(&dir.join("feature-overlap.parquet"))?);
     let mut written = plots::write_all(&rows, &fact, &contrast_nfa, &dir.join("plots"))?;
     if let Some(f) = &feats {
         written.extend(features::spectrum_plots(f, &dir.join("plots"))?);
