@@ -223,11 +223,40 @@ fn a_neox_checkpoint_measures_and_correlates_end_to_end() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(pairs, want);
-    // 2 weights × 2 layers × (4 + 3·4 heads) modules × (2 powers × 2 metrics NFA + 4 FACT).
-    assert_eq!(df.height(), 2 * 2 * 16 * (4 + 4));
+    // 2 weights × 2 layers × (4 + 3·4 heads) modules × (2 powers × 2 metrics NFA + 4 FACT), and
+    // the subspace rows: k ∈ {1, 4, 16} below the whole matrices' rank 32, {1, 4} below a head's 8.
+    assert_eq!(df.height(), 2 * 2 * 16 * (4 + 4) + 2 * 2 * (4 * 3 + 12 * 2));
     let values = df.column("value").unwrap().f64().unwrap();
     assert!(values.iter().flatten().all(|v| v.is_finite() && (-1.0..=1.0).contains(&v)));
     assert!(tmp.path().join("contrasts.parquet").is_file());
+    // Features: NeoX's LayerNorms feed the read-outs of the fused projection, the heads and the
+    // MLP input; the other two modules get spectra only.
+    let feats = tmp.path().join("features.parquet");
+    let o = agop(&[
+        "features",
+        "--model",
+        dir.to_str().unwrap(),
+        "--gop",
+        gops[0].to_str().unwrap(),
+        "--gop",
+        gops[1].to_str().unwrap(),
+        "--out",
+        feats.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = agop::util::parquet::read_parquet(&feats).unwrap();
+    let fcol = |c: &str| -> Vec<Option<String>> {
+        f.column(c).unwrap().str().unwrap().iter().map(|x| x.map(String::from)).collect()
+    };
+    let (fmod, fread) = (fcol("module"), fcol("readout"));
+    let read: std::collections::BTreeSet<String> =
+        fmod.iter().zip(&fread).filter(|(_, r)| r.is_some()).map(|(m, _)| m.clone().unwrap()).collect();
+    let want: std::collections::BTreeSet<String> =
+        ["attention.query_key_value", "attention.q", "attention.k", "attention.v", "mlp.dense_h_to_4h"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    assert_eq!(read, want);
     let o = agop(&["report", corr.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
