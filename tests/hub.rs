@@ -515,17 +515,20 @@ fn checkpoint_series_from_hub_branches() {
     let col_s = |n: &str| -> Vec<Option<String>> {
         df.column(n).unwrap().str().unwrap().iter().map(|x| x.map(String::from)).collect()
     };
-    let (weights, nfm, revision) = (col_s("weights"), col_s("nfm"), col_s("revision"));
+    let (weights, nfm, revision, metric) = (col_s("weights"), col_s("nfm"), col_s("revision"), col_s("metric"));
     let step: Vec<Option<u64>> = df.column("step").unwrap().u64().unwrap().iter().collect();
     let value: Vec<Option<f64>> = df.column("value").unwrap().f64().unwrap().iter().collect();
     let n = df.height();
     let count = |f: &dyn Fn(usize) -> bool| (0..n).filter(|&i| f(i)).count();
-    // Per checkpoint: gram and delta-gram rows; random-init once, gram only, no step.
+    // Per checkpoint: gram and delta-gram rows (delta-gram without the subspace rows, which are
+    // the NFM's only); random-init once, gram only, no step.
     let per = count(&|i| weights[i].as_deref() == Some("random-init"));
-    assert!(per > 0);
+    let subspace = |i: usize| metric[i].as_deref().is_some_and(|m| m.starts_with("subspace-"));
+    let per_delta = count(&|i| weights[i].as_deref() == Some("random-init") && !subspace(i));
+    assert!(per > per_delta && per_delta > 0);
     for s in [10u64, 200] {
         assert_eq!(count(&|i| step[i] == Some(s) && nfm[i].as_deref() == Some("gram")), per);
-        assert_eq!(count(&|i| step[i] == Some(s) && nfm[i].as_deref() == Some("delta-gram")), per);
+        assert_eq!(count(&|i| step[i] == Some(s) && nfm[i].as_deref() == Some("delta-gram")), per_delta);
         let want = branch_commit(&format!("checkpoint-{s}"));
         assert!((0..n).filter(|&i| step[i] == Some(s)).all(|i| revision[i].as_deref() == Some(want.as_str())));
     }

@@ -208,7 +208,7 @@ fn case4_an_undefined_correlation_is_null_with_a_reason() {
     let zero_rows = (0..df.height())
         .filter(|&i| layer.get(i) == Some(0) && module.get(i) == Some("mlp.c_proj") && value.get(i).is_none())
         .count();
-    assert_eq!(zero_rows, 4, "2 powers × 2 metrics");
+    assert_eq!(zero_rows, 4 + 3, "2 powers × 2 metrics, and subspace-1, -4 and -16 (a zero NFM has no eigenvectors)");
 }
 
 #[test]
