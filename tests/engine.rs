@@ -263,22 +263,26 @@ fn probes_depend_on_window_index_not_position() {
 fn sketch_is_independent_of_batch_and_threads_across_kernel_blocks() {
     // Width 160 spans two Gram blocks (128 + 32) and T = 80 two causal row blocks (64 + 16), so the
     // blocked paths are exercised; one probe must give bitwise-equal sums for any batch size and
-    // thread count.
+    // thread count, and so must the FACT sums (tiles of 128 × 256, and a vocabulary of 1100 that
+    // spans two blocks of the loss directions).
     let cfg: model::Gpt2Config = serde_json::from_str(
-        r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":160,"n_positions":80,"vocab_size":64}"#,
+        r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":160,"n_positions":80,"vocab_size":1100}"#,
     )
     .unwrap();
     let m = model::random_init(&cfg, 3, &Device::Cpu).unwrap();
     let windows: Vec<Window> = (0..5)
-        .map(|i| Window { index: i as u64, tokens: (0..80).map(|j| ((i * 13 + j * 7 + i * j) % 64) as u32).collect() })
+        .map(|i| Window {
+            index: i as u64,
+            tokens: (0..80).map(|j| ((i * 13 + j * 7 + i * j) % 1100) as u32).collect(),
+        })
         .collect();
     let go = |batch: usize, threads: usize| -> Gop {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let settings =
-                Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 1, seed: 9, fact: false };
+                Settings { output: Output::Logits, estimator: Estimator::Sketch, probes: 1, seed: 9, fact: true };
             let opts = MeasureOptions::new(WeightsKind::RandomInit, settings, batch);
-            let meta = GopMeta { seq_len: 80, ..meta(&m, Output::Logits, Estimator::Sketch, 1, 9) };
+            let meta = GopMeta { seq_len: 80, fact: true, ..meta(&m, Output::Logits, Estimator::Sketch, 1, 9) };
             measure::measure_model(&m, &windows, Gop::zeros(meta), &opts, None).unwrap()
         })
     };
@@ -293,5 +297,7 @@ fn sketch_is_independent_of_batch_and_threads_across_kernel_blocks() {
                 rel_frob(&other.sums[k].1, v)
             );
         }
+        assert!(!base.fact.is_empty() && base.fact.values().all(|f| f.values.iter().any(|x| *x != 0.0)));
+        assert_eq!(other.fact, base.fact, "batch {batch}, {threads} threads: FACT sums differ");
     }
 }

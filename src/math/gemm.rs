@@ -61,6 +61,40 @@ pub unsafe fn gemm_into<T: Copy + Default + 'static>(
     beta: T,
 ) {
     // dst := alpha·dst + beta·a·b with alpha = 0 (T::default()); dst is not read.
+    gemm_single(m, n, k, dst, dst_rs, false, T::default(), a, b, beta)
+}
+
+/// dst (m × n, row stride `dst_rs`) += a (m × k) · b (k × n), single-threaded.
+///
+/// # Safety
+/// The views and dst must address valid m × k, k × n and m × n matrices.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_add<T: Copy + Default + 'static + From<f32>>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    a: View<T>,
+    b: View<T>,
+) {
+    gemm_single(m, n, k, dst, dst_rs, true, T::from(1.0), a, b, T::from(1.0))
+}
+
+/// dst := alpha·dst (read only when `read`) + beta·a·b on the calling thread.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_single<T: Copy + Default + 'static>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    read: bool,
+    alpha: T,
+    a: View<T>,
+    b: View<T>,
+    beta: T,
+) {
     gemm::gemm(
         m,
         n,
@@ -68,14 +102,14 @@ pub unsafe fn gemm_into<T: Copy + Default + 'static>(
         dst,
         1,
         dst_rs as isize,
-        false,
+        read,
         a.ptr,
         a.cs,
         a.rs,
         b.ptr,
         b.cs,
         b.rs,
-        T::default(),
+        alpha,
         beta,
         false,
         false,

@@ -36,6 +36,36 @@ pub fn sym_eigen(a: &Mat<f64>) -> Result<(Vec<f64>, Mat<f64>)> {
     Ok((vals, evd.U().to_owned()))
 }
 
+/// [`sym_eigen`] on the calling thread only: the same values whatever the thread count (faer's
+/// parallel eigensolver rounds differently with a different number of threads). For what a
+/// measurement is built on (the probe factor), which must not depend on the machine's cores.
+pub fn sym_eigen_sequential(a: &Mat<f64>) -> Result<(Vec<f64>, Mat<f64>)> {
+    let prev = faer::get_global_parallelism();
+    faer::set_global_parallelism(faer::Par::Seq);
+    let out = sym_eigen(a);
+    faer::set_global_parallelism(prev);
+    out
+}
+
+/// AᵀA (c × c, row-major) of a row-major r × c matrix, in f64, split over column blocks each
+/// summed on one thread in row order: the same values whatever the thread count.
+pub fn gram_deterministic(a: &[f64], r: usize, c: usize) -> Vec<f64> {
+    use crate::math::gemm::{gemm_into, SyncPtr, View};
+    use rayon::prelude::*;
+    const BLOCK: usize = 64;
+    assert_eq!(a.len(), r * c, "gram: shape");
+    let mut out = vec![0.0; c * c];
+    let dst = SyncPtr(out.as_mut_ptr());
+    (0..c.div_ceil(BLOCK)).into_par_iter().for_each(|i| {
+        let j0 = i * BLOCK;
+        let at = View::new(a.as_ptr(), 1, c); // c × r
+        let b = View::new(a.as_ptr(), c, 1).cols(j0); // r × BLOCK
+                                                      // SAFETY: block i alone writes columns j0..j0 + BLOCK of out; the views address a.
+        unsafe { gemm_into(c, BLOCK.min(c - j0), r, dst.at(j0), c, at, b, 1.0) };
+    });
+    out
+}
+
 /// A^α for symmetric positive semi-definite A, eigenvalues clamped at 0.
 pub fn sym_power(a: &Mat<f64>, alpha: f64) -> Result<Mat<f64>> {
     let (vals, u) = sym_eigen(a)?;
@@ -62,5 +92,33 @@ fn clamp_pow(x: f64, alpha: f64) -> f64 {
         0.0
     } else {
         x.powf(alpha)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The measurement's factor at GPT-2's width: the Gram against a direct f64 sum, and both it
+    /// and the eigendecomposition bitwise equal on 1 and 3 threads (faer's default parallel
+    /// eigensolver is not, at this size).
+    #[test]
+    fn deterministic_gram_and_eigen_do_not_depend_on_threads() {
+        let (r, c) = (300, 768);
+        let a: Vec<f64> = (0..r * c).map(|i| ((i * 7919 % 1013) as f64 / 1013.0) - 0.5).collect();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let g = gram_deterministic(&a, r, c);
+                let (vals, vecs) = sym_eigen_sequential(&from_square(c, &g, 1.0)).unwrap();
+                (g, vals, to_row_major(&vecs))
+            })
+        };
+        let (one, three) = (on(1), on(3));
+        for (i, j) in [(0, 0), (5, 700), (767, 3)] {
+            let want: f64 = (0..r).map(|k| a[k * c + i] * a[k * c + j]).sum();
+            assert!((one.0[i * c + j] - want).abs() < 1e-10, "gram ({i}, {j})");
+        }
+        assert!(one == three, "the factor differs between 1 and 3 threads");
     }
 }

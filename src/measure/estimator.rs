@@ -22,7 +22,7 @@ use super::gop::Gop;
 use super::settings::{Estimator, Output, Settings};
 use crate::bail_bad;
 use crate::math::linalg;
-use crate::model::ops::matmul;
+use crate::model::ops::{loss, matmul};
 use crate::model::Network;
 use crate::tokenize::Window;
 
@@ -54,10 +54,12 @@ impl<'a, N: Network> Measurer<'a, N> {
         if settings.estimator == Estimator::Sketch && settings.probes == 0 {
             bail_bad!("--probes must be at least 1 for the sketch estimator");
         }
-        let wte = model.unembedding().to_dtype(DType::F64)?;
-        let gram = linalg::from_tensor(&wte.t()?.matmul(&wte)?)?;
-        let (vals, vecs) = linalg::sym_eigen(&gram)?;
-        let c = wte.dim(1)?;
+        // E ᵀE and its eigendecomposition computed the same way on any number of threads: every
+        // probe is drawn through this factor.
+        let wte = model.unembedding().to_dtype(DType::F64)?.to_device(&candle_core::Device::Cpu)?;
+        let (v, c) = wte.dims2()?;
+        let gram = linalg::gram_deterministic(&wte.flatten_all()?.to_vec1::<f64>()?, v, c);
+        let (vals, vecs) = linalg::sym_eigen_sequential(&linalg::from_square(c, &gram, 1.0))?;
         let max = vals.iter().cloned().fold(0.0, f64::max);
         let directions: Vec<usize> = (0..c).filter(|&i| vals[i] > max * 1e-12).collect();
         let l: Vec<f32> = (0..c)
@@ -190,41 +192,32 @@ impl<'a, N: Network> Measurer<'a, N> {
     }
 
     /// ∇ℓ_t at the ln_f output, wteᵀ(softmax(z_t) − e_{y_t}), for t < T−1; zero at t = T−1. (B, T, C).
+    /// On the CPU without holding the (B, T, V) logits ([`loss::loss_directions`]).
     fn loss_directions(&self, hidden: &Tensor, toks: &[&[u32]]) -> Result<Tensor> {
-        let unembedding = self.model.unembedding();
+        let e = self.model.unembedding();
+        let (b, t, c) = hidden.dims3()?;
+        let v = e.dim(0)?;
+        let targets: Vec<Option<u32>> =
+            toks.iter().flat_map(|w| (0..t).map(move |pos| w.get(pos + 1).copied().filter(|_| pos + 1 < t))).collect();
         if !hidden.device().is_cpu() {
-            return loss_directions_on_device(hidden, unembedding, toks);
+            return Ok(loss::loss_directions_plain(hidden, e, &targets)?);
         }
-        let (b, t, _) = hidden.dims3()?;
-        let v = unembedding.dim(0)?;
-        let probs = candle_nn::ops::softmax_last_dim(&matmul(hidden, unembedding, false, true)?)?;
-        let mut p = probs.flatten_all()?.to_vec1::<f32>()?;
-        for (bi, w) in toks.iter().enumerate() {
-            for pos in 0..t {
-                let row = &mut p[(bi * t + pos) * v..(bi * t + pos + 1) * v];
-                if pos + 1 < t {
-                    row[w[pos + 1] as usize] -= 1.0;
-                } else {
-                    row.iter_mut().for_each(|x| *x = 0.0);
-                }
+        use candle_core::{CpuStorage, Storage};
+        let (hidden, e) = (hidden.contiguous()?, e.contiguous()?);
+        let (sh, lh) = hidden.storage_and_layout();
+        let (se, le) = e.storage_and_layout();
+        let (Some((h0, h1)), Some((e0, e1))) = (lh.contiguous_offsets(), le.contiguous_offsets()) else {
+            unreachable!("made contiguous above")
+        };
+        let dev = hidden.device();
+        Ok(match (&*sh, &*se) {
+            (Storage::Cpu(CpuStorage::F32(h)), Storage::Cpu(CpuStorage::F32(e))) => {
+                Tensor::from_vec(loss::loss_directions(&h[h0..h1], &e[e0..e1], &targets, t, c, v), (b, t, c), dev)?
             }
-        }
-        let g = Tensor::from_vec(p, (b, t, v), self.model.device())?;
-        Ok(matmul(&g, unembedding, false, false)?)
+            (Storage::Cpu(CpuStorage::F64(h)), Storage::Cpu(CpuStorage::F64(e))) => {
+                Tensor::from_vec(loss::loss_directions(&h[h0..h1], &e[e0..e1], &targets, t, c, v), (b, t, c), dev)?
+            }
+            _ => anyhow::bail!("loss directions: hidden {:?} and unembedding {:?} differ", hidden.dtype(), e.dtype()),
+        })
     }
-}
-
-/// [`Measurer::loss_directions`] where the tensors live on a GPU, without copying the (B, T, V)
-/// probabilities to the host: softmax(z_t)·wte − wte[y_{t+1}], zero at the last position.
-fn loss_directions_on_device(hidden: &Tensor, unembedding: &Tensor, toks: &[&[u32]]) -> Result<Tensor> {
-    let dev = hidden.device();
-    let (b, t, c) = hidden.dims3()?;
-    let probs = candle_nn::ops::softmax_last_dim(&matmul(hidden, unembedding, false, true)?)?;
-    let expected = matmul(&probs, unembedding, false, false)?;
-    let next: Vec<u32> =
-        toks.iter().flat_map(|w| (0..t).map(move |pos| if pos + 1 < t { w[pos + 1] } else { 0 })).collect();
-    let target = unembedding.embedding(&Tensor::from_vec(next, b * t, dev)?)?.reshape((b, t, c))?;
-    let mask: Vec<f32> = (0..b * t).map(|i| if i % t + 1 < t { 1.0 } else { 0.0 }).collect();
-    let mask = Tensor::from_vec(mask, (b, t, 1), dev)?.to_dtype(hidden.dtype())?;
-    Ok((expected - target)?.broadcast_mul(&mask)?)
 }

@@ -35,57 +35,70 @@ pub fn fact_rows(m: &Module) -> std::ops::Range<usize> {
     m.offset..m.offset + m.d_out
 }
 
-/// Row blocks of this height make up one window's product (parallel tasks).
-const ROW_BLOCK: usize = 128;
+/// Tiles of this many rows × columns of G are the parallel tasks of [`add_window_cross`]: small
+/// enough that a tile's f64 sum stays in cache while the batch's windows are added to it, and
+/// that even a 768 × 768 module gives 2 × 6 × 3 tasks.
+const TILE_ROWS: usize = 128;
+const TILE_COLS: usize = 256;
 
-/// Per-window products δ_bᵀ h_b (B, d_out, d_in) of δ (B, T, d_out) and h (B, T, d_in), in the
-/// inputs' precision, window by window and row block by row block, each block one
-/// single-threaded GEMM: a window's product does not depend on its batch or the thread count.
-pub fn window_cross<T: Copy + Default + From<f32> + Send + Sync + 'static>(
+/// acc (d_out × d_in, f64) += δ_bᵀ h_b for every window b of δ (B, T, d_out) and h (B, T, d_in),
+/// in batch order. Each window's product is formed tile by tile in the inputs' precision (one
+/// single-threaded GEMM over the window's T positions per tile) and added to the tile's f64 sum
+/// at once: what a window adds does not depend on its batch or the thread count, no (B, d_out,
+/// d_in) product is ever held, and the tile's sum stays in cache across the batch's windows.
+pub fn add_window_cross<T: Copy + Default + From<f32> + Into<f64> + Send + Sync + 'static>(
+    acc: &mut [f64],
     delta: &[T],
     h: &[T],
     b: usize,
     t: usize,
     dout: usize,
     din: usize,
-) -> Vec<T> {
-    let nb = dout.div_ceil(ROW_BLOCK);
-    let tasks: Vec<(usize, usize)> = (0..b).flat_map(|w| (0..nb).map(move |i| (w, i))).collect();
-    let mut out = vec![T::default(); b * dout * din];
-    let dst = SyncPtr(out.as_mut_ptr());
+) {
+    assert_eq!(acc.len(), dout * din, "FACT sum of the wrong size");
+    let tiles: Vec<(usize, usize)> = (0..dout.div_ceil(TILE_ROWS))
+        .flat_map(|i| (0..din.div_ceil(TILE_COLS)).map(move |j| (i * TILE_ROWS, j * TILE_COLS)))
+        .collect();
+    let dst = SyncPtr(acc.as_mut_ptr());
     let one = T::from(1.0);
-    tasks.into_par_iter().for_each(|(w, bi)| {
-        let r0 = bi * ROW_BLOCK;
-        let rows = ROW_BLOCK.min(dout - r0);
-        let d = &delta[w * t * dout..(w + 1) * t * dout];
-        let x = &h[w * t * din..(w + 1) * t * din];
-        let a = View::new(d[r0..].as_ptr(), 1, dout); // (rows × T): columns r0.. of δ, transposed
-        let bv = View::new(x.as_ptr(), din, 1); // (T × d_in)
-                                                // SAFETY: task (w, bi) alone writes rows r0..r0+rows of window w's product.
-        unsafe { gemm_into(rows, din, t, dst.at(w * dout * din + r0 * din), din, a, bv, one) };
+    tiles.into_par_iter().for_each(|(r0, c0)| {
+        let (rows, cols) = (TILE_ROWS.min(dout - r0), TILE_COLS.min(din - c0));
+        let mut tile = vec![T::default(); rows * cols];
+        for w in 0..b {
+            let d = &delta[w * t * dout..(w + 1) * t * dout];
+            let x = &h[w * t * din..(w + 1) * t * din];
+            let a = View::new(d[r0..].as_ptr(), 1, dout); // (rows × T): columns r0.. of δ, transposed
+            let bv = View::new(x[c0..].as_ptr(), din, 1); // (T × cols): columns c0.. of h
+                                                          // SAFETY: the views address T rows of window w; `tile` is rows × cols.
+            unsafe { gemm_into(rows, cols, t, tile.as_mut_ptr(), cols, a, bv, one) };
+            for (r, src) in tile.chunks_exact(cols).enumerate() {
+                // SAFETY: task (r0, c0) alone touches rows r0.. × columns c0.. of acc.
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.at((r0 + r) * din + c0), cols) };
+                row.iter_mut().zip(src).for_each(|(a, &v)| *a += v.into());
+            }
+        }
     });
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Row-blocked products against a direct f64 sum, for a height that is not a multiple of the
-    /// block; and the head rows of c_attn.
+    /// Tiled, window-by-window sums against a direct f64 sum, for sizes that are not multiples of
+    /// the tile; and the head rows of c_attn.
     #[test]
     fn window_cross_matches_direct_sums() {
-        let (b, t, dout, din) = (3, 5, ROW_BLOCK + 37, 19);
+        let (b, t, dout, din) = (3, 5, TILE_ROWS + 37, TILE_COLS + 19);
         let d: Vec<f64> = (0..b * t * dout).map(|i| ((i * 7919 % 1013) as f64 / 1013.0) - 0.5).collect();
         let h: Vec<f64> = (0..b * t * din).map(|i| ((i * 31 % 97) as f64 / 97.0) - 0.5).collect();
-        let g = window_cross(&d, &h, b, t, dout, din);
-        for w in 0..b {
-            for i in 0..dout {
-                for j in 0..din {
-                    let want: f64 = (0..t).map(|s| d[(w * t + s) * dout + i] * h[(w * t + s) * din + j]).sum();
-                    let got = g[(w * dout + i) * din + j];
-                    assert!((got - want).abs() < 1e-12, "window {w} ({i}, {j}): {got} vs {want}");
-                }
+        let start: Vec<f64> = (0..dout * din).map(|i| i as f64 * 1e-3).collect();
+        let mut g = start.clone();
+        add_window_cross(&mut g, &d, &h, b, t, dout, din);
+        for i in 0..dout {
+            for j in 0..din {
+                let want: f64 = start[i * din + j] + (0..b * t).map(|s| d[s * dout + i] * h[s * din + j]).sum::<f64>();
+                let got = g[i * din + j];
+                assert!((got - want).abs() < 1e-12, "({i}, {j}): {got} vs {want}");
             }
         }
         let cfg: crate::model::Gpt2Config =

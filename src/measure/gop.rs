@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::fact::{fact_modules, fact_tensor, window_cross};
+use super::fact::{add_window_cross, fact_modules, fact_tensor};
 use super::settings::{Estimator, Output};
 use crate::math::gemm::{gemm_into, SyncPtr, View};
 use crate::model::{Grad, ModelConfig, Module, WeightGrad, WeightsKind};
@@ -194,8 +194,8 @@ impl Gop {
             match g {
                 Grad::Module(m, grad) => {
                     let (b, t, d) = grad.dims3()?;
-                    let grams = with_f32(grad, |x| window_grams(x, b, t, d))?;
-                    add_windows(self.acc(m, d)?, &grams, b, d * d, 0, scale);
+                    let acc = self.acc(m, d)?;
+                    with_f32(grad, |x| add_window_grams(acc, x, b, t, d, scale))?;
                 }
                 Grad::Packed { modules, width, tensor } => {
                     // Column blocks of width w read in place from (B, T, n·w).
@@ -237,10 +237,7 @@ impl Gop {
                 continue;
             }
             let acc = &mut self.fact.get_mut(&name).expect("checked above").values;
-            match cross_products(&g.delta.contiguous()?, &g.operand.contiguous()?, b, t, dout, din)? {
-                Products::F32(p) => add_windows(acc, &p, b, dout * din, 0, 1.0),
-                Products::F64(p) => add_windows(acc, &p, b, dout * din, 0, 1.0),
-            }
+            add_cross(acc, &g.delta.contiguous()?, &g.operand.contiguous()?, b, t, dout, din)?;
         }
         Ok(())
     }
@@ -462,35 +459,44 @@ fn f64_bytes(v: &[f64]) -> &[u8] {
 /// diagonal are multiplied.
 const GRAM_BLOCK: usize = 128;
 
-/// Per-window Grams Gᵀ G (B, d, d) of gradients G (B, T, d), in f32, window by window. The
+/// acc (d × d, f64) += scale · G_bᵀ G_b for every window b of gradients G (B, T, d), in batch
+/// order. Each window's Gram is formed in f32, square block by block (one single-threaded GEMM
+/// over the window's T positions per block), and added to the block's f64 sum at once. The
 /// product is symmetric, so only the blocks on and below the diagonal go through the GEMM (21 of
-/// 36 for d = 768) and the rest is mirrored: the result is exactly symmetric and each window's
-/// Gram is computed the same way whatever its batch or the thread count.
-pub fn window_grams(g: &[f32], b: usize, t: usize, d: usize) -> Vec<f32> {
+/// 36 for d = 768) and each value is added to both its places: the sum is exactly symmetric,
+/// what a window adds does not depend on its batch or the thread count, and no (B, d, d) Grams
+/// are ever held.
+pub fn add_window_grams(acc: &mut [f64], g: &[f32], b: usize, t: usize, d: usize, scale: f64) {
+    assert_eq!(acc.len(), d * d, "Gram sum of the wrong size");
     let nb = d.div_ceil(GRAM_BLOCK);
-    let pairs: Vec<(usize, usize, usize)> =
-        (0..b).flat_map(|w| (0..nb).flat_map(move |i| (0..=i).map(move |j| (w, i, j)))).collect();
-    let mut out = vec![0f32; b * d * d];
-    let dst = SyncPtr(out.as_mut_ptr());
-    pairs.into_par_iter().for_each(|(w, bi, bj)| {
+    let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|i| (0..=i).map(move |j| (i, j))).collect();
+    let dst = SyncPtr(acc.as_mut_ptr());
+    pairs.into_par_iter().for_each(|(bi, bj)| {
         let (i0, j0) = (bi * GRAM_BLOCK, bj * GRAM_BLOCK);
         let (mi, nj) = (GRAM_BLOCK.min(d - i0), GRAM_BLOCK.min(d - j0));
-        let x = &g[w * t * d..(w + 1) * t * d];
-        let a = View::new(x[i0..].as_ptr(), 1, d); // (mi × T): columns i0.. of G, transposed
-        let bv = View::new(x[j0..].as_ptr(), d, 1); // (T × nj): columns j0.. of G
-        let base = w * d * d;
-        // SAFETY: task (w, bi, bj) alone writes block (bi, bj) of window w and its mirror (bj, bi).
-        unsafe {
-            gemm_into(mi, nj, t, dst.at(base + i0 * d + j0), d, a, bv, 1.0);
-            for r in 0..mi {
-                let cols = if bi == bj { r } else { nj };
-                for cc in 0..cols {
-                    *dst.at(base + (j0 + cc) * d + i0 + r) = *dst.at(base + (i0 + r) * d + j0 + cc);
+        let mut block = vec![0f32; mi * nj];
+        for w in 0..b {
+            let x = &g[w * t * d..(w + 1) * t * d];
+            let a = View::new(x[i0..].as_ptr(), 1, d); // (mi × T): columns i0.. of G, transposed
+            let bv = View::new(x[j0..].as_ptr(), d, 1); // (T × nj): columns j0.. of G
+                                                        // SAFETY: the views address window w's T rows; `block` is mi × nj. Task (bi, bj)
+                                                        // alone touches block (bi, bj) of acc and its mirror (bj, bi).
+            unsafe {
+                gemm_into(mi, nj, t, block.as_mut_ptr(), nj, a, bv, 1.0);
+                for r in 0..mi {
+                    // A diagonal block's lower triangle stands for both halves.
+                    let cols = if bi == bj { r + 1 } else { nj };
+                    for c in 0..cols {
+                        let v = scale * block[r * nj + c] as f64;
+                        *dst.at((i0 + r) * d + j0 + c) += v;
+                        if bi != bj || c != r {
+                            *dst.at((j0 + c) * d + i0 + r) += v;
+                        }
+                    }
                 }
             }
         }
     });
-    out
 }
 
 /// Per-window Grams of the (T × hs) column blocks of a packed (B, T, n·hs) gradient (per-head
@@ -542,40 +548,37 @@ fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R
     }
 }
 
-/// Per-window products of a FACT pair, in the precision the model computed in.
-enum Products {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
-/// [`window_cross`] of contiguous host tensors δ (B, T, d_out) and h (B, T, d_in).
-fn cross_products(
+/// [`add_window_cross`] of contiguous host tensors δ (B, T, d_out) and h (B, T, d_in), in the
+/// precision the model computed in (f32, or f64 for the finite-difference tests).
+fn add_cross(
+    acc: &mut [f64],
     delta: &candle_core::Tensor,
     h: &candle_core::Tensor,
     b: usize,
     t: usize,
     dout: usize,
     din: usize,
-) -> Result<Products> {
+) -> Result<()> {
     use candle_core::{CpuStorage, Storage};
     let (sd, ld) = delta.storage_and_layout();
     let (sh, lh) = h.storage_and_layout();
     let (Some((d0, d1)), Some((h0, h1))) = (ld.contiguous_offsets(), lh.contiguous_offsets()) else {
         bail!("FACT sums: expected contiguous tensors");
     };
-    Ok(match (&*sd, &*sh) {
+    match (&*sd, &*sh) {
         (Storage::Cpu(CpuStorage::F32(d)), Storage::Cpu(CpuStorage::F32(x))) => {
-            Products::F32(window_cross(&d[d0..d1], &x[h0..h1], b, t, dout, din))
+            add_window_cross(acc, &d[d0..d1], &x[h0..h1], b, t, dout, din)
         }
         (Storage::Cpu(CpuStorage::F64(d)), Storage::Cpu(CpuStorage::F64(x))) => {
-            Products::F64(window_cross(&d[d0..d1], &x[h0..h1], b, t, dout, din))
+            add_window_cross(acc, &d[d0..d1], &x[h0..h1], b, t, dout, din)
         }
         _ => bail!(
             "FACT sums: expected F32 or F64 tensors in host memory, got {:?} on {:?}",
             delta.dtype(),
             delta.device()
         ),
-    })
+    }
+    Ok(())
 }
 
 /// Sorted, merged half-open ranges from a list of window indices.
@@ -652,16 +655,15 @@ mod tests {
     fn window_grams_match_direct_sums() {
         let (b, t, d) = (2, 7, 2 * GRAM_BLOCK + 44);
         let g: Vec<f32> = (0..b * t * d).map(|i| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5).collect();
-        let grams = window_grams(&g, b, t, d);
+        let mut grams = vec![0.0; d * d];
+        add_window_grams(&mut grams, &g, b, t, d, 0.5);
         let mut worst = 0f64;
-        for w in 0..b {
-            for i in 0..d {
-                for j in 0..d {
-                    let want: f64 = (0..t).map(|s| g[(w * t + s) * d + i] as f64 * g[(w * t + s) * d + j] as f64).sum();
-                    let got = grams[w * d * d + i * d + j];
-                    worst = worst.max((got as f64 - want).abs());
-                    assert_eq!(got, grams[w * d * d + j * d + i], "not symmetric at ({i}, {j})");
-                }
+        for i in 0..d {
+            for j in 0..d {
+                let want: f64 = 0.5 * (0..b * t).map(|s| g[s * d + i] as f64 * g[s * d + j] as f64).sum::<f64>();
+                let got = grams[i * d + j];
+                worst = worst.max((got - want).abs());
+                assert_eq!(got, grams[j * d + i], "not symmetric at ({i}, {j})");
             }
         }
         assert!(worst < 1e-5, "worst error {worst}");

@@ -123,6 +123,111 @@ pub fn cross_entropy_plain(z: &Tensor, targets: &Tensor) -> Result<Tensor> {
     (lse - picked)?.squeeze(1)? * valid
 }
 
+/// Rows of a window that make one task of [`loss_directions`], and vocabulary entries per block.
+const DIR_ROWS: usize = 128;
+const DIR_VOCAB: usize = 1024;
+
+/// The gradient of each next-token loss ℓ_t at the final hidden state h_t (the ln_f output):
+/// Eᵀ(softmax(E h_t) − e_{y_t}) = Σ_j p_j E_j − E_{y_t}, for hidden (B·T, C) row-major, E (V, C)
+/// and `targets` (B·T; None at a window's last position, whose row is zero).
+///
+/// The (B, T, V) logits are never held: each task (128 rows of one window) runs over the
+/// vocabulary in blocks of 1024, making the block's logits (one GEMM), their exponentials
+/// against a running row maximum (rescaling what was summed when the maximum grows, as online
+/// softmax does), and adding p·E_block to the row sums (a second GEMM). The tasks' shapes depend
+/// only on T, so a window's rows do not depend on its batch or the thread count.
+/// [`loss_directions_plain`] is the same function in candle's ops.
+pub fn loss_directions<T: Real + From<f32>>(
+    hidden: &[T],
+    e: &[T],
+    targets: &[Option<u32>],
+    t: usize,
+    c: usize,
+    v: usize,
+) -> Vec<T> {
+    use crate::math::gemm::{gemm_add, gemm_into, SyncPtr, View};
+    let n_rows = targets.len();
+    assert!(
+        hidden.len() == n_rows * c && e.len() == v * c && t > 0 && n_rows.is_multiple_of(t),
+        "loss directions: shapes"
+    );
+    let tasks: Vec<usize> = (0..n_rows / t).flat_map(|w| (0..t).step_by(DIR_ROWS).map(move |r| w * t + r)).collect();
+    let mut out = vec![T::default(); n_rows * c];
+    let dst = SyncPtr(out.as_mut_ptr());
+    tasks.into_par_iter().for_each(|g0| {
+        let n = DIR_ROWS.min(t - g0 % t);
+        // SAFETY: task g0 alone writes rows g0..g0 + n.
+        let acc = unsafe { std::slice::from_raw_parts_mut(dst.at(g0 * c), n * c) };
+        let h = View::new(hidden[g0 * c..].as_ptr(), c, 1); // (n × C)
+        let mut z = vec![T::default(); n * DIR_VOCAB];
+        let mut max = vec![f64::NEG_INFINITY; n];
+        let mut sum = vec![0f64; n];
+        for v0 in (0..v).step_by(DIR_VOCAB) {
+            let nv = DIR_VOCAB.min(v - v0);
+            let eb = &e[v0 * c..(v0 + nv) * c];
+            // SAFETY: z holds n × nv; E's rows v0.. transposed are C × nv.
+            unsafe { gemm_into(n, nv, c, z.as_mut_ptr(), nv, h, View::new(eb.as_ptr(), 1, c), <T as Real>::from(1.0)) };
+            for r in 0..n {
+                let row = &mut z[r * nv..(r + 1) * nv];
+                let m = row.iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.to()));
+                if m > max[r] {
+                    let f = (max[r] - m).exp();
+                    sum[r] *= f;
+                    let ft = <T as Real>::from(f);
+                    acc[r * c..(r + 1) * c].iter_mut().for_each(|a| *a = *a * ft);
+                    max[r] = m;
+                }
+                let mt = <T as Real>::from(max[r]);
+                let mut lanes = [T::default(); 8];
+                let mut chunks = row.chunks_exact_mut(8);
+                for ch in &mut chunks {
+                    for k in 0..8 {
+                        ch[k] = (ch[k] - mt).exp_();
+                        lanes[k] = lanes[k] + ch[k];
+                    }
+                }
+                let mut rest = 0f64;
+                for x in chunks.into_remainder() {
+                    *x = (*x - mt).exp_();
+                    rest += x.to();
+                }
+                sum[r] += lanes.iter().map(|x| x.to()).sum::<f64>() + rest;
+            }
+            // SAFETY: acc is n × C; z is n × nv; the block of E is nv × C.
+            unsafe {
+                gemm_add(n, c, nv, acc.as_mut_ptr(), c, View::new(z.as_ptr(), nv, 1), View::new(eb.as_ptr(), c, 1))
+            };
+        }
+        for r in 0..n {
+            let row = &mut acc[r * c..(r + 1) * c];
+            match targets[g0 + r] {
+                Some(y) => {
+                    let inv = <T as Real>::from(1.0 / sum[r]);
+                    let ey = &e[y as usize * c..(y as usize + 1) * c];
+                    row.iter_mut().zip(ey).for_each(|(a, &b)| *a = *a * inv - b);
+                }
+                None => row.iter_mut().for_each(|a| *a = T::default()),
+            }
+        }
+    });
+    out
+}
+
+/// [`loss_directions`] in candle's ops, for hidden (B, T, C) and E (V, C): softmax(h Eᵀ)·E −
+/// E[y], zero at each window's last position (the path on other devices, and the tests'
+/// reference).
+pub fn loss_directions_plain(hidden: &Tensor, e: &Tensor, targets: &[Option<u32>]) -> Result<Tensor> {
+    let dev = hidden.device();
+    let (b, t, c) = hidden.dims3()?;
+    let logits = hidden.reshape((b * t, c))?.matmul(&e.t()?)?;
+    let expected = candle_nn::ops::softmax_last_dim(&logits)?.matmul(e)?;
+    let next: Vec<u32> = targets.iter().map(|y| y.unwrap_or(0)).collect();
+    let target = e.embedding(&Tensor::from_vec(next, b * t, dev)?)?;
+    let mask: Vec<f32> = targets.iter().map(|y| if y.is_some() { 1.0 } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, (b * t, 1), dev)?.to_dtype(hidden.dtype())?;
+    (expected - target)?.broadcast_mul(&mask)?.reshape((b, t, c))
+}
+
 /// Forward: one pass per row (max, Σ exp, the target's logit).
 struct CrossEntropy;
 
@@ -249,6 +354,37 @@ mod tests {
         let c = cross_entropy_rows(&z32, &y32).unwrap().to_vec1::<f32>().unwrap();
         for (x, r) in c.iter().zip(&b) {
             assert!((*x as f64 - r).abs() < 1e-5);
+        }
+    }
+
+    /// The blocked, online-softmax loss directions against candle's softmax and matmuls, for
+    /// sizes that are not multiples of the row and vocabulary blocks and logits large enough that
+    /// the running maximum moves from block to block; f64, then f32 against the f64 values.
+    #[test]
+    fn loss_directions_match_plain() {
+        let dev = Device::Cpu;
+        let (b, t, c, v) = (2, DIR_ROWS + 5, 12, 2 * DIR_VOCAB + 37);
+        let hidden = Tensor::randn(0f64, 1.0, (b, t, c), &dev).unwrap();
+        // Later vocabulary entries are larger, so the row maximum grows across blocks.
+        let ramp = Tensor::arange(0f64, v as f64, &dev).unwrap().affine(3.0 / v as f64, 0.5).unwrap();
+        let e = Tensor::randn(0f64, 1.0, (v, c), &dev).unwrap().broadcast_mul(&ramp.unsqueeze(1).unwrap()).unwrap();
+        let targets: Vec<Option<u32>> =
+            (0..b * t).map(|i| (i % t + 1 < t).then_some(((i * 7919) % v) as u32)).collect();
+        let want =
+            loss_directions_plain(&hidden, &e, &targets).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let hv = hidden.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let ev = e.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let got = loss_directions(&hv, &ev, &targets, t, c, v);
+        let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+        for (i, (x, r)) in got.iter().zip(&want).enumerate() {
+            assert!((x - r).abs() < 1e-12 * scale, "row {} column {}: {x} vs {r}", i / c, i % c);
+        }
+        assert!(got[(t - 1) * c..t * c].iter().all(|&x| x == 0.0), "a window's last row is zero");
+        let h32: Vec<f32> = hv.iter().map(|&x| x as f32).collect();
+        let e32: Vec<f32> = ev.iter().map(|&x| x as f32).collect();
+        let got32 = loss_directions(&h32, &e32, &targets, t, c, v);
+        for (x, r) in got32.iter().zip(&want) {
+            assert!((*x as f64 - r).abs() < 1e-5 * scale, "f32 {x} vs {r}");
         }
     }
 }
