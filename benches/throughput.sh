@@ -8,7 +8,8 @@
 #   bash benches/throughput.sh --install   # first creates .venv with torch and transformers
 #
 # Environment: BATCH (4), WINDOWS (agop windows to measure, 48), STEPS (baseline steps, 3),
-# THREADS (2), ROUNDS (3). Each round runs agop and then the baseline, so both see the same
+# THREADS (2), ROUNDS (3), FACT (1: each round also runs `agop measure --fact` and prints what
+# FACT costs; 0 skips it). Each round runs agop and then the baseline, so both see the same
 # machine state; the summary gives the median over rounds (shared machines are noisy).
 #
 # GPU mode, on a machine with an NVIDIA GPU, PyTorch with CUDA and agop built with `--features cuda`:
@@ -83,15 +84,23 @@ for round in $(seq 1 "$ROUNDS"); do
   /usr/bin/time -v $agop measure --model "$work/model" --tokens "$work/tokens.parquet" --out "$work/gop.safetensors" \
     --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 2> "$work/agop.time" > "$work/agop.out"
   agop_tps=$(grep -ho "[0-9.]* tokens/s" "$work/agop.time" | tail -n 1 | awk '{print $1}')
+  fact_tps=0
+  if [ "${FACT:-1}" = 1 ]; then
+    $agop measure --model "$work/model" --tokens "$work/tokens.parquet" --out "$work/gop-fact.safetensors" \
+      --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 --fact 2> "$work/fact.time" > /dev/null
+    fact_tps=$(grep -ho "[0-9.]* tokens/s" "$work/fact.time" | tail -n 1 | awk '{print $1}')
+  fi
   /usr/bin/time -v "$PYTHON" benches/torch_baseline.py --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" \
     > "$work/torch.out" 2> "$work/torch.time"
   torch_tps=$(awk '/tokens\/s/ {print $2}' "$work/torch.out")
-  echo "$agop_tps $torch_tps $(rss "$work/agop.time") $(rss "$work/torch.time") $peak" >> "$work/rounds.txt"; echo "round $round of $ROUNDS done" >&2
+  echo "$agop_tps $torch_tps $(rss "$work/agop.time") $(rss "$work/torch.time") $peak $fact_tps" >> "$work/rounds.txt"; echo "round $round of $ROUNDS done" >&2
 done
 
 # Nominal FLOPs per token (T = 256), as the baseline computes them: forward, input-gradient
 # backward, full outer products and full T × T attention products. agop skips the blocks above
 # the diagonal (causal attention, symmetric Grams), so its own count is lower.
+torch_version=$("$PYTHON" -c "import torch, transformers; print(f'torch {torch.__version__}, transformers {transformers.__version__}')")
+echo "$(date -u +%Y-%m-%d), $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2}'), $(nproc) cores; $torch_version"
 python3 - "$work/rounds.txt" "$BATCH" "$THREADS" <<'PY'
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
@@ -103,13 +112,17 @@ layer += 2 * 12 * C * C + 8 * T * C         # backward to inputs only
 layer += 4 * 2 * C * C + 3 * H * 2 * hs * hs  # outer products: 4 C×C per token, 3H hs×hs
 flops = L * layer + 2 * C * C               # + probe L·z
 print(f"batch {batch}, {threads} threads, {len(rows)} rounds (agop, then torch, in each)")
-for i, (a, t, ar, tr, peak) in enumerate(rows, 1):
+for i, (a, t, ar, tr, peak, f) in enumerate(rows, 1):
+    fact = f"; --fact {f:6.1f} tokens/s, cost {a/f:4.2f}x" if f > 0 else ""
     print(f"round {i}: agop {a:6.1f} tokens/s, torch {t:6.1f} tokens/s, ratio {a/t:4.2f}x; "
-          f"agop {a*flops/1e9:5.1f} nominal GFLOP/s, GEMM peak {peak:5.1f}")
+          f"agop {a*flops/1e9:5.1f} nominal GFLOP/s, GEMM peak {peak:5.1f}{fact}")
 med = lambda i: statistics.median(r[i] for r in rows)
 ratio = statistics.median(r[0] / r[1] for r in rows)
 print(f"agop   {med(0):8.1f} tokens/s   max RSS {max(r[2] for r in rows)/1024:7.0f} MiB   "
       f"{med(0)*flops/1e9:5.1f} nominal GFLOP/s of {med(4):.1f} GEMM peak (medians)")
 print(f"torch  {med(1):8.1f} tokens/s   max RSS {max(r[3] for r in rows)/1024:7.0f} MiB")
-print(f"ratio  {ratio:8.2f}x (median of per-round ratios)")
+print(f"ratio  {ratio:8.2f}x (median of per-round ratios; min {min(r[0] / r[1] for r in rows):.2f}, max {max(r[0] / r[1] for r in rows):.2f})")
+if all(r[5] > 0 for r in rows):
+    cost = statistics.median(r[0] / r[5] for r in rows)
+    print(f"--fact {med(5):8.1f} tokens/s   costs {cost:.2f}x a run without it (median of per-round ratios)")
 PY
