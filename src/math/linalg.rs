@@ -60,7 +60,8 @@ pub fn gram_deterministic(a: &[f64], r: usize, c: usize) -> Vec<f64> {
         let j0 = i * BLOCK;
         let at = View::new(a.as_ptr(), 1, c); // c × r
         let b = View::new(a.as_ptr(), c, 1).cols(j0); // r × BLOCK
-                                                      // SAFETY: block i alone writes columns j0..j0 + BLOCK of out; the views address a.
+
+        // SAFETY: block i alone writes columns j0..j0 + BLOCK of out; the views address a.
         unsafe { gemm_into(c, BLOCK.min(c - j0), r, dst.at(j0), c, at, b, 1.0) };
     });
     out

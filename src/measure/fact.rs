@@ -69,7 +69,8 @@ pub fn add_window_cross<T: Copy + Default + From<f32> + Into<f64> + Send + Sync 
             let x = &h[w * t * din..(w + 1) * t * din];
             let a = View::new(d[r0..].as_ptr(), 1, dout); // (rows × T): columns r0.. of δ, transposed
             let bv = View::new(x[c0..].as_ptr(), din, 1); // (T × cols): columns c0.. of h
-                                                          // SAFETY: the views address T rows of window w; `tile` is rows × cols.
+
+            // SAFETY: the views address T rows of window w; `tile` is rows × cols.
             unsafe { gemm_into(rows, cols, t, tile.as_mut_ptr(), cols, a, bv, one) };
             for (r, src) in tile.chunks_exact(cols).enumerate() {
                 // SAFETY: task (r0, c0) alone touches rows r0.. × columns c0.. of acc.

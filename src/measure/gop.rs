@@ -479,8 +479,9 @@ pub fn add_window_grams(acc: &mut [f64], g: &[f32], b: usize, t: usize, d: usize
             let x = &g[w * t * d..(w + 1) * t * d];
             let a = View::new(x[i0..].as_ptr(), 1, d); // (mi × T): columns i0.. of G, transposed
             let bv = View::new(x[j0..].as_ptr(), d, 1); // (T × nj): columns j0.. of G
-                                                        // SAFETY: the views address window w's T rows; `block` is mi × nj. Task (bi, bj)
-                                                        // alone touches block (bi, bj) of acc and its mirror (bj, bi).
+
+            // SAFETY: the views address window w's T rows; `block` is mi × nj. Task (bi, bj)
+            // alone touches block (bi, bj) of acc and its mirror (bj, bi).
             unsafe {
                 gemm_into(mi, nj, t, block.as_mut_ptr(), nj, a, bv, 1.0);
                 for r in 0..mi {
