@@ -16,7 +16,6 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use rayon::prelude::*;
 
 use crate::model::ops::loss;
 use crate::model::Gpt2;
@@ -27,8 +26,22 @@ fn mm(a: &Tensor, b: &Tensor, a_t: bool, b_t: bool) -> Result<Tensor> {
     Ok(crate::model::ops::matmul(&a.unsqueeze(0)?, b, a_t, b_t)?.squeeze(0)?)
 }
 
-/// Rows of logits made at once (as the autograd path's loss).
-const LOSS_ROWS: usize = 96;
+/// [`loss::next_token_gradients`] on tensors: (Σℓ, g·∂/∂hidden (N, C), g·∂/∂E (V, C)).
+fn unembedding_gradients<T>(
+    hidden: &Tensor,
+    e: &Tensor,
+    targets: &[Option<u32>],
+    g: f64,
+) -> Result<(f64, Tensor, Tensor)>
+where
+    T: candle_core::WithDType + crate::model::ops::Real + From<f32>,
+{
+    let ((n, c), (v, _)) = (hidden.dims2()?, e.dims2()?);
+    let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<T>();
+    let (loss, dh, de) = loss::next_token_gradients(&flat(hidden)?, &flat(e)?, targets, c, v, g);
+    let dev = hidden.device();
+    Ok((loss, Tensor::from_vec(dh, (n, c), dev)?, Tensor::from_vec(de, (v, c), dev)?))
+}
 
 /// (mean loss over the predicted positions, every parameter's gradient by HF name) for token ids
 /// (B, T) and targets (B·T,) (−1: no target).
@@ -46,34 +59,15 @@ pub fn loss_gradients(model: &Gpt2, ids: &Tensor, targets: &Tensor) -> Result<(f
         anyhow::bail!("no positions to predict in the batch");
     }
     let g = 1.0 / count;
-    // The loss, ∂loss/∂hidden and ∂E, piece by piece: as many pieces at once as there are
-    // threads (each piece's products are single-threaded), added in piece order, so the sums
-    // do not depend on the thread count.
-    let piece = |start: usize| -> Result<(f64, Tensor, Tensor)> {
-        let len = LOSS_ROWS.min(n - start);
-        let h = hidden.narrow(0, start, len)?.contiguous()?;
-        let y = targets.narrow(0, start, len)?.contiguous()?;
-        let z = mm(&h, e, false, true)?; // (len, V)
-        let (rows, dz) = loss::cross_entropy_with_grad(&z, &y, g)?; // dz (len, V)
-        let l: f64 = rows.iter().sum();
-        Ok((l, mm(&dz, e, false, false)?, mm(&dz, &h, true, false)?)) // (len, C), (V, C)
+    // The loss, ∂loss/∂hidden and ∂E, without the (B·T, V) logits at once.
+    let target_ids: Vec<Option<u32>> =
+        targets.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().map(|&y| (y >= 0.0).then_some(y as u32)).collect();
+    let (total, seed, d_e) = match dtype {
+        DType::F32 => unembedding_gradients::<f32>(&hidden, e, &target_ids, g)?,
+        DType::F64 => unembedding_gradients::<f64>(&hidden, e, &target_ids, g)?,
+        other => anyhow::bail!("training runs in f32 or f64, not {other:?}"),
     };
-    let starts: Vec<usize> = (0..n).step_by(LOSS_ROWS).collect();
-    let (mut total, mut d_hidden, mut d_e) = (0.0, Vec::new(), None::<Tensor>);
-    for group in starts.chunks(rayon::current_num_threads().max(1)) {
-        let parts: Vec<Result<(f64, Tensor, Tensor)>> = group.par_iter().map(|&s| piece(s)).collect();
-        for part in parts {
-            let (l, dh, de) = part?;
-            total += l;
-            d_hidden.push(dh);
-            d_e = Some(match d_e {
-                Some(acc) => (acc + de)?,
-                None => de,
-            });
-        }
-    }
-    let d_e = d_e.expect("at least one piece");
-    let seed = Tensor::cat(&d_hidden, 0)?.reshape((b, t, c))?;
+    let seed = seed.reshape((b, t, c))?;
 
     let rows = |x: &Tensor| -> Result<Tensor> {
         let d = x.dims();

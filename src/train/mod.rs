@@ -8,9 +8,11 @@
 //! seed, and every batch is a function of (seed, step): a run is deterministic for a seed and a
 //! thread count, and a resumed run equals an uninterrupted one bitwise.
 //!
-//! The gradients come from candle's autograd through the model's own forward pass in candle's
-//! ops (`Gpt2::with_plain_ops`), with the fused cross-entropy of [`crate::model::ops::loss`];
-//! evaluation uses the measurement engine's CPU kernels.
+//! The gradients come from the measurement engine's hand-written backward extended to every
+//! parameter ([`grads`]), with the loss and its gradients at the unembedding from
+//! [`crate::model::ops::loss::next_token_gradients`]; candle's autograd through the plain-ops
+//! forward ([`autograd_loss_gradients`]) is kept as the reference the tests compare with.
+//! Evaluation uses the same CPU kernels.
 //!
 //! Layout of the output folder:
 //!   train-settings.json            what the run was started with (a re-run must match it)

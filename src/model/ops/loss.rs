@@ -26,78 +26,134 @@ pub fn cross_entropy_rows(z: &Tensor, targets: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Per-row losses ℓ_i and ∂(g · Σ_i ℓ_i)/∂z (N, V) in one op: each row's exponentials are
-/// made once, written into the gradient and summed, then scaled by g / Σ (the training path,
-/// [`crate::train`]; the separate [`cross_entropy_rows`] and [`cross_entropy_grad`] make them
-/// twice). On other devices, those two.
-pub fn cross_entropy_with_grad(z: &Tensor, targets: &Tensor, g: f64) -> Result<(Vec<f64>, Tensor)> {
-    if !z.device().is_cpu() {
-        let rows = cross_entropy_rows(z, targets)?;
-        let dz = cross_entropy_grad(z, targets, &rows, g)?;
-        return Ok((rows.to_dtype(candle_core::DType::F64)?.to_vec1()?, dz));
-    }
-    let op = CrossEntropyFused { g, losses: std::sync::Mutex::new(Vec::new()) };
-    let dz = z.contiguous()?.apply_op2_no_bwd(&targets.contiguous()?, &op)?;
-    let losses = std::mem::take(&mut *op.losses.lock().expect("not poisoned"));
-    Ok((losses, dz))
-}
+/// Rows of one task of [`next_token_gradients`] (one logits GEMM, its rows' losses and
+/// gradients, one back-projection); rows whose ∂loss/∂logits are held at once; vocabulary rows
+/// per task of the unembedding's gradient. Fixed numbers, so that every sum is made in the same
+/// order whatever the thread count.
+const TRAIN_ROWS: usize = 96;
+const TRAIN_CHUNK: usize = 8 * TRAIN_ROWS;
+const TRAIN_VOCAB: usize = 256;
 
-/// [`cross_entropy_with_grad`]'s op: the output is the gradient; the losses go to `losses`.
-struct CrossEntropyFused {
+/// The training loss and its gradients at the unembedding, for hidden states h (N, C) and the
+/// unembedding E (V, C), both row-major, and `targets` (N; None: the row predicts nothing):
+/// (Σ_i ℓ_i, g·∂Σℓ/∂h (N, C), g·∂Σℓ/∂E (V, C)) with ℓ_i = logsumexp(E h_i) − (E h_i)[y_i] and
+/// dz_i = softmax(E h_i) − e_{y_i}:
+///
+///   z = h Eᵀ (rows × V)   →   ℓ_i and g·dz_i in one pass per row   →   ∂h = dz E
+///   ∂E = Σ_rows dzᵀ h   (one GEMM per vocabulary block, over all the chunk's rows)
+///
+/// Rows go in chunks of [`TRAIN_CHUNK`] (their dz held: chunk × V), each chunk in tasks of
+/// [`TRAIN_ROWS`] rows; ∂E is added chunk by chunk, in blocks of [`TRAIN_VOCAB`] rows, so the
+/// (N, V) logits never exist at once and ∂E is written once per chunk rather than once per
+/// task. The training path ([`crate::train`]); its reference is candle's autograd through
+/// [`cross_entropy_plain`].
+pub fn next_token_gradients<T: Real + From<f32>>(
+    hidden: &[T],
+    e: &[T],
+    targets: &[Option<u32>],
+    c: usize,
+    v: usize,
     g: f64,
-    losses: std::sync::Mutex<Vec<f64>>,
-}
-
-impl Map2 for CrossEntropyFused {
-    const NAME: &'static str = "cross-entropy-fused";
-    fn f<T: Real>(&self, z: &[T], lz: &Layout, y: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
-        let (n, v) = lz.shape().dims2()?;
-        if y.len() != n {
-            candle_core::bail!("cross-entropy: {} targets for {n} rows", y.len());
-        }
-        let mut out = vec![T::default(); n * v];
-        let losses: Vec<f64> = out
-            .par_chunks_mut(v)
-            .zip(z.par_chunks(v))
-            .zip(y.par_iter())
-            .map(|((o, row), &t)| {
-                let t = t.to();
-                if t < 0.0 {
-                    return 0.0;
-                }
-                let t = t as usize;
-                let max = row.iter().copied().fold(row[0], |m, x| if x > m { x } else { m });
-                // Exponentials in eight lanes (as log_sum_exp), kept in the output.
-                let mut lanes = [T::default(); 8];
-                let mut oc = o.chunks_exact_mut(8);
-                let mut rc = row.chunks_exact(8);
-                for (oo, rr) in (&mut oc).zip(&mut rc) {
-                    for k in 0..8 {
-                        let e = (rr[k] - max).exp_();
-                        oo[k] = e;
-                        lanes[k] = lanes[k] + e;
-                    }
-                }
-                let mut rest = 0f64;
-                for (oo, &x) in oc.into_remainder().iter_mut().zip(rc.remainder()) {
-                    let e = (x - max).exp_();
-                    *oo = e;
-                    rest += e.to();
-                }
-                let sum: f64 = lanes.iter().map(|x| x.to()).sum::<f64>() + rest;
-                let scale = T::from(self.g / sum);
-                for x in o.iter_mut() {
-                    *x = *x * scale;
-                }
-                o[t] = o[t] - T::from(self.g);
-                max.to() + sum.ln() - row[t].to()
+) -> (f64, Vec<T>, Vec<T>) {
+    use crate::math::gemm::{gemm_add, gemm_into, View};
+    let n = targets.len();
+    assert!(hidden.len() == n * c && e.len() == v * c && v > 0 && c > 0, "next-token gradients: shapes");
+    let one = <T as Real>::from(1.0);
+    let mut d_hidden = vec![T::default(); n * c];
+    let mut d_e = vec![T::default(); v * c];
+    let mut dz = vec![T::default(); TRAIN_CHUNK.min(n) * v];
+    let mut loss = 0f64;
+    for c0 in (0..n).step_by(TRAIN_CHUNK) {
+        let len = TRAIN_CHUNK.min(n - c0);
+        let h = &hidden[c0 * c..(c0 + len) * c];
+        let losses: Vec<f64> = dz[..len * v]
+            .par_chunks_mut(TRAIN_ROWS * v)
+            .zip(d_hidden[c0 * c..(c0 + len) * c].par_chunks_mut(TRAIN_ROWS * c))
+            .enumerate()
+            .map(|(k, (z, dh))| {
+                let (r0, rows) = (k * TRAIN_ROWS, z.len() / v);
+                // SAFETY: z is rows × V; h's rows r0.. are rows × C; Eᵀ is C × V.
+                unsafe {
+                    gemm_into(
+                        rows,
+                        v,
+                        c,
+                        z.as_mut_ptr(),
+                        v,
+                        View::new(h[r0 * c..].as_ptr(), c, 1),
+                        View::new(e.as_ptr(), 1, c),
+                        one,
+                    )
+                };
+                let l =
+                    z.chunks_exact_mut(v).zip(&targets[c0 + r0..]).map(|(row, &y)| cross_entropy_row(row, y, g)).sum();
+                // SAFETY: dh is rows × C; z is rows × V; E is V × C.
+                unsafe {
+                    gemm_into(
+                        rows,
+                        c,
+                        v,
+                        dh.as_mut_ptr(),
+                        c,
+                        View::new(z.as_ptr(), v, 1),
+                        View::new(e.as_ptr(), c, 1),
+                        one,
+                    )
+                };
+                l
             })
             .collect();
-        *self.losses.lock().expect("not poisoned") = losses;
-        Ok((out, lz.shape().clone()))
+        loss += losses.iter().sum::<f64>();
+        let dz = &dz;
+        d_e.par_chunks_mut(TRAIN_VOCAB * c).enumerate().for_each(|(j, de)| {
+            let (v0, nv) = (j * TRAIN_VOCAB, de.len() / c);
+            // SAFETY: de is nv × C; dz's columns v0.. transposed are nv × len; h is len × C.
+            unsafe {
+                gemm_add(
+                    nv,
+                    c,
+                    len,
+                    de.as_mut_ptr(),
+                    c,
+                    View::new(dz[v0..].as_ptr(), 1, v),
+                    View::new(h.as_ptr(), c, 1),
+                )
+            };
+        });
     }
+    (loss, d_hidden, d_e)
 }
-custom_op!(2, CrossEntropyFused);
+
+/// One row of [`next_token_gradients`]: replaces the logits by g·(softmax − e_y) (zero without a
+/// target) and returns the row's loss (0 without a target). The exponentials are made once, in
+/// eight lanes (a loop the compiler vectorizes, through [`Real::exp_`]), kept in the row and
+/// summed; the lanes are added in f64.
+fn cross_entropy_row<T: Real>(row: &mut [T], target: Option<u32>, g: f64) -> f64 {
+    let Some(t) = target.map(|t| t as usize) else {
+        row.iter_mut().for_each(|x| *x = T::default());
+        return 0.0;
+    };
+    let zt = row[t].to();
+    let max = row.iter().copied().fold(row[0], |m, x| if x > m { x } else { m });
+    let mut lanes = [T::default(); 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for ch in &mut chunks {
+        for k in 0..8 {
+            ch[k] = (ch[k] - max).exp_();
+            lanes[k] = lanes[k] + ch[k];
+        }
+    }
+    let mut rest = 0f64;
+    for x in chunks.into_remainder() {
+        *x = (*x - max).exp_();
+        rest += x.to();
+    }
+    let sum: f64 = lanes.iter().map(|x| x.to()).sum::<f64>() + rest;
+    let scale = T::from(g / sum);
+    row.iter_mut().for_each(|x| *x = *x * scale);
+    row[t] = row[t] - T::from(g);
+    max.to() + sum.ln() - zt
+}
 
 /// ∂(g · Σ_i ℓ_i)/∂z (N, V) from the logits, the targets and the forward's per-row losses
 /// `rows` (so logsumexp is not computed again): g·(softmax(z_i) − e_{y_i}), zero rows without
@@ -337,17 +393,6 @@ mod tests {
         for (x, r) in da.iter().zip(&db) {
             assert!((x - r).abs() < 1e-12);
         }
-        // The fused op: the same losses, and the gradient of g·Σℓ.
-        let (fused, dz) = cross_entropy_with_grad(z.as_tensor(), &y, 0.25).unwrap();
-        for (x, r) in fused.iter().zip(&b) {
-            assert!((x - r).abs() < 1e-12, "fused loss {x} vs {r}");
-        }
-        let gw =
-            (cross_entropy_plain(z.as_tensor(), &y).unwrap() * 0.25).unwrap().sum_all().unwrap().backward().unwrap();
-        let want = gw.get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        for (x, r) in dz.flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().zip(&want) {
-            assert!((x - r).abs() < 1e-12, "fused gradient {x} vs {r}");
-        }
         // f32 too, against the f64 values.
         let z32 = z.as_tensor().to_dtype(DType::F32).unwrap();
         let y32 = y.to_dtype(DType::F32).unwrap();
@@ -355,6 +400,44 @@ mod tests {
         for (x, r) in c.iter().zip(&b) {
             assert!((*x as f64 - r).abs() < 1e-5);
         }
+    }
+
+    /// The training kernel's loss and gradients at h and E against candle's autograd through
+    /// `cross_entropy_plain(h Eᵀ)`, f64, for more rows than a chunk (two chunks, the last one
+    /// not a multiple of a task) and a vocabulary that is not a multiple of its blocks; then f32
+    /// against the f64 values.
+    #[test]
+    fn next_token_gradients_match_autograd() {
+        let dev = Device::Cpu;
+        let (n, c, v, g) = (TRAIN_CHUNK + TRAIN_ROWS + 5, 12, 2 * TRAIN_VOCAB + 37, 0.25);
+        let h = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c), &dev).unwrap()).unwrap();
+        let e = Var::from_tensor(&Tensor::randn(0f64, 1.0, (v, c), &dev).unwrap()).unwrap();
+        let targets: Vec<Option<u32>> = (0..n).map(|i| (i % 9 != 8).then_some(((i * 7919) % v) as u32)).collect();
+        let y: Vec<f64> = targets.iter().map(|t| t.map_or(-1.0, |t| t as f64)).collect();
+        let y = Tensor::from_vec(y, n, &dev).unwrap();
+        let z = h.as_tensor().matmul(&e.as_tensor().t().unwrap()).unwrap();
+        let total = cross_entropy_plain(&z, &y).unwrap().sum_all().unwrap();
+        let grads = (&total * g).unwrap().backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let (want_dh, want_de) = (flat(grads.get(h.as_tensor()).unwrap()), flat(grads.get(e.as_tensor()).unwrap()));
+        let want_loss = total.to_scalar::<f64>().unwrap();
+        let (hv, ev) = (flat(h.as_tensor()), flat(e.as_tensor()));
+        let (loss, dh, de) = next_token_gradients(&hv, &ev, &targets, c, v, g);
+        assert!((loss - want_loss).abs() < 1e-9 * want_loss, "loss {loss} vs {want_loss}");
+        let close = |got: &[f64], want: &[f64], tol: f64, what: &str| {
+            let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+            for (i, (x, r)) in got.iter().zip(want).enumerate() {
+                assert!((x - r).abs() < tol * scale, "{what}[{i}]: {x} vs {r}");
+            }
+        };
+        close(&dh, &want_dh, 1e-12, "dh");
+        close(&de, &want_de, 1e-12, "dE");
+        let to32 = |x: &[f64]| x.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let (loss32, dh32, de32) = next_token_gradients(&to32(&hv), &to32(&ev), &targets, c, v, g);
+        assert!((loss32 - want_loss).abs() < 1e-5 * want_loss, "f32 loss {loss32} vs {want_loss}");
+        let up = |x: &[f32]| x.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        close(&up(&dh32), &want_dh, 1e-4, "f32 dh");
+        close(&up(&de32), &want_de, 1e-4, "f32 dE");
     }
 
     /// The blocked, online-softmax loss directions against candle's softmax and matmuls, for
