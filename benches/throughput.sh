@@ -9,8 +9,10 @@
 #
 # Environment: BATCH (4), WINDOWS (agop windows to measure, 48), STEPS (baseline steps, 3),
 # THREADS (2), ROUNDS (3), FACT (1: each round also runs `agop measure --fact` and prints what
-# FACT costs; 0 skips it). Each round runs agop and then the baseline, so both see the same
-# machine state; the summary gives the median over rounds (shared machines are noisy).
+# FACT costs; 0 skips it), ARCH (gpt2; neox: GPT-NeoX at Pythia-160m dimensions against
+# benches/torch_baseline_neox.py, the model written by that script). Each round runs agop and
+# then the baseline, so both see the same machine state; the summary gives the median over
+# rounds (shared machines are noisy).
 #
 # GPU mode, on a machine with an NVIDIA GPU, PyTorch with CUDA and agop built with `--features cuda`:
 #
@@ -75,22 +77,30 @@ JSON
 [ -f "$work/tokens.parquet" ] || $agop tokenize --model "$work/model" --corpus builtin:shakespeare \
   --seq-len 256 --max-tokens $((WINDOWS * 256)) --out "$work/tokens.parquet"
 
+# ARCH=neox: the same comparison for GPT-NeoX at Pythia-160m dimensions (rotary 0.25, parallel
+# residual), the model written by the PyTorch baseline itself; the windows are the same tokens.
+model="$work/model"; baseline=benches/torch_baseline.py
+if [ "${ARCH:-gpt2}" = neox ]; then
+  model="$work/neox-model"; baseline=benches/torch_baseline_neox.py
+  [ -f "$model/model.safetensors" ] || "$PYTHON" $baseline --steps 1 --save "$model" > /dev/null 2>&1
+fi
+
 rss() { awk '/Maximum resident set size/ {print $6}' "$1"; }
 
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
 : > "$work/rounds.txt"
 for round in $(seq 1 "$ROUNDS"); do
   peak=$($gemm_peak 1024 | awk '{print $2}')
-  /usr/bin/time -v $agop measure --model "$work/model" --tokens "$work/tokens.parquet" --out "$work/gop.safetensors" \
+  /usr/bin/time -v $agop measure --model "$model" --tokens "$work/tokens.parquet" --out "$work/gop.safetensors" \
     --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 2> "$work/agop.time" > "$work/agop.out"
   agop_tps=$(grep -ho "[0-9.]* tokens/s" "$work/agop.time" | tail -n 1 | awk '{print $1}')
   fact_tps=0
   if [ "${FACT:-1}" = 1 ]; then
-    $agop measure --model "$work/model" --tokens "$work/tokens.parquet" --out "$work/gop-fact.safetensors" \
+    $agop measure --model "$model" --tokens "$work/tokens.parquet" --out "$work/gop-fact.safetensors" \
       --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 --fact 2> "$work/fact.time" > /dev/null
     fact_tps=$(grep -ho "[0-9.]* tokens/s" "$work/fact.time" | tail -n 1 | awk '{print $1}')
   fi
-  /usr/bin/time -v "$PYTHON" benches/torch_baseline.py --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" \
+  /usr/bin/time -v "$PYTHON" $baseline --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" \
     > "$work/torch.out" 2> "$work/torch.time"
   torch_tps=$(awk '/tokens\/s/ {print $2}' "$work/torch.out")
   echo "$agop_tps $torch_tps $(rss "$work/agop.time") $(rss "$work/torch.time") $peak $fact_tps" >> "$work/rounds.txt"; echo "round $round of $ROUNDS done" >&2
@@ -101,17 +111,17 @@ done
 # the diagonal (causal attention, symmetric Grams), so its own count is lower.
 torch_version=$("$PYTHON" -c "import torch, transformers; print(f'torch {torch.__version__}, transformers {transformers.__version__}')")
 echo "$(date -u +%Y-%m-%d), $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2}'), $(nproc) cores; $torch_version"
-python3 - "$work/rounds.txt" "$BATCH" "$THREADS" <<'PY'
+python3 - "$work/rounds.txt" "$BATCH" "$THREADS" "${ARCH:-gpt2}" <<'PY'
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
-batch, threads = int(sys.argv[2]), int(sys.argv[3])
+batch, threads, arch = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 L, C, H, T = 12, 768, 12, 256
 hs = C // H
 layer = 2 * 12 * C * C + 4 * T * C          # forward: 12C² weights, QKᵀ and PV over T×T
 layer += 2 * 12 * C * C + 8 * T * C         # backward to inputs only
 layer += 4 * 2 * C * C + 3 * H * 2 * hs * hs  # outer products: 4 C×C per token, 3H hs×hs
 flops = L * layer + 2 * C * C               # + probe L·z
-print(f"batch {batch}, {threads} threads, {len(rows)} rounds (agop, then torch, in each)")
+print(f"{arch}: batch {batch}, {threads} threads, {len(rows)} rounds (agop, then torch, in each)")
 for i, (a, t, ar, tr, peak, f) in enumerate(rows, 1):
     fact = f"; --fact {f:6.1f} tokens/s, cost {a/f:4.2f}x" if f > 0 else ""
     print(f"round {i}: agop {a:6.1f} tokens/s, torch {t:6.1f} tokens/s, ratio {a/t:4.2f}x; "

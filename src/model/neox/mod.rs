@@ -9,7 +9,7 @@ pub mod config;
 pub mod params;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -18,6 +18,7 @@ use self::config::NeoXConfig;
 use self::params::NeoXParams;
 use super::modules::{Module, Role};
 use super::network::{Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
+use super::ops::rotary::{RotaryShape, RotaryTables};
 use super::ops::select::{LnCache, Ops};
 
 /// A GPT-NeoX language model.
@@ -77,7 +78,7 @@ pub struct NeoXForward {
     layers: Vec<LayerCache>,
     ln_f: LnCache,
     /// cos and sin of the rotary angles (T, rotary_dims / 2).
-    rotary: Option<(Tensor, Tensor)>,
+    rotary: Option<RotaryTables>,
     /// final_layer_norm output (B, T, C); logits are `hidden · embed_outᵀ`.
     pub hidden: Tensor,
 }
@@ -123,7 +124,7 @@ impl GptNeoX {
 
     /// cos and sin (T, r/2) of the rotary angles t·θ_i, θ_i = base^(−2i/r), as transformers
     /// computes them (f32 frequencies), in the model's dtype.
-    fn rotary_tables(&self, t: usize) -> Result<Option<(Tensor, Tensor)>> {
+    fn rotary_tables(&self, t: usize) -> Result<Option<RotaryTables>> {
         let r = self.cfg.rotary_dims();
         if r == 0 {
             return Ok(None);
@@ -142,38 +143,20 @@ impl GptNeoX {
         let dev = self.device();
         let cos = Tensor::from_vec(cos, (t, r / 2), dev)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (t, r / 2), dev)?.to_dtype(dtype)?;
-        Ok(Some((cos, sin)))
+        Ok(Some(RotaryTables { cos, sin }))
     }
 
     /// The rotary embedding of the q and k parts of `qkv` (B, T, 3C), or its transpose (the
     /// backward: a rotation by −angle) with `inverse`. Per head, dimensions i and i + r/2
     /// (i < r/2) turn by angle t·θ_i; the rest of each head and v pass unchanged.
-    fn rotate(&self, qkv: &Tensor, tables: &Option<(Tensor, Tensor)>, inverse: bool) -> Result<Tensor> {
-        let Some((cos, sin)) = tables else { return Ok(qkv.clone()) };
-        let (b, t, _) = qkv.dims3()?;
-        let (c, h, hs, r) =
-            (self.cfg.hidden_size, self.cfg.num_attention_heads, self.cfg.head_size(), self.cfg.rotary_dims());
-        let half = r / 2;
-        // (T, r/2) → (1, T, 1, r/2), broadcast over batch and heads.
-        let (cos, sin) = (cos.reshape((1, t, 1, half))?, sin.reshape((1, t, 1, half))?);
-        let turn = |x: &Tensor| -> Result<Tensor> {
-            let x = x.reshape((b, t, h, hs))?;
-            let x1 = x.narrow(D::Minus1, 0, half)?;
-            let x2 = x.narrow(D::Minus1, half, half)?;
-            let (s1, s2) = if inverse { (sin.neg()?, sin.clone()) } else { (sin.clone(), sin.neg()?) };
-            // y1 = x1 cos − x2 sin, y2 = x2 cos + x1 sin (forward); sin → −sin for the inverse.
-            let y1 = (x1.broadcast_mul(&cos)? + x2.broadcast_mul(&s2)?)?;
-            let y2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&s1)?)?;
-            let mut parts = vec![y1, y2];
-            if r < hs {
-                parts.push(x.narrow(D::Minus1, r, hs - r)?);
-            }
-            Ok(Tensor::cat(&parts, D::Minus1)?.reshape((b, t, c))?)
+    fn rotate(&self, qkv: &Tensor, tables: &Option<RotaryTables>, inverse: bool) -> Result<Tensor> {
+        let Some(tables) = tables else { return Ok(qkv.clone()) };
+        let shape = RotaryShape {
+            heads: self.cfg.num_attention_heads,
+            head_size: self.cfg.head_size(),
+            dims: self.cfg.rotary_dims(),
         };
-        let q = turn(&qkv.narrow(2, 0, c)?)?;
-        let k = turn(&qkv.narrow(2, c, c)?)?;
-        let v = qkv.narrow(2, 2 * c, c)?;
-        Ok(Tensor::cat(&[q, k, v], 2)?.contiguous()?)
+        self.ops().rotate(qkv, tables, shape, inverse)
     }
 
     fn scale(&self) -> f64 {

@@ -165,4 +165,5 @@ pub mod attention;
 pub mod kernels;
 pub mod loss;
 pub mod plain;
+pub mod rotary;
 pub mod select;

@@ -7,6 +7,7 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 
 use super::attention::{AttentionBackward, AttentionMix, AttentionProbs};
+use super::rotary::{RotaryShape, RotaryTables};
 use super::{kernels, plain};
 use crate::model::params::{LayerNorm, Linear};
 
@@ -36,6 +37,12 @@ impl Ops {
     /// x (B, T, in) · W (in, out) + b.
     pub fn linear(&self, x: &Tensor, l: &Linear) -> Result<Tensor> {
         Ok(if self.plain { plain::bmm_bias(x, &l.weight, &l.bias)? } else { kernels::bmm_bias(x, &l.weight, &l.bias)? })
+    }
+
+    /// The rotary embedding of a packed (B, T, 3C) [Q | K | V] activation, or its transpose
+    /// (the backward) with `inverse` ([`super::rotary`]).
+    pub fn rotate(&self, qkv: &Tensor, tables: &RotaryTables, shape: RotaryShape, inverse: bool) -> Result<Tensor> {
+        Ok(super::rotary::rotate(qkv, tables, shape, inverse, self.plain)?)
     }
 
     /// g (B, T, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
