@@ -33,6 +33,10 @@ tiny:
 bench:
     bash benches/throughput.sh
 
+# `agop train` against a PyTorch AdamW loop on the demo's config (the venv needs polars too).
+bench-train:
+    bash benches/train_throughput.sh
+
 # Build the GPU binary (`--device cuda`); without a system CUDA toolkit, lay one out from wheels.
 build-cuda:
     cargo fetch
