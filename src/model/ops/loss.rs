@@ -125,9 +125,8 @@ pub fn next_token_gradients<T: Real + From<f32>>(
 }
 
 /// One row of [`next_token_gradients`]: replaces the logits by g·(softmax − e_y) (zero without a
-/// target) and returns the row's loss (0 without a target). The exponentials are made once, in
-/// eight lanes (a loop the compiler vectorizes, through [`Real::exp_`]), kept in the row and
-/// summed; the lanes are added in f64.
+/// target) and returns the row's loss (0 without a target). The exponentials are made once
+/// ([`exp_shifted_sum`]), kept in the row and summed.
 fn cross_entropy_row<T: Real>(row: &mut [T], target: Option<u32>, g: f64) -> f64 {
     let Some(t) = target.map(|t| t as usize) else {
         row.iter_mut().for_each(|x| *x = T::default());
@@ -135,6 +134,17 @@ fn cross_entropy_row<T: Real>(row: &mut [T], target: Option<u32>, g: f64) -> f64
     };
     let zt = row[t].to();
     let max = row.iter().copied().fold(row[0], |m, x| if x > m { x } else { m });
+    let sum = exp_shifted_sum(row, max);
+    let scale = T::from(g / sum);
+    row.iter_mut().for_each(|x| *x = *x * scale);
+    row[t] = row[t] - T::from(g);
+    max.to() + sum.ln() - zt
+}
+
+/// Replaces each x of `row` by e^(x − max) and returns their sum: the exponentials in the row's
+/// type in eight lanes (a loop the compiler vectorizes, through [`Real::exp_`]), the lanes and
+/// the remainder added in f64.
+fn exp_shifted_sum<T: Real>(row: &mut [T], max: T) -> f64 {
     let mut lanes = [T::default(); 8];
     let mut chunks = row.chunks_exact_mut(8);
     for ch in &mut chunks {
@@ -148,11 +158,7 @@ fn cross_entropy_row<T: Real>(row: &mut [T], target: Option<u32>, g: f64) -> f64
         *x = (*x - max).exp_();
         rest += x.to();
     }
-    let sum: f64 = lanes.iter().map(|x| x.to()).sum::<f64>() + rest;
-    let scale = T::from(g / sum);
-    row.iter_mut().for_each(|x| *x = *x * scale);
-    row[t] = row[t] - T::from(g);
-    max.to() + sum.ln() - zt
+    lanes.iter().map(|x| x.to()).sum::<f64>() + rest
 }
 
 /// ∂(g · Σ_i ℓ_i)/∂z (N, V) from the logits, the targets and the forward's per-row losses
@@ -233,21 +239,7 @@ pub fn loss_directions<T: Real + From<f32>>(
                     acc[r * c..(r + 1) * c].iter_mut().for_each(|a| *a = *a * ft);
                     max[r] = m;
                 }
-                let mt = <T as Real>::from(max[r]);
-                let mut lanes = [T::default(); 8];
-                let mut chunks = row.chunks_exact_mut(8);
-                for ch in &mut chunks {
-                    for k in 0..8 {
-                        ch[k] = (ch[k] - mt).exp_();
-                        lanes[k] = lanes[k] + ch[k];
-                    }
-                }
-                let mut rest = 0f64;
-                for x in chunks.into_remainder() {
-                    *x = (*x - mt).exp_();
-                    rest += x.to();
-                }
-                sum[r] += lanes.iter().map(|x| x.to()).sum::<f64>() + rest;
+                sum[r] += exp_shifted_sum(row, <T as Real>::from(max[r]));
             }
             // SAFETY: acc is n × C; z is n × nv; the block of E is nv × C.
             unsafe {
