@@ -54,14 +54,14 @@ pub fn loss_gradients(model: &Gpt2, ids: &Tensor, targets: &Tensor) -> Result<(f
     let hidden = fwd.hidden.reshape((n, c))?;
     let e = model.unembedding_tensor();
     let dtype = hidden.dtype();
-    let count = targets.ge(0.0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let target_ids: Vec<Option<u32>> =
+        targets.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().map(|&y| (y >= 0.0).then_some(y as u32)).collect();
+    let count = target_ids.iter().flatten().count() as f64;
     if count == 0.0 {
         anyhow::bail!("no positions to predict in the batch");
     }
     let g = 1.0 / count;
     // The loss, ∂loss/∂hidden and ∂E, without the (B·T, V) logits at once.
-    let target_ids: Vec<Option<u32>> =
-        targets.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().map(|&y| (y >= 0.0).then_some(y as u32)).collect();
     let (total, seed, d_e) = match dtype {
         DType::F32 => unembedding_gradients::<f32>(&hidden, e, &target_ids, g)?,
         DType::F64 => unembedding_gradients::<f64>(&hidden, e, &target_ids, g)?,

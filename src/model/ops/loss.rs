@@ -7,6 +7,10 @@
 //! [`cross_entropy_plain`] is the same function in candle's ops: the path on other devices and
 //! the reference the tests compare the kernel with.
 //!
+//! Two kernels never hold the (N, V) logits at once: [`next_token_gradients`] (training: the loss
+//! and its gradients at the hidden states and the unembedding) and [`loss_directions`] (FACT's
+//! seed: each row's loss gradient at the hidden state).
+//!
 //! Targets travel as a float tensor of the logits' dtype (token ids are exact in f32 below
 //! 2^24); a negative target marks a row that predicts nothing (the last position of a window):
 //! its loss and gradient are zero.
@@ -159,20 +163,6 @@ fn exp_shifted_sum<T: Real>(row: &mut [T], max: T) -> f64 {
         rest += x.to();
     }
     lanes.iter().map(|x| x.to()).sum::<f64>() + rest
-}
-
-/// ∂(g · Σ_i ℓ_i)/∂z (N, V) from the logits, the targets and the forward's per-row losses
-/// `rows` (so logsumexp is not computed again): g·(softmax(z_i) − e_{y_i}), zero rows without
-/// a target. The hand-written training backward's seed ([`crate::train`]).
-pub fn cross_entropy_grad(z: &Tensor, targets: &Tensor, rows: &Tensor, g: f64) -> Result<Tensor> {
-    let gl = Tensor::stack(&[&(rows.ones_like()? * g)?, rows], 1)?.contiguous()?;
-    if z.device().is_cpu() {
-        z.contiguous()?.apply_op3_no_bwd(&targets.contiguous()?, &gl, &CrossEntropyGrad)
-    } else {
-        let zv = candle_core::Var::from_tensor(z)?;
-        let l = (cross_entropy_plain(zv.as_tensor(), targets)? * g)?.sum_all()?;
-        Ok(l.backward()?.get(zv.as_tensor()).expect("a gradient for the logits").clone())
-    }
 }
 
 /// The same losses in candle's own ops (differentiable through candle's autograd).
