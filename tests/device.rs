@@ -117,6 +117,39 @@ fn plain_ops_give_the_same_sums() {
     eprintln!("sums, plain ops vs CPU kernels: worst relative difference {worst:.3e}");
 }
 
+/// The batch-wide Grams and FACT products of the GPU path ([`Gop::add_batched`],
+/// [`Gop::add_fact_batched`]: one GEMM per module per batch), run on the CPU, equal the
+/// window-by-window CPU sums (which take f32 gradients) to f32 rounding.
+#[test]
+fn batched_sums_match_window_sums() {
+    use agop::model::Network;
+    let windows: Vec<Window> = (0..6u64)
+        .map(|i| Window { index: i, tokens: (0..9u64).map(|j| ((i * 11 + j * 5) % 50) as u32).collect() })
+        .collect();
+    let m = fixture().to_dtype(DType::F32).unwrap();
+    let meta = GopMeta { fact: true, seq_len: 9, ..GopMeta::for_config(m.cfg.clone().into()) };
+    let (mut windowed, mut batched) = (Gop::zeros(meta.clone()), Gop::zeros(meta));
+    for chunk in windows.chunks(3) {
+        let fwd = m.forward(&ids(chunk, m.device())).unwrap();
+        let (b, t, c) = (chunk.len(), 9, m.cfg.n_embd);
+        let seed = Tensor::randn(0f32, 1.0, (b, t, c), &Device::Cpu).unwrap();
+        Network::backward(&m, &fwd, &seed, &mut |g| {
+            windowed.add(g, 0.25)?;
+            batched.add_batched(g, 0.25)
+        })
+        .unwrap();
+        Network::backward_weights(&m, &fwd, &seed, &mut |g| {
+            windowed.add_fact(g)?;
+            batched.add_fact_batched(g)
+        })
+        .unwrap();
+    }
+    batched.sync().unwrap();
+    assert!(batched.sums.values().any(|(_, v)| v.iter().any(|x| *x != 0.0)), "nothing was added");
+    let worst = assert_sums_close(&windowed, &batched, 2e-6, "batched vs windowed");
+    eprintln!("batch-wide GEMMs vs window-by-window sums: worst relative difference {worst:.3e}");
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use std::path::PathBuf;

@@ -187,7 +187,7 @@ impl Gop {
                 Grad::Packed { tensor, .. } => tensor,
             };
             if !t.device().is_cpu() {
-                return self.add_on_device(grads, scale);
+                return self.add_batched(grads, scale);
             }
         }
         for g in grads {
@@ -220,43 +220,60 @@ impl Gop {
     /// batch, in order, the per-window product δ_bᵀ h_b (in the tensors' precision, f32 or f64)
     /// is added in f64.
     pub fn add_fact(&mut self, grads: &[WeightGrad]) -> Result<()> {
+        if grads.first().is_some_and(|g| !g.delta.device().is_cpu()) {
+            return self.add_fact_batched(grads);
+        }
         for g in grads {
-            let name = fact_tensor(&g.module);
-            let (b, t, dout) = g.delta.dims3()?;
-            let din = g.operand.dim(2)?;
-            match self.fact.get(&name) {
-                Some(f) if (f.rows, f.cols) == (dout, din) => {}
-                Some(f) => bail!("weight gradient of {dout} × {din} for {name}, whose sum is {} × {}", f.rows, f.cols),
-                None => bail!("no FACT sum {name} (measured without --fact?)"),
-            }
-            if !g.delta.device().is_cpu() {
-                // Per window δᵀh (B, d_out, d_in) as one batched matmul, summed in f64 on the device.
-                let d = g.delta.contiguous()?.transpose(1, 2)?.contiguous()?;
-                let prod = d.matmul(&g.operand.contiguous()?)?;
-                self.add_device(name, prod.to_dtype(candle_core::DType::F64)?.sum(0)?)?;
-                continue;
-            }
-            let acc = &mut self.fact.get_mut(&name).expect("checked above").values;
+            let (b, t, dout, din) = self.fact_shape(g)?;
+            let acc = &mut self.fact.get_mut(&fact_tensor(&g.module)).expect("checked").values;
             add_cross(acc, &g.delta.contiguous()?, &g.operand.contiguous()?, b, t, dout, din)?;
         }
         Ok(())
     }
 
-    /// [`Gop::add`] for gradients on a GPU: each window's Gram is one matrix of a batched f32
-    /// matmul (Gᵀ G over the window's T positions, TF32 off), converted to f64 and summed over the
-    /// batch on the device, then added into the device sum of the module. The order of the f64
-    /// additions differs from the CPU path's (window by window): the sums agree to rounding.
-    fn add_on_device(&mut self, grads: &[Grad], scale: f64) -> Result<()> {
+    /// [`Gop::add_fact`] on a GPU (and a second code path on the CPU), as [`Gop::add_batched`]
+    /// is for the Grams: δᵀh over all B·T rows of the batch as one GEMM, added in f64.
+    pub fn add_fact_batched(&mut self, grads: &[WeightGrad]) -> Result<()> {
+        use candle_core::DType;
+        for g in grads {
+            let (b, t, dout, din) = self.fact_shape(g)?;
+            let delta = widened(&g.delta)?.contiguous()?.reshape((b * t, dout))?;
+            let operand = widened(&g.operand)?.contiguous()?.reshape((b * t, din))?;
+            let prod = delta.t()?.matmul(&operand)?; // (d_out, d_in)
+            self.add_device(fact_tensor(&g.module), prod.to_dtype(DType::F64)?)?;
+        }
+        Ok(())
+    }
+
+    /// (B, T, d_out, d_in) of a weight gradient, checked against its FACT sum.
+    fn fact_shape(&self, g: &WeightGrad) -> Result<(usize, usize, usize, usize)> {
+        let name = fact_tensor(&g.module);
+        let (b, t, dout) = g.delta.dims3()?;
+        let din = g.operand.dim(2)?;
+        match self.fact.get(&name) {
+            Some(f) if (f.rows, f.cols) == (dout, din) => Ok((b, t, dout, din)),
+            Some(f) => bail!("weight gradient of {dout} × {din} for {name}, whose sum is {} × {}", f.rows, f.cols),
+            None => bail!("no FACT sum {name} (measured without --fact?)"),
+        }
+    }
+
+    /// [`Gop::add`] for gradients on a GPU (and, on the CPU, a second code path the tests compare
+    /// with the window-by-window one): each module's Gram over the whole batch, Gᵀ G over all B·T
+    /// rows, is one GEMM (f32, TF32 off, or f64 for an f64 model), and the heads of a packed gradient are one batched GEMM
+    /// over the heads; each is converted to f64 and added into the module's device sum. So a
+    /// batch costs one d × d f64 addition per module instead of one per window. The f32 sums run
+    /// over a batch, not a window: the result agrees with the CPU path's to f32 rounding, and on
+    /// a GPU it depends on the batch size at that level.
+    pub fn add_batched(&mut self, grads: &[Grad], scale: f64) -> Result<()> {
         use candle_core::DType;
         for g in grads {
             match g {
                 Grad::Module(m, grad) => {
-                    let d = grad.dim(2)?;
+                    let (b, t, d) = grad.dims3()?;
                     self.acc(m, d)?; // checks the shape
-                    let x = grad.contiguous()?;
-                    let gram = x.transpose(1, 2)?.contiguous()?.matmul(&x)?; // (B, d, d)
-                    let sum = (gram.to_dtype(DType::F64)?.sum(0)? * scale)?;
-                    self.add_device(m.gop_tensor(), sum)?;
+                    let x = widened(grad)?.contiguous()?.reshape((b * t, d))?;
+                    let gram = x.t()?.matmul(&x)?; // (d, d)
+                    self.add_device(m.gop_tensor(), (gram.to_dtype(DType::F64)? * scale)?)?;
                 }
                 Grad::Packed { modules, width, tensor } => {
                     let (b, t, cols) = tensor.dims3()?;
@@ -264,10 +281,10 @@ impl Gop {
                     if cols != n * w {
                         bail!("packed gradient of {cols} columns for {n} modules of width {w}");
                     }
-                    // (B, T, n, w) → (B, n, w, T) · (B, n, T, w) = (B, n, w, w), summed over B.
-                    let x = tensor.reshape((b, t, n, w))?.transpose(1, 2)?.contiguous()?;
-                    let gram = x.transpose(2, 3)?.contiguous()?.matmul(&x)?;
-                    let sums = (gram.to_dtype(DType::F64)?.sum(0)? * scale)?; // (n, w, w)
+                    // (B·T, n, w) → (n, B·T, w); (n, w, B·T) · (n, B·T, w) = (n, w, w).
+                    let x = widened(tensor)?.reshape((b * t, n, w))?.transpose(0, 1)?.contiguous()?;
+                    let gram = x.transpose(1, 2)?.matmul(&x)?;
+                    let sums = (gram.to_dtype(DType::F64)? * scale)?;
                     for (i, m) in modules.iter().enumerate() {
                         self.acc(m, w)?;
                         self.add_device(m.gop_tensor(), sums.get(i)?)?;
@@ -644,6 +661,16 @@ fn short(sha: &str) -> &str {
 /// `0..10, 20..25` style text for ranges.
 pub fn format_ranges(r: &[(u64, u64)]) -> String {
     r.iter().map(|(s, e)| format!("{s}..{e}")).collect::<Vec<_>>().join(", ")
+}
+
+/// A gradient in the precision its products are taken in: f32 or f64 as it is, a 16-bit one
+/// (`--precision bf16`) widened to f32.
+fn widened(t: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    use candle_core::DType;
+    Ok(match t.dtype() {
+        DType::F32 | DType::F64 => t.clone(),
+        _ => t.to_dtype(DType::F32)?,
+    })
 }
 
 #[cfg(test)]

@@ -38,7 +38,10 @@ fn cuda(ordinal: usize, spec: &str) -> Result<Device> {
     candle_core::cuda::set_gemm_reduced_precision_f16(false);
     candle_core::cuda::set_gemm_reduced_precision_bf16(false);
     match Device::new_cuda(ordinal) {
-        Ok(d) => Ok(d),
+        Ok(d) => {
+            tune_cuda(&d)?;
+            Ok(d)
+        }
         // candle's error text carries a backtrace after the first line.
         Err(e) => bail_bad!(
             "--device {spec}: no usable NVIDIA GPU {ordinal} ({}); check `nvidia-smi`, CUDA_VISIBLE_DEVICES, and \
@@ -46,6 +49,40 @@ fn cuda(ordinal: usize, spec: &str) -> Result<Device> {
             e.to_string().lines().next().unwrap_or_default()
         ),
     }
+}
+
+/// Per-launch overheads off on a fresh device: candle's tensors need no CUDA events (they all
+/// live on the device's one stream, so cudarc's cross-stream event tracking only costs two event
+/// creations per allocation), and the stream-ordered memory pool keeps freed memory instead of
+/// returning it to the driver at every synchronization (its default release threshold is 0), as
+/// PyTorch's caching allocator does.
+#[cfg(feature = "cuda")]
+fn tune_cuda(device: &Device) -> Result<()> {
+    use candle_core::cuda::cudarc::driver::sys;
+    let cuda = device.as_cuda_device()?;
+    // SAFETY: agop creates no second stream on this context; every tensor is used on the one
+    // stream candle made it on, which is what makes event tracking unnecessary.
+    unsafe { cuda.disable_event_tracking() };
+    let stream = cuda.cuda_stream();
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: plain driver calls on the device the context was made for; `threshold` outlives them.
+    let status = unsafe {
+        stream.context().bind_to_thread()?;
+        match sys::cuDeviceGetDefaultMemPool(&mut pool, stream.context().cu_device()) {
+            sys::CUresult::CUDA_SUCCESS => sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            ),
+            other => other,
+        }
+    };
+    if status != sys::CUresult::CUDA_SUCCESS {
+        // Only speed depends on it (a GPU without memory pools allocates synchronously).
+        eprintln!("note: could not keep the CUDA memory pool's freed memory ({status:?}); continuing");
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]

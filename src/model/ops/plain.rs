@@ -8,7 +8,16 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 /// op(a)·op(b) for a (batch, r, c) and b (batch, r, c) or 2-D (shared), op = identity or transpose.
+/// A shared b takes one GEMM over all batch·r rows (on a GPU one cuBLAS call, not a batch of
+/// small ones).
 pub fn bmm(a: &Tensor, b: &Tensor, a_t: bool, b_t: bool) -> Result<Tensor> {
+    if let (3, 2, false) = (a.rank(), b.rank(), a_t) {
+        let (n, r, c) = a.dims3()?;
+        // A transposed b is read in place (cuBLAS and gemm take transposed operands).
+        let b = if b_t { b.contiguous()?.t()? } else { b.contiguous()? };
+        let y = a.contiguous()?.reshape((n * r, c))?.matmul(&b)?;
+        return y.reshape((n, r, y.dim(1)?));
+    }
     let a = if a_t { a.transpose(1, 2)? } else { a.clone() };
     let b = match (b.rank(), b_t) {
         (2, true) => b.t()?,
