@@ -195,6 +195,10 @@ pub struct MeasureArgs {
     /// Checkpoint when this many seconds have passed since the last checkpoint.
     #[arg(long, default_value_t = 60.0)]
     pub checkpoint_secs: f64,
+    /// Print where the time went, phase by phase (forward, backward, Grams, FACT, ...), timing
+    /// each with the device synchronized around it.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Args, Debug)]

@@ -33,6 +33,7 @@ impl MeasureArgs {
             checkpoint_windows: self.checkpoint_windows,
             checkpoint_secs: self.checkpoint_secs,
             groups: self.groups,
+            profile: self.profile,
             ..MeasureOptions::new(
                 self.weights,
                 Settings {

@@ -19,6 +19,7 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use super::gop::Gop;
+use super::profile::Profile;
 use super::settings::{Estimator, Output, Settings};
 use crate::bail_bad;
 use crate::math::linalg;
@@ -34,6 +35,8 @@ pub struct Measurer<'a, N: Network> {
     factor: Tensor,
     /// Indices of the nonzero columns of L (the exact estimator's directions).
     directions: Vec<usize>,
+    /// `--profile`'s phase timings (off unless [`Measurer::with_profile`]).
+    profile: Profile,
 }
 
 /// The probe RNG for (seed, window, probe): a ChaCha8 stream keyed by all three.
@@ -70,7 +73,18 @@ impl<'a, N: Network> Measurer<'a, N> {
             })
             .collect();
         let factor = Tensor::from_vec(l, (c, c), model.device())?;
-        Ok(Self { model, settings, factor, directions })
+        let profile = Profile::new(model.device(), false);
+        Ok(Self { model, settings, factor, directions, profile })
+    }
+
+    /// The same measurer timing its phases (`--profile`) when `on`.
+    pub fn with_profile(self, on: bool) -> Self {
+        Self { profile: Profile::new(self.model.device(), on), ..self }
+    }
+
+    /// The phase timings (empty unless made [`Measurer::with_profile`]).
+    pub fn profile(&self) -> &Profile {
+        &self.profile
     }
 
     /// 1 / probes for the sketch, 1 for exact: the weight of one backward pass's outer products.
@@ -90,8 +104,9 @@ impl<'a, N: Network> Measurer<'a, N> {
                 windows.iter().try_for_each(|w| self.exact(w, gop))?;
                 if self.settings.fact {
                     let toks: Vec<&[u32]> = windows.iter().map(|w| w.tokens.as_slice()).collect();
-                    let fwd = self.model.forward(&self.ids(&toks)?)?;
-                    let dirs = self.loss_directions(self.model.hidden(&fwd), &toks)?;
+                    let fwd = self.profile.time("forward", || self.model.forward(&self.ids(&toks)?))?;
+                    let dirs =
+                        self.profile.time("loss gradient", || self.loss_directions(self.model.hidden(&fwd), &toks))?;
                     self.fact(&fwd, &dirs, gop)?;
                 }
                 Ok(())
@@ -102,7 +117,10 @@ impl<'a, N: Network> Measurer<'a, N> {
     /// The FACT pass: the gradient of the summed loss L = Σ_t ℓ_t (`dirs`, unweighted) sent
     /// back once, every module's weight gradient Σ δ hᵀ added to the FACT sums.
     fn fact(&self, fwd: &N::Forward, dirs: &Tensor, gop: &mut Gop) -> Result<()> {
-        self.model.backward_weights(fwd, dirs, &mut |g| gop.add_fact(g))
+        let p = &self.profile;
+        p.time("FACT backward", || {
+            self.model.backward_weights(fwd, dirs, &mut |g| p.time("FACT products", || gop.add_fact(g)))
+        })
     }
 
     fn ids(&self, windows: &[&[u32]]) -> Result<Tensor> {
@@ -113,46 +131,59 @@ impl<'a, N: Network> Measurer<'a, N> {
 
     fn sketch(&self, windows: &[Window], gop: &mut Gop) -> Result<()> {
         let model = self.model;
-        let dev = model.device();
         let (b, t, c) = (windows.len(), windows[0].tokens.len(), self.factor.dim(0)?);
         let toks: Vec<&[u32]> = windows.iter().map(|w| w.tokens.as_slice()).collect();
-        let fwd = model.forward(&self.ids(&toks)?)?;
+        let p = &self.profile;
+        let fwd = p.time("forward", || model.forward(&self.ids(&toks)?))?;
         // The loss gradient at the ln_f output: the seed of the loss output's probes and of the
         // FACT pass.
         let loss = if self.settings.output == Output::Loss || self.settings.fact {
-            Some(self.loss_directions(model.hidden(&fwd), &toks)?)
+            Some(p.time("loss gradient", || self.loss_directions(model.hidden(&fwd), &toks))?)
         } else {
             None
         };
         let loss_dirs = loss.as_ref().filter(|_| self.settings.output == Output::Loss);
         let scale = self.scale();
-        for p in 0..self.settings.probes {
-            let seed = match &loss_dirs {
-                None => {
-                    // Each window's draws come from its own stream: drawn in parallel, laid out in order.
-                    let mut z = vec![0f32; b * t * c];
-                    z.par_chunks_mut(t * c).zip(windows).for_each(|(zw, w)| {
-                        let mut rng = probe_rng(self.settings.seed, w.index, p);
-                        zw.iter_mut().for_each(|x| *x = rng.sample::<f32, _>(StandardNormal));
-                    });
-                    let z = Tensor::from_vec(z, (b, t, c), dev)?;
-                    matmul(&z, &self.factor, false, true)?
-                }
-                Some(dirs) => {
-                    let mut eps = Vec::with_capacity(b * t);
-                    for w in windows {
-                        let mut rng = probe_rng(self.settings.seed, w.index, p);
-                        eps.extend((0..t).map(|_| if rng.random::<bool>() { 1.0f32 } else { -1.0 }));
-                    }
-                    dirs.broadcast_mul(&Tensor::from_vec(eps, (b, t, 1), dev)?)?
-                }
-            };
-            model.backward(&fwd, &seed, &mut |g| gop.add(g, scale))?;
+        for probe in 0..self.settings.probes {
+            let seed = p.time("probes", || self.probe(windows, probe, loss_dirs, (b, t, c)))?;
+            p.time("backward", || model.backward(&fwd, &seed, &mut |g| p.time("Grams", || gop.add(g, scale))))?;
         }
         if let (true, Some(dirs)) = (self.settings.fact, &loss) {
             self.fact(&fwd, dirs, gop)?;
         }
         Ok(())
+    }
+
+    /// The seed of probe `p` for a batch of (B, T, C): L z with z ~ N(0, I) for the logits,
+    /// Rademacher-weighted loss gradients for the loss.
+    fn probe(
+        &self,
+        windows: &[Window],
+        p: u32,
+        loss_dirs: Option<&Tensor>,
+        (b, t, c): (usize, usize, usize),
+    ) -> Result<Tensor> {
+        let dev = self.model.device();
+        Ok(match loss_dirs {
+            None => {
+                // Each window's draws come from its own stream: drawn in parallel, laid out in order.
+                let mut z = vec![0f32; b * t * c];
+                z.par_chunks_mut(t * c).zip(windows).for_each(|(zw, w)| {
+                    let mut rng = probe_rng(self.settings.seed, w.index, p);
+                    zw.iter_mut().for_each(|x| *x = rng.sample::<f32, _>(StandardNormal));
+                });
+                let z = Tensor::from_vec(z, (b, t, c), dev)?;
+                matmul(&z, &self.factor, false, true)?
+            }
+            Some(dirs) => {
+                let mut eps = Vec::with_capacity(b * t);
+                for w in windows {
+                    let mut rng = probe_rng(self.settings.seed, w.index, p);
+                    eps.extend((0..t).map(|_| if rng.random::<bool>() { 1.0f32 } else { -1.0 }));
+                }
+                dirs.broadcast_mul(&Tensor::from_vec(eps, (b, t, 1), dev)?)?
+            }
+        })
     }
 
     fn exact(&self, w: &Window, gop: &mut Gop) -> Result<()> {
@@ -180,13 +211,14 @@ impl<'a, N: Network> Measurer<'a, N> {
         for chunk in seeds.chunks(EXACT_CHUNK) {
             let n = chunk.len();
             let toks: Vec<&[u32]> = vec![w.tokens.as_slice(); n];
-            let fwd = model.forward(&self.ids(&toks)?)?;
+            let fwd = self.profile.time("forward", || model.forward(&self.ids(&toks)?))?;
             let mut s = vec![0f32; n * t * c];
             for (k, (pos, v)) in chunk.iter().enumerate() {
                 s[(k * t + pos) * c..(k * t + pos + 1) * c].copy_from_slice(v);
             }
             let seed = Tensor::from_vec(s, (n, t, c), model.device())?;
-            model.backward(&fwd, &seed, &mut |g| gop.add(g, 1.0))?;
+            let p = &self.profile;
+            p.time("backward", || model.backward(&fwd, &seed, &mut |g| p.time("Grams", || gop.add(g, 1.0))))?;
         }
         Ok(())
     }

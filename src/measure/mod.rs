@@ -1,12 +1,13 @@
 //! AGOP measurement: what is measured ([`settings`]), the estimators ([`estimator`]), the f64 GOP sums they fill
-//! and their file ([`gop`]), the checkpointed, sharded measure loop ([`run`]) and merging of
-//! shards ([`merge`]).
+//! and their file ([`gop`]), the checkpointed, sharded measure loop ([`run`]), merging of
+//! shards ([`merge`]) and `--profile`'s phase timings ([`profile`]).
 
 pub mod estimator;
 pub mod fact;
 pub mod gop;
 pub mod groups;
 pub mod merge;
+pub mod profile;
 pub mod run;
 pub mod settings;
 

@@ -46,6 +46,9 @@ pub struct MeasureOptions {
     pub device: Device,
     /// Window groups whose sums are kept apart for error bars ([`super::groups`]); 1: none.
     pub groups: u32,
+    /// Time each phase with the device synchronized around it and print where the time went
+    /// (`--profile`, [`super::profile`]).
+    pub profile: bool,
 }
 
 impl MeasureOptions {
@@ -65,6 +68,7 @@ impl MeasureOptions {
             checkpoint_secs: 60.0,
             device: Device::Cpu,
             groups: 1,
+            profile: false,
         }
     }
 }
@@ -100,7 +104,7 @@ pub fn measure_model<N: Network>(
     opts: &MeasureOptions,
     checkpoint: Option<&Path>,
 ) -> Result<Gop> {
-    let measurer = Measurer::new(model, opts.settings)?;
+    let measurer = Measurer::new(model, opts.settings)?.with_profile(opts.profile);
     let total: u64 = windows.iter().map(|w| w.tokens.len() as u64).sum();
     let bar = progress_bar(total, opts.progress, "measure", "tokens");
     bar.set_position(start.meta.n_tokens);
@@ -146,16 +150,18 @@ fn measure_windows<N: Network>(
             let by_count = opts.checkpoint_windows > 0 && since >= opts.checkpoint_windows;
             let by_time = last.elapsed().as_secs_f64() >= opts.checkpoint_secs;
             if by_count || by_time {
-                gop.sync()?;
-                check_sums(&gop, &mut unchecked)?;
-                gop.meta.windows = gop::ranges_of(done_idx.clone());
-                gop.save(path)?;
+                measurer.profile().time("checkpoints", || {
+                    gop.sync()?;
+                    check_sums(&gop, &mut unchecked)?;
+                    gop.meta.windows = gop::ranges_of(done_idx.clone());
+                    gop.save(path)
+                })?;
                 last = std::time::Instant::now();
                 since = 0;
             }
         }
     }
-    gop.sync()?;
+    measurer.profile().time("sums to host", || gop.sync())?;
     check_sums(&gop, &mut unchecked)?;
     gop.meta.windows = gop::ranges_of(done_idx);
     Ok(gop)
@@ -244,7 +250,7 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
     };
     let ckpt = checkpoint_path(out);
     let resume = if ckpt.is_file() { Some(load_checkpoint(&ckpt, &meta, &plan, opts.progress)?) } else { None };
-    let measurer = Measurer::new(&model, opts.settings)?;
+    let measurer = Measurer::new(&model, opts.settings)?.with_profile(opts.profile);
     let bar = progress_bar(windows.iter().map(|w| w.tokens.len() as u64).sum(), opts.progress, "measure", "tokens");
     let t0 = std::time::Instant::now();
     let gop = if plan.len() == 1 {
@@ -299,6 +305,9 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
     };
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
+    if opts.profile {
+        eprint!("{}", measurer.profile().report(secs));
+    }
     drop(model); // the weights are not needed to write the sums
     gop.save(out)?;
     let _ = std::fs::remove_file(&ckpt);
