@@ -195,6 +195,11 @@ pub struct MeasureArgs {
     /// Checkpoint when this many seconds have passed since the last checkpoint.
     #[arg(long, default_value_t = 60.0)]
     pub checkpoint_secs: f64,
+    /// The precision of the model's own products on a GPU: f32 (TF32 off), tf32 (cuBLAS's
+    /// tensor-core mode) or bf16 (bf16 operands, as PyTorch's autocast). Grams and sums stay f32
+    /// products added in f64. Recorded in the GOP file; parts of different precision do not merge.
+    #[arg(long, value_enum, default_value_t = agop::model::Precision::F32)]
+    pub precision: agop::model::Precision,
     /// Print where the time went, phase by phase (forward, backward, Grams, FACT, ...), timing
     /// each with the device synchronized around it.
     #[arg(long)]

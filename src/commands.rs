@@ -34,6 +34,7 @@ impl MeasureArgs {
             checkpoint_secs: self.checkpoint_secs,
             groups: self.groups,
             profile: self.profile,
+            precision: self.precision,
             ..MeasureOptions::new(
                 self.weights,
                 Settings {

@@ -150,6 +150,22 @@ fn batched_sums_match_window_sums() {
     eprintln!("batch-wide GEMMs vs window-by-window sums: worst relative difference {worst:.3e}");
 }
 
+/// `--precision bf16` (products with bf16 operands, the rest f32), run through the plain ops on
+/// the CPU: the GOP and FACT sums move by bf16 rounding (a few percent on this tiny model), and not by
+/// nothing (the operands really are rounded).
+#[test]
+fn bf16_products_stay_near_f32() {
+    let m = fixture().to_dtype(DType::F32).unwrap();
+    let windows: Vec<Window> = (0..4u64)
+        .map(|i| Window { index: i, tokens: (0..8u64).map(|j| ((i * 17 + j * 3) % 50) as u32).collect() })
+        .collect();
+    let f32_sums = sums(&m.clone().with_plain_ops(), &windows, true);
+    let bf16_sums = sums(&m.with_precision(agop::model::Precision::Bf16), &windows, true);
+    let worst = assert_sums_close(&f32_sums, &bf16_sums, 1e-1, "bf16 vs f32");
+    assert!(worst > 1e-4, "bf16 products changed the sums by only {worst:.2e}: are the operands rounded?");
+    eprintln!("sums, bf16 products vs f32: worst relative difference {worst:.3e}");
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use std::path::PathBuf;
@@ -158,6 +174,9 @@ mod gpu {
     use agop::tokenize::{write_tokens, TokensMeta};
 
     use super::*;
+
+    /// The GPU tests run one at a time: `--precision tf32` sets cuBLAS's mode for the process.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// GPU 0, or None (the test then passes with a message) when this machine has none.
     fn gpu() -> Option<Device> {
@@ -174,6 +193,7 @@ mod gpu {
     /// the GPU's sketch and FACT sums match the CPU's (the same probes).
     #[test]
     fn gpu_matches_cpu_and_golden_on_the_fixture() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let Some(dev) = gpu() else { return };
         let cpu = fixture();
         let gpu = cpu.to_device(&dev).unwrap();
@@ -218,14 +238,10 @@ mod gpu {
     /// CPU shard merged with a GPU shard equals the CPU run.
     #[test]
     fn gpu_matches_cpu_on_gpt2_small_dimensions() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let Some(dev) = gpu() else { return };
         let tmp = tempfile::tempdir().unwrap();
-        let model_dir = init_checkpoint(
-            tmp.path(),
-            "g2",
-            r#"{"model_type":"gpt2","n_layer":12,"n_head":12,"n_embd":768,"n_positions":1024,"vocab_size":50257}"#,
-            5,
-        );
+        let model_dir = gpt2_small(tmp.path());
         let tokens = windows_file(tmp.path(), 4, 128);
         let resolved = agop::fetch::ResolvedModel::local(&model_dir).unwrap();
         let opts = |shard, device: &Device| {
@@ -262,6 +278,71 @@ mod gpu {
         let worst = assert_sums_close(&cpu, &merged, 1e-4, "CPU shard + GPU shard vs CPU");
         eprintln!("CPU shard + GPU shard merged vs CPU run: worst relative difference {worst:.3e}");
     }
+
+    /// A random-init model of GPT-2 small's dimensions, written under `dir`.
+    fn gpt2_small(dir: &std::path::Path) -> PathBuf {
+        init_checkpoint(
+            dir,
+            "g2",
+            r#"{"model_type":"gpt2","n_layer":12,"n_head":12,"n_embd":768,"n_positions":1024,"vocab_size":50257}"#,
+            5,
+        )
+    }
+
+    /// `--precision tf32` and `bf16` against f32 on the GPU, GPT-2-small dimensions: every
+    /// module's GOP and FACT sums and every correlation stay within the stated tolerances (the
+    /// README's GPU section quotes what this prints).
+    #[test]
+    fn gpu_reduced_precisions_stay_near_f32() {
+        use agop::model::Precision;
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(dev) = gpu() else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let model_dir = gpt2_small(tmp.path());
+        let tokens = windows_file(tmp.path(), 4, 256);
+        let resolved = agop::fetch::ResolvedModel::local(&model_dir).unwrap();
+        let p = |n: &str| tmp.path().join(n);
+        let run = |precision: Precision| {
+            let opts = MeasureOptions {
+                precision,
+                ..MeasureOptions::new(WeightsKind::RandomInit, settings(true), 2).on(dev.clone())
+            };
+            let name = format!("{precision}.safetensors");
+            let gop = measure::measure(&resolved, &tokens, &p(&name), &opts).unwrap();
+            let corr = agop::correlate::correlate_files(
+                &resolved,
+                &[p(&name)],
+                &p(&format!("{precision}.parquet")),
+                &agop::correlate::CorrelateOptions::new(&[0.5, 1.0]),
+                &Default::default(),
+            )
+            .unwrap();
+            let values: Vec<f64> =
+                corr.column("value").unwrap().f64().unwrap().iter().map(|x| x.unwrap_or(f64::NAN)).collect();
+            (gop, values)
+        };
+        let (base, base_corr) = run(Precision::F32);
+        for (precision, sum_tol, corr_tol) in [(Precision::Tf32, 5e-2, 1e-2), (Precision::Bf16, 2e-1, 5e-2)] {
+            let (gop, corr) = run(precision);
+            assert_eq!(gop.meta.precision, precision);
+            let worst = assert_sums_close(&base, &gop, sum_tol, &format!("{precision} vs f32"));
+            let mut errs: Vec<f64> = base
+                .sums
+                .iter()
+                .map(|(k, (_, v))| rel_frob(&gop.sums[k].1, v))
+                .chain(base.fact.iter().map(|(k, f)| rel_frob(&gop.fact[k].values, &f.values)))
+                .collect();
+            errs.sort_by(f64::total_cmp);
+            let moved = base_corr.iter().zip(&corr).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(moved < corr_tol, "{precision}: a correlation moved by {moved:.3e} from f32");
+            eprintln!(
+                "gpt2-small dims, {precision} vs f32: GOP/FACT sums relative error median {:.2e}, worst {worst:.2e}; \
+                 largest correlation change {moved:.2e}",
+                errs[errs.len() / 2]
+            );
+        }
+        agop::model::set_precision(&dev, Precision::F32).unwrap();
+    }
 }
 
 /// `--device cuda` on a build without the feature, and a malformed device anywhere: exit 2 with
@@ -272,7 +353,7 @@ fn device_errors_are_bad_input() {
     let tokens = tmp.path().join("tokens.parquet");
     let w = vec![Window { index: 0, tokens: vec![1, 2, 3, 4] }];
     agop::tokenize::write_tokens(&tokens, &w, &agop::tokenize::TokensMeta::default()).unwrap();
-    let measure = |device: &str| {
+    let measure_with = |device: &str, precision: &str| {
         std::process::Command::new(agop_bin())
             .args(["measure", "--model"])
             .arg(fixture_model())
@@ -280,14 +361,22 @@ fn device_errors_are_bad_input() {
             .arg(&tokens)
             .arg("--out")
             .arg(tmp.path().join("g.safetensors"))
-            .args(["--device", device])
+            .args(["--device", device, "--precision", precision])
             .output()
             .unwrap()
     };
+    let measure = |device: &str| measure_with(device, "f32");
     let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
     let o = measure("gpu0");
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("expected cpu, cuda or cuda:N"), "{}", text(&o));
+    // A reduced precision is a GPU's; the CPU refuses it before any work, and writes nothing.
+    for p in ["tf32", "bf16"] {
+        let o = measure_with("cpu", p);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("applies on a GPU"), "{}", text(&o));
+        assert!(!tmp.path().join("g.safetensors").exists());
+    }
     #[cfg(not(feature = "cuda"))]
     {
         let o = measure("cuda");

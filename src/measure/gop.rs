@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::fact::{add_window_cross, fact_modules, fact_tensor};
 use super::settings::{Estimator, Output};
 use crate::math::gemm::{gemm_into, SyncPtr, View};
-use crate::model::{Grad, ModelConfig, Module, WeightGrad, WeightsKind};
+use crate::model::{full_f32, Grad, ModelConfig, Module, Precision, WeightGrad, WeightsKind};
 use crate::util::tensor_file::TensorFile;
 use crate::{bad, bail_bad};
 
@@ -67,6 +67,10 @@ pub struct GopMeta {
     /// a setting that must match (CPU and GPU shards merge). Empty in files from before.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub device: String,
+    /// The precision of the model's products (`--precision`; f32, not written, unless reduced).
+    /// A setting: parts measured in different precisions do not merge.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 /// Which group a group file holds: its index (0-based, in global window order) and how many
@@ -108,6 +112,7 @@ impl GopMeta {
             group: None,
             fact: false,
             device: String::new(),
+            precision: Precision::F32,
         }
     }
 }
@@ -237,9 +242,9 @@ impl Gop {
         use candle_core::DType;
         for g in grads {
             let (b, t, dout, din) = self.fact_shape(g)?;
-            let delta = widened(&g.delta)?.contiguous()?.reshape((b * t, dout))?;
-            let operand = widened(&g.operand)?.contiguous()?.reshape((b * t, din))?;
-            let prod = delta.t()?.matmul(&operand)?; // (d_out, d_in)
+            let delta = widened(g.delta)?.contiguous()?.reshape((b * t, dout))?;
+            let operand = widened(g.operand)?.contiguous()?.reshape((b * t, din))?;
+            let prod = full_f32(|| delta.t()?.matmul(&operand))?; // (d_out, d_in)
             self.add_device(fact_tensor(&g.module), prod.to_dtype(DType::F64)?)?;
         }
         Ok(())
@@ -272,7 +277,7 @@ impl Gop {
                     let (b, t, d) = grad.dims3()?;
                     self.acc(m, d)?; // checks the shape
                     let x = widened(grad)?.contiguous()?.reshape((b * t, d))?;
-                    let gram = x.t()?.matmul(&x)?; // (d, d)
+                    let gram = full_f32(|| x.t()?.matmul(&x))?; // (d, d)
                     self.add_device(m.gop_tensor(), (gram.to_dtype(DType::F64)? * scale)?)?;
                 }
                 Grad::Packed { modules, width, tensor } => {
@@ -283,7 +288,7 @@ impl Gop {
                     }
                     // (B·T, n, w) → (n, B·T, w); (n, w, B·T) · (n, B·T, w) = (n, w, w).
                     let x = widened(tensor)?.reshape((b * t, n, w))?.transpose(0, 1)?.contiguous()?;
-                    let gram = x.transpose(1, 2)?.matmul(&x)?;
+                    let gram = full_f32(|| x.transpose(1, 2)?.matmul(&x))?;
                     let sums = (gram.to_dtype(DType::F64)? * scale)?;
                     for (i, m) in modules.iter().enumerate() {
                         self.acc(m, w)?;
@@ -648,6 +653,7 @@ pub fn differences(a: &GopMeta, b: &GopMeta) -> Vec<String> {
     field("total windows", a.total_windows.to_string(), b.total_windows.to_string());
     field("groups", a.groups.to_string(), b.groups.to_string());
     field("fact", a.fact.to_string(), b.fact.to_string());
+    field("precision", a.precision.to_string(), b.precision.to_string());
     if a.config != b.config {
         out.push("model config differs".into());
     }

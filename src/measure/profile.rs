@@ -93,7 +93,10 @@ mod tests {
         for _ in 0..2 {
             p.time("outer", || {
                 sleep(30);
-                p.time("inner", || Ok(sleep(50)))
+                p.time("inner", || {
+                    sleep(50);
+                    Ok(())
+                })
             })
             .unwrap();
         }

@@ -13,7 +13,7 @@ use super::groups::{group_path, groups_dir, remove_other_groups, GroupPlan};
 use super::settings::Settings;
 use crate::bail_bad;
 use crate::fetch::ResolvedModel;
-use crate::model::{self, ModelConfig, Network, WeightsKind};
+use crate::model::{self, ModelConfig, Network, Precision, WeightsKind};
 use crate::tokenize::{read_tokens, Window};
 use crate::util::{progress_bar, sha256_file};
 
@@ -49,6 +49,9 @@ pub struct MeasureOptions {
     /// Time each phase with the device synchronized around it and print where the time went
     /// (`--profile`, [`super::profile`]).
     pub profile: bool,
+    /// The precision of the model's products on a GPU (`--precision`); recorded, and a setting
+    /// that must match.
+    pub precision: Precision,
 }
 
 impl MeasureOptions {
@@ -69,6 +72,7 @@ impl MeasureOptions {
             device: Device::Cpu,
             groups: 1,
             profile: false,
+            precision: Precision::F32,
         }
     }
 }
@@ -224,7 +228,9 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
     windows.sort_by_key(|w| w.index);
     let plan = GroupPlan::new(&windows.iter().map(|w| w.index).collect::<Vec<_>>(), opts.groups)?;
     let windows = shard_windows(windows, opts.shard)?;
-    let model = model::load_model(&resolved.dir, &cfg, opts.weights, opts.settings.seed, &opts.device)?;
+    model::set_precision(&opts.device, opts.precision)?;
+    let model = model::load_model(&resolved.dir, &cfg, opts.weights, opts.settings.seed, &opts.device)?
+        .with_precision(opts.precision);
     let meta = GopMeta {
         agop_version: env!("CARGO_PKG_VERSION").into(),
         model: resolved.id.clone(),
@@ -247,6 +253,7 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
         group: None,
         fact: opts.settings.fact,
         device: crate::model::device_name(&opts.device),
+        precision: opts.precision,
     };
     let ckpt = checkpoint_path(out);
     let resume = if ckpt.is_file() { Some(load_checkpoint(&ckpt, &meta, &plan, opts.progress)?) } else { None };

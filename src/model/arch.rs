@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use candle_core::{Device, Tensor};
 
 use super::config::Gpt2Config;
+use super::device::Precision;
 use super::gpt2::{Forward, Gpt2};
 use super::modules::Module;
 use super::neox::config::NeoXConfig;
@@ -165,6 +166,14 @@ impl Model {
         match self {
             Model::Gpt2(m) => ModelConfig::Gpt2(m.cfg.clone()),
             Model::NeoX(m) => ModelConfig::NeoX(m.cfg.clone()),
+        }
+    }
+
+    /// The same model computing its products in `precision` (`--precision`).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        match self {
+            Model::Gpt2(m) => Model::Gpt2(m.with_precision(precision)),
+            Model::NeoX(m) => Model::NeoX(m.with_precision(precision)),
         }
     }
 }

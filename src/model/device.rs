@@ -1,9 +1,73 @@
-//! `--device cpu|cuda[:N]`: where the model and the measurement run.
+//! `--device cpu|cuda[:N]`: where the model and the measurement run; `--precision`: how a GPU
+//! computes the model's products.
 
 use anyhow::Result;
 use candle_core::Device;
 
 use crate::bail_bad;
+
+/// The arithmetic of the model's own products on a GPU (`--precision`). The Grams, the FACT
+/// products and every sum stay f32 products added in f64 whatever this is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// f32 products, TF32 off (the default; the CPU's only precision).
+    #[default]
+    F32,
+    /// cuBLAS's TF32 tensor-core mode for the model's f32 products (10-bit mantissa inputs).
+    Tf32,
+    /// The model's products with bf16 operands (f32 accumulation), everything else in f32, as
+    /// PyTorch's autocast.
+    Bf16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Check that `precision` applies on `device` (a reduced precision needs a GPU; on the CPU agop
+/// computes in f32) and set cuBLAS's TF32 mode for it.
+pub fn set_precision(device: &Device, precision: Precision) -> Result<()> {
+    if device.is_cpu() && !precision.is_f32() {
+        bail_bad!(
+            "--precision {precision}: reduced precision applies on a GPU (--device cuda); the CPU computes in f32"
+        );
+    }
+    #[cfg(feature = "cuda")]
+    candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
+    Ok(())
+}
+
+/// Run `f` with cuBLAS's TF32 mode off (the Grams and FACT products under `--precision tf32`),
+/// then restore it. Nothing to do without CUDA.
+pub fn full_f32<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(feature = "cuda")]
+    {
+        let was = candle_core::cuda::gemm_reduced_precision_f32();
+        candle_core::cuda::set_gemm_reduced_precision_f32(false);
+        let out = f();
+        candle_core::cuda::set_gemm_reduced_precision_f32(was);
+        out
+    }
+    #[cfg(not(feature = "cuda"))]
+    f()
+}
 
 /// The device named by `spec`: `cpu`, `cuda` (GPU 0) or `cuda:N`. A CUDA device needs a build
 /// with the `cuda` feature and a visible GPU; both failures are bad input (exit 2) saying what to

@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::Gpt2Config;
+use super::device::Precision;
 use super::modules::{all_modules, Kind, Module, Role};
 use super::network::{Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
 use super::ops::select::{LnCache, Ops};
@@ -27,6 +28,8 @@ pub struct Gpt2 {
     /// Run candle's own ops ([`plain`]) even on the CPU (tests: the second code path). Off the
     /// CPU they are always used.
     pub plain_ops: bool,
+    /// The precision of the model's products ([`Precision`]; f32 unless `--precision`).
+    pub precision: Precision,
 }
 
 /// What the backward pass needs from one block's forward.
@@ -99,7 +102,7 @@ pub struct BlockOperands {
 impl Gpt2 {
     pub fn new(cfg: Gpt2Config, params: Params) -> Self {
         let table = all_modules(&cfg);
-        Self { cfg, params, table, plain_ops: false }
+        Self { cfg, params, table, plain_ops: false, precision: Precision::F32 }
     }
 
     /// The same model computing with candle's own ops ([`plain`]) on the CPU too.
@@ -107,9 +110,14 @@ impl Gpt2 {
         Self { plain_ops: true, ..self }
     }
 
+    /// The same model computing its products in `precision` (bf16 runs the plain ops).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+
     /// Which implementation of the ops this model runs.
     fn ops(&self) -> Ops {
-        Ops::new(self.plain_ops || !self.device().is_cpu(), self.cfg.gelu_erf())
+        Ops::new(self.plain_ops || !self.device().is_cpu(), self.cfg.gelu_erf(), self.precision)
     }
 
     /// The device the parameters live on.

@@ -27,7 +27,7 @@ pub use arch::ModelConfig;
 pub use arch::{load_model, Model};
 pub use checkpoint::{init_model, save_checkpoint};
 pub use config::Gpt2Config;
-pub use device::{device_name, parse_device};
+pub use device::{device_name, full_f32, parse_device, set_precision, Precision};
 pub use gpt2::{BlockGrads, BlockOperands, Forward, Gpt2, Site};
 pub use modules::{all_modules, gpt2_module, owner, Kind, Module, Role, Side};
 pub use network::{Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};

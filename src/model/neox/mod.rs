@@ -16,6 +16,7 @@ use rand_distr::{Distribution, Normal};
 
 use self::config::NeoXConfig;
 use self::params::NeoXParams;
+use super::device::Precision;
 use super::modules::{Module, Role};
 use super::network::{Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
 use super::ops::rotary::{RotaryShape, RotaryTables};
@@ -30,6 +31,8 @@ pub struct GptNeoX {
     pub table: Vec<Module>,
     /// Run candle's own ops even on the CPU (the second code path of the tests).
     pub plain_ops: bool,
+    /// The precision of the model's products ([`Precision`]; f32 unless `--precision`).
+    pub precision: Precision,
 }
 
 /// GPT-NeoX's module table, layer by layer in the reference's role order: query_key_value,
@@ -86,7 +89,7 @@ pub struct NeoXForward {
 impl GptNeoX {
     pub fn new(cfg: NeoXConfig, params: NeoXParams) -> Self {
         let table = modules(&cfg);
-        Self { cfg, params, table, plain_ops: false }
+        Self { cfg, params, table, plain_ops: false, precision: Precision::F32 }
     }
 
     /// The same model computing with candle's own ops on the CPU too.
@@ -94,8 +97,13 @@ impl GptNeoX {
         Self { plain_ops: true, ..self }
     }
 
+    /// The same model computing its products in `precision` (bf16 runs the plain ops).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+
     fn ops(&self) -> Ops {
-        Ops::new(self.plain_ops || !self.device().is_cpu(), self.cfg.gelu_erf())
+        Ops::new(self.plain_ops || !self.device().is_cpu(), self.cfg.gelu_erf(), self.precision)
     }
 
     pub fn device(&self) -> &Device {

@@ -17,7 +17,7 @@ pub fn matmul(a: &candle_core::Tensor, b: &candle_core::Tensor, a_t: bool, b_t: 
     if a.device().is_cpu() {
         bmm(a, b, a_t, b_t)
     } else {
-        plain::bmm(a, b, a_t, b_t)
+        plain::bmm(a, b, a_t, b_t, None)
     }
 }
 

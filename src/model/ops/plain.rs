@@ -7,15 +7,24 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-/// op(a)·op(b) for a (batch, r, c) and b (batch, r, c) or 2-D (shared), op = identity or transpose.
-/// A shared b takes one GEMM over all batch·r rows (on a GPU one cuBLAS call, not a batch of
-/// small ones).
-pub fn bmm(a: &Tensor, b: &Tensor, a_t: bool, b_t: bool) -> Result<Tensor> {
+/// a·b (batched alike, or b 2-D and shared), with both operands rounded to `low` first when it is
+/// given (`--precision bf16`) and the product returned in a's dtype, as PyTorch's autocast does.
+fn mm(a: &Tensor, b: &Tensor, low: Option<DType>) -> Result<Tensor> {
+    match low {
+        Some(d) if d != a.dtype() => a.to_dtype(d)?.broadcast_matmul(&b.to_dtype(d)?)?.to_dtype(a.dtype()),
+        _ => a.broadcast_matmul(b),
+    }
+}
+
+/// op(a)·op(b) for a (batch, r, c) and b (batch, r, c) or 2-D (shared), op = identity or transpose;
+/// the products in `low` precision when given ([`mm`]). A shared b takes one GEMM over all
+/// batch·r rows (on a GPU one cuBLAS call, not a batch of small ones).
+pub fn bmm(a: &Tensor, b: &Tensor, a_t: bool, b_t: bool, low: Option<DType>) -> Result<Tensor> {
     if let (3, 2, false) = (a.rank(), b.rank(), a_t) {
         let (n, r, c) = a.dims3()?;
         // A transposed b is read in place (cuBLAS and gemm take transposed operands).
         let b = if b_t { b.contiguous()?.t()? } else { b.contiguous()? };
-        let y = a.contiguous()?.reshape((n * r, c))?.matmul(&b)?;
+        let y = mm(&a.contiguous()?.reshape((n * r, c))?, &b, low)?;
         return y.reshape((n, r, y.dim(1)?));
     }
     let a = if a_t { a.transpose(1, 2)? } else { a.clone() };
@@ -24,12 +33,12 @@ pub fn bmm(a: &Tensor, b: &Tensor, a_t: bool, b_t: bool) -> Result<Tensor> {
         (_, true) => b.transpose(1, 2)?,
         _ => b.clone(),
     };
-    a.contiguous()?.broadcast_matmul(&b.contiguous()?)
+    mm(&a.contiguous()?, &b.contiguous()?, low)
 }
 
 /// x·W + bias.
-pub fn bmm_bias(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    bmm(x, w, false, false)?.broadcast_add(bias)
+pub fn bmm_bias(x: &Tensor, w: &Tensor, bias: &Tensor, low: Option<DType>) -> Result<Tensor> {
+    bmm(x, w, false, false, low)?.broadcast_add(bias)
 }
 
 /// LayerNorm statistics packed as rows [x̂ (C) | 1/σ], x̂ = (x − mean)/σ, σ = √(var + eps).
@@ -110,10 +119,10 @@ fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
 }
 
 /// att (B, H, T, T) = causal softmax(scale · Q Kᵀ).
-pub fn attention_probs(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+pub fn attention_probs(qkv: &Tensor, heads: usize, scale: f64, low: Option<DType>) -> Result<Tensor> {
     let t = qkv.dim(1)?;
     let (q, k) = (head(qkv, 0, heads)?, head(qkv, 1, heads)?);
-    let s = (q.matmul(&k.transpose(2, 3)?)? * scale)?;
+    let s = (mm(&q, &k.transpose(2, 3)?, low)? * scale)?;
     let s = s.broadcast_add(&causal_mask(t, qkv.dtype(), qkv.device())?)?;
     if s.track_op() {
         // Training (autograd records this graph): candle-nn's fused softmax has no backward.
@@ -124,21 +133,28 @@ pub fn attention_probs(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor>
 }
 
 /// y (B, T, C) = att · V per head.
-pub fn attention_mix(att: &Tensor, qkv: &Tensor, heads: usize) -> Result<Tensor> {
-    merge(&att.matmul(&head(qkv, 2, heads)?)?)
+pub fn attention_mix(att: &Tensor, qkv: &Tensor, heads: usize, low: Option<DType>) -> Result<Tensor> {
+    merge(&mm(att, &head(qkv, 2, heads)?, low)?)
 }
 
 /// d(Q | K | V) (B, T, 3C) from dy (B, T, C), att and the packed Q | K | V.
-pub fn attention_backward(dy: &Tensor, att: &Tensor, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+pub fn attention_backward(
+    dy: &Tensor,
+    att: &Tensor,
+    qkv: &Tensor,
+    heads: usize,
+    scale: f64,
+    low: Option<DType>,
+) -> Result<Tensor> {
     let (b, t, c) = dy.dims3()?;
     let dyh = dy.reshape((b, t, heads, c / heads))?.transpose(1, 2)?.contiguous()?;
     let (q, k, v) = (head(qkv, 0, heads)?, head(qkv, 1, heads)?, head(qkv, 2, heads)?);
-    let dv = att.transpose(2, 3)?.contiguous()?.matmul(&dyh)?;
-    let datt = dyh.matmul(&v.transpose(2, 3)?.contiguous()?)?;
+    let dv = mm(&att.transpose(2, 3)?.contiguous()?, &dyh, low)?;
+    let datt = mm(&dyh, &v.transpose(2, 3)?.contiguous()?, low)?;
     // Softmax backward: dS = att ⊙ (dAtt − Σ_j dAtt ⊙ att), times the scale of S = scale·QKᵀ.
     let dot = (&datt * att)?.sum_keepdim(D::Minus1)?;
     let ds = ((att * datt.broadcast_sub(&dot)?)? * scale)?;
-    let dq = ds.matmul(&k)?;
-    let dk = ds.transpose(2, 3)?.contiguous()?.matmul(&q)?;
+    let dq = mm(&ds, &k, low)?;
+    let dk = mm(&ds.transpose(2, 3)?.contiguous()?, &q, low)?;
     Tensor::cat(&[&merge(&dq)?, &merge(&dk)?, &merge(&dv)?], 2)
 }

@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor};
 use super::attention::{AttentionBackward, AttentionMix, AttentionProbs};
 use super::rotary::{RotaryShape, RotaryTables};
 use super::{kernels, plain};
+use crate::model::device::Precision;
 use crate::model::params::{LayerNorm, Linear};
 
 /// Saved LayerNorm statistics: normalized input and 1/σ.
@@ -26,17 +27,26 @@ pub struct Ops {
     plain: bool,
     /// gelu with erf instead of the tanh form.
     erf: bool,
+    /// The products' operands rounded to this type (`--precision bf16`; plain ops only).
+    low: Option<DType>,
 }
 
 impl Ops {
-    /// `plain`: candle's own ops (off the CPU always); `erf`: the exact GELU.
-    pub fn new(plain: bool, erf: bool) -> Self {
-        Self { plain, erf }
+    /// `plain`: candle's own ops (off the CPU always); `erf`: the exact GELU; `precision`: of the
+    /// products ([`Precision`]: bf16 rounds their operands, which the plain ops do; TF32 is
+    /// cuBLAS's setting, made where the device is).
+    pub fn new(plain: bool, erf: bool, precision: Precision) -> Self {
+        let plain = plain || precision == Precision::Bf16;
+        Self { plain, erf, low: (precision == Precision::Bf16).then_some(DType::BF16) }
     }
 
     /// x (B, T, in) · W (in, out) + b.
     pub fn linear(&self, x: &Tensor, l: &Linear) -> Result<Tensor> {
-        Ok(if self.plain { plain::bmm_bias(x, &l.weight, &l.bias)? } else { kernels::bmm_bias(x, &l.weight, &l.bias)? })
+        Ok(if self.plain {
+            plain::bmm_bias(x, &l.weight, &l.bias, self.low)?
+        } else {
+            kernels::bmm_bias(x, &l.weight, &l.bias)?
+        })
     }
 
     /// The rotary embedding of a packed (B, T, 3C) [Q | K | V] activation, or its transpose
@@ -47,7 +57,7 @@ impl Ops {
 
     /// g (B, T, out) · Wᵀ (out, in): the gradient at a Conv1D module's input.
     pub fn matmul_t(&self, g: &Tensor, w: &Tensor) -> Result<Tensor> {
-        Ok(if self.plain { plain::bmm(g, w, false, true)? } else { kernels::bmm(g, w, false, true)? })
+        Ok(if self.plain { plain::bmm(g, w, false, true, self.low)? } else { kernels::bmm(g, w, false, true)? })
     }
 
     /// LayerNorm over the last dimension, returning the output and the statistics for backward.
@@ -99,7 +109,7 @@ impl Ops {
     /// att (B, H, T, T) = causal softmax(scale · Q Kᵀ) from the packed Q | K | V.
     pub fn attention_probs(&self, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
         Ok(if self.plain {
-            plain::attention_probs(qkv, heads, scale)?
+            plain::attention_probs(qkv, heads, scale, self.low)?
         } else {
             qkv.apply_op1_no_bwd(&AttentionProbs { heads, scale })?
         })
@@ -108,7 +118,7 @@ impl Ops {
     /// y (B, T, C) = att · V per head.
     pub fn attention_mix(&self, att: &Tensor, qkv: &Tensor, heads: usize) -> Result<Tensor> {
         Ok(if self.plain {
-            plain::attention_mix(att, qkv, heads)?
+            plain::attention_mix(att, qkv, heads, self.low)?
         } else {
             att.apply_op2_no_bwd(qkv, &AttentionMix { heads })?
         })
@@ -124,7 +134,7 @@ impl Ops {
         scale: f64,
     ) -> Result<Tensor> {
         Ok(if self.plain {
-            plain::attention_backward(dy, att, qkv, heads, scale)?
+            plain::attention_backward(dy, att, qkv, heads, scale, self.low)?
         } else {
             dy.apply_op3_no_bwd(att, qkv, &AttentionBackward { heads, scale })?
         })
