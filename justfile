@@ -42,6 +42,7 @@ build-cuda:
     cargo fetch
     if command -v nvcc >/dev/null; then CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} cargo build --release --features cuda; else eval "$(bash scripts/cuda-toolkit.sh)" && cargo build --release --features cuda; fi
 
-# Throughput on this machine's GPU against the PyTorch baseline on the same GPU (after build-cuda).
+# agop against the PyTorch baseline on this machine's GPU, every precision and gpt2-xl dimensions,
+# each at its best batch; ends with the summary line of ratios (after build-cuda; benches/gpu.sh).
 bench-gpu:
-    AGOP=target/release/agop bash benches/throughput.sh --gpu
+    AGOP=target/release/agop bash benches/gpu.sh

@@ -14,49 +14,9 @@
 # then the baseline, so both see the same machine state; the summary gives the median over
 # rounds (shared machines are noisy).
 #
-# GPU mode, on a machine with an NVIDIA GPU, PyTorch with CUDA and agop built with `--features cuda`:
-#
-#   bash benches/throughput.sh --gpu       # AGOP=path/to/agop skips the cargo build
-#
-# runs agop (--device cuda, f32, TF32 off) and the baseline (--device cuda, fp32, tf32 and bf16)
-# on the same GPU in the same run, GPT-2-small dimensions (and gpt2-xl with XL=1: fp32 only,
-# 32 windows, batch 8), and prints both. Environment: BATCH (agop, 16), TORCH_BATCH (32),
-# WINDOWS (64), STEPS (5); XL_BATCH, XL_TORCH_BATCH, XL_WINDOWS, XL_PRECISIONS.
+# The GPU comparison is benches/gpu.sh (`just bench-gpu`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--gpu" ]; then
-  BATCH=${BATCH:-16}; TORCH_BATCH=${TORCH_BATCH:-32}; WINDOWS=${WINDOWS:-64}; STEPS=${STEPS:-5}
-  PYTHON=${PYTHON:-python3}
-  work=${BENCH_DIR:-bench-out-gpu}
-  mkdir -p "$work"
-  if [ -z "${AGOP:-}" ]; then
-    cargo build --release -q --features cuda --bin agop
-    AGOP=${CARGO_TARGET_DIR:-target}/release/agop
-  fi
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  sizes="small:12:768:12"
-  [ "${XL:-0}" = 1 ] && sizes="$sizes xl:48:1600:25"
-  for size in $sizes; do
-    IFS=: read -r name L C H <<< "$size"
-    dir="$work/$name"; mkdir -p "$dir"
-    echo "{\"model_type\":\"gpt2\",\"n_layer\":$L,\"n_head\":$H,\"n_embd\":$C,\"n_positions\":1024,\"vocab_size\":50257}" > "$dir/config.json"
-    [ -f "$dir/model/model.safetensors" ] || "$AGOP" init-model --config "$dir/config.json" --seed 0 --out "$dir/model" > /dev/null
-    b=$BATCH; tb=$TORCH_BATCH; n=$WINDOWS; precs="fp32 tf32 bf16"
-    [ "$name" = xl ] && b=${XL_BATCH:-8} && tb=${XL_TORCH_BATCH:-8} && n=${XL_WINDOWS:-32} && precs=${XL_PRECISIONS:-fp32}
-    [ -f "$dir/tokens.parquet" ] || "$AGOP" tokenize --model "$dir/model" --corpus builtin:shakespeare \
-      --seq-len 256 --max-tokens $((n * 256)) --out "$dir/tokens.parquet" 2> /dev/null
-    "$AGOP" measure --model "$dir/model" --tokens "$dir/tokens.parquet" --out "$dir/gop.safetensors" --device cuda \
-      --batch "$b" --probes 1 --checkpoint-secs 1e9 2> "$dir/agop.err" > /dev/null || { cat "$dir/agop.err"; exit 1; }
-    agop_tps=$(grep -ho "[0-9.]* tokens/s" "$dir/agop.err" | tail -n 1 | awk '{print $1}')
-    echo "$name: agop f32 (TF32 off), batch $b: $agop_tps tokens/s"
-    for prec in $precs; do
-      t=$("$PYTHON" benches/torch_baseline.py --device cuda --precision $prec --layers "$L" --embd "$C" --heads "$H" \
-        --batch "$tb" --steps "$STEPS" | awk '/tokens\/s/ {print $2}')
-      echo "$name: torch $prec, batch $tb: $t tokens/s (agop f32 / torch $prec: $(python3 -c "print(f'{$agop_tps/$t:.2f}')")x)"
-    done
-  done
-  exit 0
-fi
 BATCH=${BATCH:-4}; WINDOWS=${WINDOWS:-48}; STEPS=${STEPS:-3}; THREADS=${THREADS:-2}; ROUNDS=${ROUNDS:-3}
 if [ "${1:-}" = "--install" ]; then
   python3 -m venv .venv

@@ -68,13 +68,6 @@ fn loss_by_hand(dir: &Path, windows: &[agop::tokenize::Window]) -> f64 {
     total / n as f64
 }
 
-/// A Python with torch, transformers and polars (AGOP_PYTHON, else python3), or None.
-fn torch_python() -> Option<String> {
-    let py = std::env::var("AGOP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py).args(["-c", "import torch, transformers, polars"]).output().ok()?.status.success();
-    ok.then_some(py)
-}
-
 #[test]
 fn training_lowers_the_eval_loss_as_transformers_defines_it() {
     let tmp = tempfile::tempdir().unwrap();

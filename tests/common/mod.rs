@@ -105,3 +105,15 @@ pub fn slow_measure_inputs(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     agop::tokenize::write_tokens(&tokens, &windows, &Default::default()).unwrap();
     (model, tokens)
 }
+
+/// A Python with torch, transformers and polars (AGOP_PYTHON, else python3), or None.
+pub fn torch_python() -> Option<String> {
+    let py = std::env::var("AGOP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import torch, transformers, polars"])
+        .output()
+        .ok()?
+        .status
+        .success();
+    ok.then_some(py)
+}
