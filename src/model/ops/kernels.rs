@@ -223,14 +223,12 @@ impl Map1 for LayerNormForward {
 custom_op!(1, LayerNormForward);
 
 /// LayerNorm backward: dx = rstd·(g − mean(g) − x̂·mean(g ⊙ x̂)), g = dy ⊙ γ, reading x̂ and
-/// rstd from the packed rows of [`LayerNormForward`].
-pub struct LayerNormBackward {
-    pub gamma: Vec<f64>,
-}
+/// rstd from the packed rows of [`LayerNormForward`]. Inputs: dy, the packed rows, γ.
+pub struct LayerNormBackward;
 
 impl LayerNormBackward {
-    fn run<T: Real>(&self, dy: &[T], packed: &[T]) -> Vec<T> {
-        let n = self.gamma.len();
+    fn run<T: Real>(&self, dy: &[T], packed: &[T], gamma: &[T]) -> Vec<T> {
+        let n = gamma.len();
         let mut out = vec![T::from(0.0); dy.len()];
         out.par_chunks_mut(n * MIN_ROWS)
             .zip(dy.par_chunks(n * MIN_ROWS).zip(packed.par_chunks((n + 1) * MIN_ROWS)))
@@ -238,15 +236,15 @@ impl LayerNormBackward {
                 for ((o, dy), pk) in o.chunks_mut(n).zip(dy.chunks(n)).zip(pk.chunks(n + 1)) {
                     let (xh, r) = (&pk[..n], pk[n].to());
                     let (mut m1, mut m2) = (0.0, 0.0);
-                    for ((d, x), g) in dy.iter().zip(xh).zip(&self.gamma) {
-                        let gd = d.to() * g;
+                    for ((d, x), g) in dy.iter().zip(xh).zip(gamma) {
+                        let gd = d.to() * g.to();
                         m1 += gd;
                         m2 += gd * x.to();
                     }
                     m1 /= n as f64;
                     m2 /= n as f64;
-                    for (((o, d), x), g) in o.iter_mut().zip(dy).zip(xh).zip(&self.gamma) {
-                        *o = T::from(r * (d.to() * g - m1 - x.to() * m2));
+                    for (((o, d), x), g) in o.iter_mut().zip(dy).zip(xh).zip(gamma) {
+                        *o = T::from(r * (d.to() * g.to() - m1 - x.to() * m2));
                     }
                 }
             });
@@ -254,29 +252,26 @@ impl LayerNormBackward {
     }
 }
 
-impl Map2 for LayerNormBackward {
+impl Map3 for LayerNormBackward {
     const NAME: &'static str = "layer-norm-backward";
-    fn f<T: Real>(&self, dy: &[T], l: &Layout, packed: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
-        Ok((self.run(dy, packed), l.shape().clone()))
+    fn f<T: Real>(&self, dy: &[T], l: &Layout, packed: &[T], _: &Layout, gamma: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
+        Ok((self.run(dy, packed, gamma), l.shape().clone()))
     }
 }
-custom_op!(2, LayerNormBackward);
+custom_op!(3, LayerNormBackward);
 
-/// y = x̂ ⊙ γ + β from the packed rows of [`LayerNormForward`].
-pub struct LayerNormAffine {
-    pub gamma: Vec<f64>,
-    pub beta: Vec<f64>,
-}
+/// y = x̂ ⊙ γ + β from the packed rows of [`LayerNormForward`]. Inputs: the packed rows, γ, β.
+pub struct LayerNormAffine;
 
 impl LayerNormAffine {
-    fn run<T: Real>(&self, packed: &[T]) -> Vec<T> {
-        let n = self.gamma.len();
+    fn run<T: Real>(&self, packed: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
+        let n = gamma.len();
         let rows = packed.len() / (n + 1);
         let mut out = vec![T::from(0.0); rows * n];
         out.par_chunks_mut(n * MIN_ROWS).zip(packed.par_chunks((n + 1) * MIN_ROWS)).for_each(|(o, pk)| {
             for (o, pk) in o.chunks_mut(n).zip(pk.chunks(n + 1)) {
-                for (((o, x), g), b) in o.iter_mut().zip(&pk[..n]).zip(&self.gamma).zip(&self.beta) {
-                    *o = T::from(x.to() * g + b);
+                for (((o, x), g), b) in o.iter_mut().zip(&pk[..n]).zip(gamma).zip(beta) {
+                    *o = T::from(x.to() * g.to() + b.to());
                 }
             }
         });
@@ -284,15 +279,15 @@ impl LayerNormAffine {
     }
 }
 
-impl Map1 for LayerNormAffine {
+impl Map3 for LayerNormAffine {
     const NAME: &'static str = "layer-norm-affine";
-    fn f<T: Real>(&self, packed: &[T], l: &Layout) -> Result<(Vec<T>, Shape)> {
+    fn f<T: Real>(&self, packed: &[T], l: &Layout, gamma: &[T], _: &Layout, beta: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
         let mut dims = l.shape().dims().to_vec();
-        *dims.last_mut().unwrap() = self.gamma.len();
-        Ok((self.run(packed), Shape::from(dims)))
+        *dims.last_mut().unwrap() = gamma.len();
+        Ok((self.run(packed, gamma, beta), Shape::from(dims)))
     }
 }
-custom_op!(1, LayerNormAffine);
+custom_op!(3, LayerNormAffine);
 
 /// Batched matrix product C_i = op(A_i)·op(B_i), op = identity or transpose, on contiguous
 /// inputs: A is (batch, r, c); B is (batch, r, c) or 2-D (shared by every batch element, e.g. a

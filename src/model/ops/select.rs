@@ -76,8 +76,7 @@ impl Ops {
         if self.plain {
             return Ok(plain::layer_norm_affine(&cache.packed, &ln.weight, &ln.bias)?);
         }
-        let affine = kernels::LayerNormAffine { gamma: f64_values(&ln.weight)?, beta: f64_values(&ln.bias)? };
-        Ok(cache.packed.apply_op1_no_bwd(&affine)?)
+        Ok(cache.packed.apply_op3_no_bwd(&ln.weight, &ln.bias, &kernels::LayerNormAffine)?)
     }
 
     /// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ (one fused pass on the CPU).
@@ -85,8 +84,7 @@ impl Ops {
         if self.plain {
             return Ok(plain::layer_norm_backward(dy, &cache.packed, &ln.weight)?);
         }
-        let op = kernels::LayerNormBackward { gamma: f64_values(&ln.weight)? };
-        Ok(dy.contiguous()?.apply_op2_no_bwd(&cache.packed, &op)?)
+        Ok(dy.contiguous()?.apply_op3_no_bwd(&cache.packed, &ln.weight, &kernels::LayerNormBackward)?)
     }
 
     pub fn gelu(&self, x: &Tensor) -> Result<Tensor> {
@@ -139,9 +137,4 @@ impl Ops {
             dy.apply_op3_no_bwd(att, qkv, &AttentionBackward { heads, scale })?
         })
     }
-}
-
-/// A 1-D parameter (γ or β) as f64 values, for the kernels.
-fn f64_values(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?)
 }
