@@ -189,6 +189,72 @@ mod gpu {
         }
     }
 
+    /// Each fused GPU kernel (src/model/ops/kernels.cu) against its CPU twin, the same op's
+    /// `cpu_fwd`: f64 to rounding, f32 to the CPU's fast exp/erf/tanh approximations.
+    #[test]
+    fn gpu_kernels_match_their_cpu_twins() {
+        use agop::model::ops::kernels::{GeluBackward, LayerNormAffine, LayerNormBackward, LayerNormForward};
+        use agop::model::ops::softmax::{CausalSoftmax, SoftmaxBackward};
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(dev) = gpu() else { return };
+        let cpu = Device::Cpu;
+        let rand = |shape: &[usize], dtype| Tensor::randn(0f64, 1.0, shape, &cpu).unwrap().to_dtype(dtype).unwrap();
+        let on = |t: &Tensor| t.to_device(&dev).unwrap();
+        let rel = |gpu: &Tensor, cpu: &Tensor| {
+            let (g, c) = (gpu.to_device(&Device::Cpu).unwrap(), cpu);
+            let scale = c.abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+            let diff = (&g - c).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap();
+            diff.to_scalar::<f64>().unwrap() / scale.max(1e-300)
+        };
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            let mut worst = Vec::new();
+            let mut check = |name: &str, gpu: Tensor, cpu: Tensor| {
+                assert_eq!(gpu.dims(), cpu.dims(), "{name}");
+                let e = rel(&gpu, &cpu);
+                assert!(e < tol, "{dtype:?} {name}: GPU kernel vs CPU twin, relative error {e:.3e}");
+                worst.push(format!("{name} {e:.1e}"));
+            };
+            for c in [768, 1600] {
+                let x = rand(&[3, 5, c], dtype);
+                let ln = LayerNormForward { eps: 1e-5 };
+                let packed = x.apply_op1_no_bwd(&ln).unwrap();
+                check("layer-norm-forward", on(&x).apply_op1_no_bwd(&ln).unwrap(), packed.clone());
+                let (gamma, beta, dy) = (rand(&[c], dtype), rand(&[c], dtype), rand(&[3, 5, c], dtype));
+                let affine = packed.apply_op3_no_bwd(&gamma, &beta, &LayerNormAffine).unwrap();
+                check(
+                    "layer-norm-affine",
+                    on(&packed).apply_op3_no_bwd(&on(&gamma), &on(&beta), &LayerNormAffine).unwrap(),
+                    affine,
+                );
+                let dx = dy.apply_op3_no_bwd(&packed, &gamma, &LayerNormBackward).unwrap();
+                check(
+                    "layer-norm-backward",
+                    on(&dy).apply_op3_no_bwd(&on(&packed), &on(&gamma), &LayerNormBackward).unwrap(),
+                    dx,
+                );
+            }
+            for erf in [true, false] {
+                let (du, pre) = (rand(&[2, 5, 3072], dtype), (rand(&[2, 5, 3072], dtype) * 3.0).unwrap());
+                let op = GeluBackward { erf };
+                check(
+                    "gelu-backward",
+                    on(&du).apply_op2_no_bwd(&on(&pre), &op).unwrap(),
+                    du.apply_op2_no_bwd(&pre, &op).unwrap(),
+                );
+            }
+            for shape in [[2, 3, 37, 37], [1, 2, 256, 256]] {
+                let (scores, datt) = (rand(&shape, dtype), rand(&shape, dtype));
+                let op = CausalSoftmax { scale: 0.125 };
+                let att = scores.apply_op1_no_bwd(&op).unwrap();
+                check("causal-softmax", on(&scores).apply_op1_no_bwd(&op).unwrap(), att.clone());
+                let back = SoftmaxBackward { scale: 0.125 };
+                let ds = datt.apply_op2_no_bwd(&att, &back).unwrap();
+                check("softmax-backward", on(&datt).apply_op2_no_bwd(&on(&att), &back).unwrap(), ds);
+            }
+            eprintln!("{dtype:?}: GPU kernels vs CPU twins: {}", worst.join(", "));
+        }
+    }
+
     /// On the golden fixture: the exact AGOP measured on the GPU matches the golden f64 AGOPs, and
     /// the GPU's sketch and FACT sums match the CPU's (the same probes).
     #[test]

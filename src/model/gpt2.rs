@@ -117,7 +117,7 @@ impl Gpt2 {
 
     /// Which implementation of the ops this model runs.
     fn ops(&self) -> Ops {
-        Ops::new(self.plain_ops || !self.device().is_cpu(), self.cfg.gelu_erf(), self.precision)
+        Ops::for_device(self.device(), self.plain_ops, self.cfg.gelu_erf(), self.precision)
     }
 
     /// The device the parameters live on.

@@ -103,7 +103,7 @@ impl GptNeoX {
     }
 
     fn ops(&self) -> Ops {
-        Ops::new(self.plain_ops || !self.device().is_cpu(), self.cfg.gelu_erf(), self.precision)
+        Ops::for_device(self.device(), self.plain_ops, self.cfg.gelu_erf(), self.precision)
     }
 
     pub fn device(&self) -> &Device {

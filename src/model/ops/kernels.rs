@@ -185,7 +185,7 @@ impl Map2 for GeluBackward {
         Ok((self.run(du, pre), l.shape().clone()))
     }
 }
-custom_op!(2, GeluBackward);
+custom_op!(2, GeluBackward, cuda);
 
 /// LayerNorm forward statistics: x̂ = (x − mean)/σ and 1/σ, packed per row as [x̂ (C) | 1/σ].
 pub struct LayerNormForward {
@@ -220,7 +220,7 @@ impl Map1 for LayerNormForward {
         Ok((self.run(x, n), Shape::from(dims)))
     }
 }
-custom_op!(1, LayerNormForward);
+custom_op!(1, LayerNormForward, cuda);
 
 /// LayerNorm backward: dx = rstd·(g − mean(g) − x̂·mean(g ⊙ x̂)), g = dy ⊙ γ, reading x̂ and
 /// rstd from the packed rows of [`LayerNormForward`]. Inputs: dy, the packed rows, γ.
@@ -254,11 +254,19 @@ impl LayerNormBackward {
 
 impl Map3 for LayerNormBackward {
     const NAME: &'static str = "layer-norm-backward";
-    fn f<T: Real>(&self, dy: &[T], l: &Layout, packed: &[T], _: &Layout, gamma: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
+    fn f<T: Real>(
+        &self,
+        dy: &[T],
+        l: &Layout,
+        packed: &[T],
+        _: &Layout,
+        gamma: &[T],
+        _: &Layout,
+    ) -> Result<(Vec<T>, Shape)> {
         Ok((self.run(dy, packed, gamma), l.shape().clone()))
     }
 }
-custom_op!(3, LayerNormBackward);
+custom_op!(3, LayerNormBackward, cuda);
 
 /// y = x̂ ⊙ γ + β from the packed rows of [`LayerNormForward`]. Inputs: the packed rows, γ, β.
 pub struct LayerNormAffine;
@@ -281,13 +289,21 @@ impl LayerNormAffine {
 
 impl Map3 for LayerNormAffine {
     const NAME: &'static str = "layer-norm-affine";
-    fn f<T: Real>(&self, packed: &[T], l: &Layout, gamma: &[T], _: &Layout, beta: &[T], _: &Layout) -> Result<(Vec<T>, Shape)> {
+    fn f<T: Real>(
+        &self,
+        packed: &[T],
+        l: &Layout,
+        gamma: &[T],
+        _: &Layout,
+        beta: &[T],
+        _: &Layout,
+    ) -> Result<(Vec<T>, Shape)> {
         let mut dims = l.shape().dims().to_vec();
         *dims.last_mut().unwrap() = gamma.len();
         Ok((self.run(packed, gamma, beta), Shape::from(dims)))
     }
 }
-custom_op!(3, LayerNormAffine);
+custom_op!(3, LayerNormAffine, cuda);
 
 /// Batched matrix product C_i = op(A_i)·op(B_i), op = identity or transpose, on contiguous
 /// inputs: A is (batch, r, c); B is (batch, r, c) or 2-D (shared by every batch element, e.g. a

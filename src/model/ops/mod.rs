@@ -5,8 +5,9 @@
 //!
 //! Each op implements one of [`Map1`], [`Map2`], [`Map3`] once, generically over the element type
 //! (f32 for measurement, f64 for the finite-difference tests); [`map1`]/[`map2`]/[`map3`] do the
-//! F32/F64 dispatch of candle's `cpu_fwd`, and `custom_op!` writes the candle trait impl. A CUDA
-//! path adds `cuda_fwd` in `custom_op!` and a device kernel per op (see ARCHITECTURE.md).
+//! F32/F64 dispatch of candle's `cpu_fwd`, and `custom_op!` writes the candle trait impl. The ops
+//! with a fused GPU kernel (`kernels.cu`, [`cuda`] with the `cuda` feature) get their `cuda_fwd`
+//! from `custom_op!(N, Op, cuda)`; their CPU bodies are the kernels' twins.
 
 use candle_core::{CpuStorage, Layout, Result, Shape};
 
@@ -109,9 +110,10 @@ pub(crate) fn map3<M: Map3>(
     })
 }
 
-/// `impl candle_core::CustomOpN for $op` from its `MapN` impl.
+/// `impl candle_core::CustomOpN for $op` from its `MapN` impl; with `cuda`, also its `cuda_fwd`
+/// from its `cuda::KernelN` impl (the op's fused GPU kernel).
 macro_rules! custom_op {
-    (1, $op:ty) => {
+    (1, $op:ty $(, $cuda:ident)?) => {
         impl candle_core::CustomOp1 for $op {
             fn name(&self) -> &'static str {
                 <$op as $crate::model::ops::Map1>::NAME
@@ -123,9 +125,19 @@ macro_rules! custom_op {
             ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
                 $crate::model::ops::map1(self, s, l)
             }
+            $(
+                #[cfg(feature = "cuda")]
+                fn cuda_fwd(
+                    &self,
+                    s: &candle_core::CudaStorage,
+                    l: &candle_core::Layout,
+                ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                    $crate::model::ops::$cuda::fwd1(self, s, l)
+                }
+            )?
         }
     };
-    (2, $op:ty) => {
+    (2, $op:ty $(, $cuda:ident)?) => {
         impl candle_core::CustomOp2 for $op {
             fn name(&self) -> &'static str {
                 <$op as $crate::model::ops::Map2>::NAME
@@ -139,9 +151,21 @@ macro_rules! custom_op {
             ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
                 $crate::model::ops::map2(self, s1, l1, s2, l2)
             }
+            $(
+                #[cfg(feature = "cuda")]
+                fn cuda_fwd(
+                    &self,
+                    s1: &candle_core::CudaStorage,
+                    l1: &candle_core::Layout,
+                    s2: &candle_core::CudaStorage,
+                    l2: &candle_core::Layout,
+                ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                    $crate::model::ops::$cuda::fwd2(self, s1, l1, s2, l2)
+                }
+            )?
         }
     };
-    (3, $op:ty) => {
+    (3, $op:ty $(, $cuda:ident)?) => {
         impl candle_core::CustomOp3 for $op {
             fn name(&self) -> &'static str {
                 <$op as $crate::model::ops::Map3>::NAME
@@ -157,13 +181,30 @@ macro_rules! custom_op {
             ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
                 $crate::model::ops::map3(self, (s1, l1), (s2, l2), (s3, l3))
             }
+            $(
+                #[cfg(feature = "cuda")]
+                fn cuda_fwd(
+                    &self,
+                    s1: &candle_core::CudaStorage,
+                    l1: &candle_core::Layout,
+                    s2: &candle_core::CudaStorage,
+                    l2: &candle_core::Layout,
+                    s3: &candle_core::CudaStorage,
+                    l3: &candle_core::Layout,
+                ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                    $crate::model::ops::$cuda::fwd3(self, (s1, l1), (s2, l2), (s3, l3))
+                }
+            )?
         }
     };
 }
 // After the macro, so that the ops see it (textual scope).
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod kernels;
 pub mod loss;
 pub mod plain;
 pub mod rotary;
 pub mod select;
+pub mod softmax;

@@ -118,11 +118,16 @@ fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)
 }
 
+/// The attention scores Q Kᵀ (B, H, T, T), unscaled and unmasked.
+pub fn attention_scores(qkv: &Tensor, heads: usize, low: Option<DType>) -> Result<Tensor> {
+    let (q, k) = (head(qkv, 0, heads)?, head(qkv, 1, heads)?);
+    mm(&q, &k.transpose(2, 3)?, low)
+}
+
 /// att (B, H, T, T) = causal softmax(scale · Q Kᵀ).
 pub fn attention_probs(qkv: &Tensor, heads: usize, scale: f64, low: Option<DType>) -> Result<Tensor> {
     let t = qkv.dim(1)?;
-    let (q, k) = (head(qkv, 0, heads)?, head(qkv, 1, heads)?);
-    let s = (mm(&q, &k.transpose(2, 3)?, low)? * scale)?;
+    let s = (attention_scores(qkv, heads, low)? * scale)?;
     let s = s.broadcast_add(&causal_mask(t, qkv.dtype(), qkv.device())?)?;
     if s.track_op() {
         // Training (autograd records this graph): candle-nn's fused softmax has no backward.
@@ -146,14 +151,30 @@ pub fn attention_backward(
     scale: f64,
     low: Option<DType>,
 ) -> Result<Tensor> {
+    // Softmax backward: dS = att ⊙ (dAtt − Σ_j dAtt ⊙ att), times the scale of S = scale·QKᵀ.
+    let softmax_backward = |datt: &Tensor, att: &Tensor| {
+        let dot = (datt * att)?.sum_keepdim(D::Minus1)?;
+        (att * datt.broadcast_sub(&dot)?)? * scale
+    };
+    attention_backward_with(dy, att, qkv, heads, low, softmax_backward)
+}
+
+/// [`attention_backward`] with the softmax backward (dAtt, att) → dS given (a fused kernel on a
+/// GPU).
+pub fn attention_backward_with(
+    dy: &Tensor,
+    att: &Tensor,
+    qkv: &Tensor,
+    heads: usize,
+    low: Option<DType>,
+    softmax_backward: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let (b, t, c) = dy.dims3()?;
     let dyh = dy.reshape((b, t, heads, c / heads))?.transpose(1, 2)?.contiguous()?;
     let (q, k, v) = (head(qkv, 0, heads)?, head(qkv, 1, heads)?, head(qkv, 2, heads)?);
     let dv = mm(&att.transpose(2, 3)?.contiguous()?, &dyh, low)?;
     let datt = mm(&dyh, &v.transpose(2, 3)?.contiguous()?, low)?;
-    // Softmax backward: dS = att ⊙ (dAtt − Σ_j dAtt ⊙ att), times the scale of S = scale·QKᵀ.
-    let dot = (&datt * att)?.sum_keepdim(D::Minus1)?;
-    let ds = ((att * datt.broadcast_sub(&dot)?)? * scale)?;
+    let ds = softmax_backward(&datt, att)?;
     let dq = mm(&ds, &k, low)?;
     let dk = mm(&ds.transpose(2, 3)?.contiguous()?, &q, low)?;
     Tensor::cat(&[&merge(&dq)?, &merge(&dk)?, &merge(&dv)?], 2)

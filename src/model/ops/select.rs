@@ -4,10 +4,11 @@
 //! ([`super::plain`]: any device, CUDA included). Every architecture's model runs on these.
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::attention::{AttentionBackward, AttentionMix, AttentionProbs};
 use super::rotary::{RotaryShape, RotaryTables};
+use super::softmax::{CausalSoftmax, SoftmaxBackward};
 use super::{kernels, plain};
 use crate::model::device::Precision;
 use crate::model::params::{LayerNorm, Linear};
@@ -25,6 +26,8 @@ pub struct LnCache {
 #[derive(Debug, Clone, Copy)]
 pub struct Ops {
     plain: bool,
+    /// The fused GPU kernels ([`super::cuda`]) for the ops that have one, on a CUDA device.
+    fused: bool,
     /// gelu with erf instead of the tanh form.
     erf: bool,
     /// The products' operands rounded to this type (`--precision bf16`; plain ops only).
@@ -37,7 +40,21 @@ impl Ops {
     /// cuBLAS's setting, made where the device is).
     pub fn new(plain: bool, erf: bool, precision: Precision) -> Self {
         let plain = plain || precision == Precision::Bf16;
-        Self { plain, erf, low: (precision == Precision::Bf16).then_some(DType::BF16) }
+        Self { plain, fused: false, erf, low: (precision == Precision::Bf16).then_some(DType::BF16) }
+    }
+
+    /// The ops for a model on `device`: the CPU kernels in host memory (unless `plain_ops`),
+    /// elsewhere candle's ops, with the fused kernels on a CUDA device (unless the environment
+    /// sets `AGOP_FUSED_KERNELS=0`, which leaves the plain ops alone, for comparisons).
+    pub fn for_device(device: &Device, plain_ops: bool, erf: bool, precision: Precision) -> Self {
+        let fused = device.is_cuda() && std::env::var("AGOP_FUSED_KERNELS").map_or(true, |v| v != "0");
+        Self { fused, ..Self::new(plain_ops || !device.is_cpu(), erf, precision) }
+    }
+
+    /// Whether an op that has a fused GPU kernel runs as the custom op (the CPU kernel, or the
+    /// GPU kernel) rather than as candle's ops.
+    fn custom(&self) -> bool {
+        !self.plain || self.fused
     }
 
     /// x (B, T, in) · W (in, out) + b.
@@ -62,7 +79,7 @@ impl Ops {
 
     /// LayerNorm over the last dimension, returning the output and the statistics for backward.
     pub fn layer_norm(&self, x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<(Tensor, LnCache)> {
-        let packed = if self.plain {
+        let packed = if !self.custom() {
             plain::layer_norm_forward(x, eps)?
         } else {
             x.contiguous()?.apply_op1_no_bwd(&kernels::LayerNormForward { eps })?
@@ -73,7 +90,7 @@ impl Ops {
 
     /// The LayerNorm output γ·x̂ + β again, from the statistics the forward kept.
     pub fn layer_norm_output(&self, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
-        if self.plain {
+        if !self.custom() {
             return Ok(plain::layer_norm_affine(&cache.packed, &ln.weight, &ln.bias)?);
         }
         Ok(cache.packed.apply_op3_no_bwd(&ln.weight, &ln.bias, &kernels::LayerNormAffine)?)
@@ -81,7 +98,7 @@ impl Ops {
 
     /// dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ (one fused pass on the CPU).
     pub fn layer_norm_backward(&self, dy: &Tensor, cache: &LnCache, ln: &LayerNorm) -> Result<Tensor> {
-        if self.plain {
+        if !self.custom() {
             return Ok(plain::layer_norm_backward(dy, &cache.packed, &ln.weight)?);
         }
         Ok(dy.contiguous()?.apply_op3_no_bwd(&cache.packed, &ln.weight, &kernels::LayerNormBackward)?)
@@ -97,16 +114,18 @@ impl Ops {
 
     /// du ⊙ gelu'(pre).
     pub fn gelu_backward(&self, du: &Tensor, pre: &Tensor) -> Result<Tensor> {
-        Ok(if self.plain {
+        Ok(if !self.custom() {
             plain::gelu_backward(du, pre, self.erf)?
         } else {
-            du.apply_op2_no_bwd(pre, &kernels::GeluBackward { erf: self.erf })?
+            du.contiguous()?.apply_op2_no_bwd(&pre.contiguous()?, &kernels::GeluBackward { erf: self.erf })?
         })
     }
 
     /// att (B, H, T, T) = causal softmax(scale · Q Kᵀ) from the packed Q | K | V.
     pub fn attention_probs(&self, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-        Ok(if self.plain {
+        Ok(if self.fused {
+            plain::attention_scores(qkv, heads, self.low)?.apply_op1_no_bwd(&CausalSoftmax { scale })?
+        } else if self.plain {
             plain::attention_probs(qkv, heads, scale, self.low)?
         } else {
             qkv.apply_op1_no_bwd(&AttentionProbs { heads, scale })?
@@ -131,7 +150,10 @@ impl Ops {
         heads: usize,
         scale: f64,
     ) -> Result<Tensor> {
-        Ok(if self.plain {
+        Ok(if self.fused {
+            let softmax_backward = |datt: &Tensor, att: &Tensor| datt.apply_op2_no_bwd(att, &SoftmaxBackward { scale });
+            plain::attention_backward_with(dy, att, qkv, heads, self.low, softmax_backward)?
+        } else if self.plain {
             plain::attention_backward(dy, att, qkv, heads, scale, self.low)?
         } else {
             dy.apply_op3_no_bwd(att, qkv, &AttentionBackward { heads, scale })?
