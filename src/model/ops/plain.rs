@@ -172,10 +172,10 @@ pub fn attention_backward_with(
     let (b, t, c) = dy.dims3()?;
     let dyh = dy.reshape((b, t, heads, c / heads))?.transpose(1, 2)?.contiguous()?;
     let (q, k, v) = (head(qkv, 0, heads)?, head(qkv, 1, heads)?, head(qkv, 2, heads)?);
-    let dv = mm(&att.transpose(2, 3)?.contiguous()?, &dyh, low)?;
-    let datt = mm(&dyh, &v.transpose(2, 3)?.contiguous()?, low)?;
+    let dv = mm(&att.transpose(2, 3)?, &dyh, low)?;
+    let datt = mm(&dyh, &v.transpose(2, 3)?, low)?;
     let ds = softmax_backward(&datt, att)?;
     let dq = mm(&ds, &k, low)?;
-    let dk = mm(&ds.transpose(2, 3)?.contiguous()?, &q, low)?;
+    let dk = mm(&ds.transpose(2, 3)?, &q, low)?;
     Tensor::cat(&[&merge(&dq)?, &merge(&dk)?, &merge(&dv)?], 2)
 }
