@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One GPU check in one call, for a machine that has a GPU but no Rust (a lent GPU host): build
+# here, carry the binaries there, run the GPU tests and the GPU benchmark there, read the logs.
+#
+#   bash scripts/gpu-session.sh pack           # here: build the kit into gpu-kit/ (gzip'd)
+#   bash scripts/gpu-session.sh run [OUT]      # there, from the repository root: tests, then bench
+#
+# pack builds `agop` and the tests/device.rs test binary with `--features cuda` (a CUDA toolkit on
+# the PATH, or the one scripts/cuda-toolkit.sh lays out; CUDA_COMPUTE_CAP, default 90 = H100/H200)
+# in $CARGO_TARGET_DIR (default target/cuda-release) and writes gpu-kit/agop.gz and
+# gpu-kit/device-tests.gz with the paths they expect (the test binary finds the fixtures and agop
+# through the absolute path of this checkout, recorded in gpu-kit/root).
+# run unpacks them, puts the CUDA 13 libraries on LD_LIBRARY_PATH (CUDA_LIBS, default
+# /usr/local/cuda-13.0/targets/x86_64-linux/lib), links the recorded checkout path to this one
+# when they differ, runs the GPU tests (TEST_TIMEOUT seconds, 240) and then benches/gpu.sh
+# (BENCH_TIMEOUT, 300; its environment as documented there; PYTHON defaults to python3), and
+# writes tests.log, bench.log and nvidia-smi.txt under OUT (default $OUT, else gpu-out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+  pack)
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda-release}
+    if ! command -v nvcc >/dev/null; then
+      cargo fetch --locked
+      eval "$(bash scripts/cuda-toolkit.sh)"
+    fi
+    export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+    cargo build --release --locked --features cuda --bin agop
+    tests=$(cargo test --release --locked --features cuda --test device --no-run --message-format=json \
+      | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "device" and m.get("executable"):
+        print(m["executable"])' | tail -n 1)
+    mkdir -p gpu-kit
+    gzip -c "$CARGO_TARGET_DIR/release/agop" > gpu-kit/agop.gz
+    gzip -c "$tests" > gpu-kit/device-tests.gz
+    # Where the test binary looks for agop (CARGO_BIN_EXE_agop) and the fixtures.
+    echo "$PWD" > gpu-kit/root
+    echo "$(realpath -m "$CARGO_TARGET_DIR")/release/agop" > gpu-kit/agop-path
+    ls -l gpu-kit
+    echo "carry gpu-kit (and nothing else built) to the GPU machine; there: bash scripts/gpu-session.sh run"
+    ;;
+  run)
+    out=${2:-${OUT:-gpu-out}}
+    mkdir -p "$out"
+    export LD_LIBRARY_PATH=${CUDA_LIBS:-/usr/local/cuda-13.0/targets/x86_64-linux/lib}:${LD_LIBRARY_PATH:-}
+    root=$(cat gpu-kit/root)
+    if [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then
+      mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"
+    fi
+    agop_path=$(cat gpu-kit/agop-path)
+    kit=$PWD/gpu-kit
+    mkdir -p "$(dirname "$agop_path")"
+    gunzip -c gpu-kit/agop.gz > "$agop_path" && chmod +x "$agop_path"
+    gunzip -c gpu-kit/device-tests.gz > gpu-kit/device-tests && chmod +x gpu-kit/device-tests
+    nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
+    # The GPU tests one at a time, printing what they measured; a failure does not stop the bench.
+    (cd "$root" && timeout "${TEST_TIMEOUT:-240}" "$kit/device-tests" --test-threads=1 --nocapture) \
+      > "$out/tests.log" 2>&1 && echo "GPU tests passed" || echo "GPU tests FAILED or timed out (rc $?): $out/tests.log"
+    AGOP=$agop_path PYTHON=${PYTHON:-python3} BENCH_DIR=${BENCH_DIR:-/tmp/agop-bench-gpu} \
+      timeout "${BENCH_TIMEOUT:-300}" bash benches/gpu.sh > "$out/bench.log" 2>&1 \
+      && echo "bench done" || echo "bench FAILED or timed out (rc $?)"
+    tail -n 30 "$out/bench.log"
+    ;;
+  *)
+    sed -n '2,17p' "$0"
+    exit 2
+    ;;
+esac
