@@ -12,7 +12,8 @@
 # FACT costs; 0 skips it), ARCH (gpt2; neox: GPT-NeoX at Pythia-160m dimensions against
 # benches/torch_baseline_neox.py, the model written by that script). Each round runs agop and
 # then the baseline, so both see the same machine state; the summary gives the median over
-# rounds (shared machines are noisy).
+# rounds (shared machines are noisy). AGOP=path uses that agop binary instead of building one (then
+# no GEMM peak is measured).
 #
 # The GPU comparison is benches/gpu.sh (`just bench-gpu`).
 set -euo pipefail
@@ -25,9 +26,14 @@ fi
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 work=${BENCH_DIR:-bench-out}
 mkdir -p "$work"
-cargo build --release -q --bin agop --example gemm_peak
-agop=${CARGO_TARGET_DIR:-target}/release/agop
-gemm_peak=${CARGO_TARGET_DIR:-target}/release/examples/gemm_peak
+if [ -n "${AGOP:-}" ]; then
+  # A prebuilt agop (a machine without Rust, e.g. a GPU host: scripts/gpu-session.sh); no GEMM peak.
+  agop=$AGOP; gemm_peak=""
+else
+  cargo build --release -q --bin agop --example gemm_peak
+  agop=${CARGO_TARGET_DIR:-target}/release/agop
+  gemm_peak=${CARGO_TARGET_DIR:-target}/release/examples/gemm_peak
+fi
 
 
 cat > "$work/config.json" <<JSON
@@ -50,7 +56,7 @@ rss() { awk '/Maximum resident set size/ {print $6}' "$1"; }
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
 : > "$work/rounds.txt"
 for round in $(seq 1 "$ROUNDS"); do
-  peak=$($gemm_peak 1024 | awk '{print $2}')
+  peak=0; [ -z "$gemm_peak" ] || peak=$($gemm_peak 1024 | awk '{print $2}')
   /usr/bin/time -v $agop measure --model "$model" --tokens "$work/tokens.parquet" --out "$work/gop.safetensors" \
     --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 2> "$work/agop.time" > "$work/agop.out"
   agop_tps=$(grep -ho "[0-9.]* tokens/s" "$work/agop.time" | tail -n 1 | awk '{print $1}')

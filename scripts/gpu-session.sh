@@ -14,7 +14,9 @@
 # /usr/local/cuda-13.0/targets/x86_64-linux/lib), links the recorded checkout path to this one
 # when they differ, runs the GPU tests (TEST_TIMEOUT seconds, 240) and then benches/gpu.sh
 # (BENCH_TIMEOUT, 300; its environment as documented there; PYTHON defaults to python3), and
-# writes tests.log, bench.log and nvidia-smi.txt under OUT (default $OUT, else gpu-out).
+# writes tests.log, bench.log and nvidia-smi.txt under OUT (default $OUT, else gpu-out). With
+# CPU_BENCH=1 it then runs benches/throughput.sh on the host's CPUs at 2 and at all threads
+# (CPU_ROUNDS 1, CPU_BATCH 4, CPU_TIMEOUT 150 s each; cpu-bench-<threads>.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -62,9 +64,19 @@ for line in sys.stdin:
       timeout "${BENCH_TIMEOUT:-300}" bash benches/gpu.sh > "$out/bench.log" 2>&1 \
       && echo "bench done" || echo "bench FAILED or timed out (rc $?)"
     tail -n 30 "$out/bench.log"
+    # CPU_BENCH=1: also the CPU comparison on this host's cores (issue targets at 16 threads),
+    # agop on the CPU against PyTorch on the CPU, at 2 and at all threads.
+    if [ "${CPU_BENCH:-0}" = 1 ]; then
+      for threads in 2 "$(nproc)"; do
+        AGOP=$agop_path PYTHON=${PYTHON:-python3} THREADS=$threads ROUNDS=${CPU_ROUNDS:-1} FACT=0 \
+          BATCH=${CPU_BATCH:-4} BENCH_DIR=/tmp/agop-bench-cpu timeout "${CPU_TIMEOUT:-150}" bash benches/throughput.sh \
+          > "$out/cpu-bench-$threads.log" 2>&1 || echo "CPU bench at $threads threads FAILED or timed out"
+        tail -n 4 "$out/cpu-bench-$threads.log"
+      done
+    fi
     ;;
   *)
-    sed -n '2,17p' "$0"
+    sed -n '2,19p' "$0"
     exit 2
     ;;
 esac
