@@ -456,4 +456,10 @@ fn device_errors_are_bad_input() {
     let o = std::process::Command::new(agop_bin()).arg("run").arg(&p).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("[measure] device"), "{}", text(&o));
+    // And its precision: a name that is none, when read.
+    let header = "name = \"p\"\n[model]\nid = \"x/y\"\n[corpus]\nsources = [\"a.txt\"]\nseq_len = 8\n[measure]\n";
+    std::fs::write(&p, format!("{header}precision = \"fp16\"\n")).unwrap();
+    let o = std::process::Command::new(agop_bin()).arg("run").arg(&p).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("fp16") && text(&o).contains("bf16"), "{}", text(&o));
 }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::measure::{Estimator, Output};
-use crate::model::WeightsKind;
+use crate::model::{Precision, WeightsKind};
 use crate::{bad, bail_bad};
 
 /// A whole pipeline file.
@@ -217,6 +217,10 @@ pub struct MeasureSpec {
     /// overrides it, as the Slurm scripts of `agop slurm --gpus` do).
     #[serde(default = "default_device")]
     pub device: String,
+    /// The precision of the model's products on a GPU (`measure --precision`): `f32`, `tf32`
+    /// or `bf16`; tf32 and bf16 need a GPU (`device = "cuda"`, or `agop run --device cuda`).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_device() -> String {
@@ -258,6 +262,7 @@ impl Default for MeasureSpec {
             fact: false,
             init_seeds: default_init_seeds(),
             device: default_device(),
+            precision: Precision::F32,
         }
     }
 }

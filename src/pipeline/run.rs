@@ -323,6 +323,7 @@ fn gop_matches(
         && meta.total_windows == prep.n_windows
         && meta.groups == m.groups
         && meta.fact == m.fact
+        && meta.precision == m.precision
         && match shard {
             Some((i, n)) => meta.shard == format!("{i}/{n}"),
             None => meta.n_windows == prep.n_windows,
@@ -434,6 +435,7 @@ fn measure_into(
         progress: !quiet,
         shard,
         groups: m.groups,
+        precision: m.precision,
         ..MeasureOptions::new(weights, settings(p, weights, k), m.batch)
     }
     .on(crate::model::parse_device(&m.device)?);
