@@ -264,11 +264,11 @@ impl Gop {
 
     /// [`Gop::add`] for gradients on a GPU (and, on the CPU, a second code path the tests compare
     /// with the window-by-window one): each module's Gram over the whole batch, Gᵀ G over all B·T
-    /// rows, is one GEMM (f32, TF32 off, or f64 for an f64 model), and the heads of a packed gradient are one batched GEMM
-    /// over the heads; each is converted to f64 and added into the module's device sum. So a
-    /// batch costs one d × d f64 addition per module instead of one per window. The f32 sums run
-    /// over a batch, not a window: the result agrees with the CPU path's to f32 rounding, and on
-    /// a GPU it depends on the batch size at that level.
+    /// rows, is one GEMM (f32 with TF32 off, or f64 for an f64 model), and the heads of a packed
+    /// gradient are one batched GEMM over the heads; each is converted to f64 and added into the
+    /// module's device sum. So a batch costs one d × d f64 addition per module instead of one per
+    /// window. The f32 sums run over a batch, not a window: the result agrees with the CPU path's
+    /// to f32 rounding, and on a GPU it depends on the batch size at that level.
     pub fn add_batched(&mut self, grads: &[Grad], scale: f64) -> Result<()> {
         use candle_core::DType;
         for g in grads {

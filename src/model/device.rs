@@ -46,7 +46,8 @@ impl std::fmt::Display for Precision {
 pub fn set_precision(device: &Device, precision: Precision) -> Result<()> {
     if device.is_cpu() && !precision.is_f32() {
         bail_bad!(
-            "--precision {precision} ([measure] precision in a pipeline): reduced precision applies on a GPU (--device cuda); the CPU computes in f32"
+            "--precision {precision} ([measure] precision in a pipeline): reduced precision applies on a \
+             GPU (--device cuda); the CPU computes in f32"
         );
     }
     #[cfg(feature = "cuda")]

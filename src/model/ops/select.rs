@@ -1,7 +1,9 @@
 //! The ops of a forward and a hand-written backward pass, from one of two implementations: the
 //! CPU kernels of [`super::kernels`] and [`super::attention`] (host memory, work split by window
 //! and head, so a window's numbers never depend on its batch), or candle's own ops
-//! ([`super::plain`]: any device, CUDA included). Every architecture's model runs on these.
+//! ([`super::plain`]: any device, CUDA included), in which on a CUDA device the ops that have a
+//! fused GPU kernel ([`super::softmax`], LayerNorm and the GELU backward) run as that kernel.
+//! Every architecture's model runs on these.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -19,10 +21,8 @@ pub struct LnCache {
     pub packed: Tensor,
 }
 
-/// The ops of the forward and backward passes, from one of two implementations: the CPU kernels
-/// of [`kernels`] and [`super::ops::attention`] (host memory, work split by window and head, so a
-/// window's numbers never depend on its batch), or candle's own ops ([`plain`]: any device,
-/// CUDA included).
+/// The ops of the forward and backward passes (see the module doc): the CPU kernels, or candle's
+/// own ops with the fused GPU kernels on a CUDA device.
 #[derive(Debug, Clone, Copy)]
 pub struct Ops {
     plain: bool,
