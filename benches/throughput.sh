@@ -59,12 +59,12 @@ for round in $(seq 1 "$ROUNDS"); do
   peak=0; [ -z "$gemm_peak" ] || peak=$($gemm_peak 1024 | awk '{print $2}')
   /usr/bin/time -v $agop measure --model "$model" --tokens "$work/tokens.parquet" --out "$work/gop.safetensors" \
     --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 2> "$work/agop.time" > "$work/agop.out"
-  agop_tps=$(grep -ho "[0-9.]* tokens/s" "$work/agop.time" | tail -n 1 | awk '{print $1}')
+  agop_tps=$(grep -ho "passes, [0-9.]* tokens/s" "$work/agop.time" | tail -n 1 | awk '{print $2}')
   fact_tps=0
   if [ "${FACT:-1}" = 1 ]; then
     $agop measure --model "$model" --tokens "$work/tokens.parquet" --out "$work/gop-fact.safetensors" \
       --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 --fact 2> "$work/fact.time" > /dev/null
-    fact_tps=$(grep -ho "[0-9.]* tokens/s" "$work/fact.time" | tail -n 1 | awk '{print $1}')
+    fact_tps=$(grep -ho "passes, [0-9.]* tokens/s" "$work/fact.time" | tail -n 1 | awk '{print $2}')
   fi
   /usr/bin/time -v "$PYTHON" $baseline --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" \
     > "$work/torch.out" 2> "$work/torch.time"

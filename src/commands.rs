@@ -173,13 +173,18 @@ pub fn run(command: Command) -> Result<()> {
             println!("{}", agop::report::report(&dir)?);
         }
         Command::Measure(a) => {
-            let (gop, secs) = measure::run::measure_timed(&a.model.resolve()?, &a.tokens, &a.out, &a.options()?)?;
+            let (gop, timing) = measure::run::measure_timed(&a.model.resolve()?, &a.tokens, &a.out, &a.options()?)?;
+            let steady = timing
+                .after_first_batch
+                .map(|r| format!("; after the first batch {r:.1} tokens/s"))
+                .unwrap_or_default();
             eprintln!(
-                "measured {} windows ({} tokens) → {}; {secs:.1} s in passes, {:.1} tokens/s",
+                "measured {} windows ({} tokens) → {}; {:.1} s in passes, {:.1} tokens/s{steady}",
                 gop.meta.n_windows,
                 gop.meta.n_tokens,
                 a.out.display(),
-                gop.meta.n_tokens as f64 / secs.max(1e-9)
+                timing.secs,
+                gop.meta.n_tokens as f64 / timing.secs.max(1e-9)
             );
         }
         Command::Merge { parts, out } => {

@@ -11,6 +11,9 @@
 //!
 //! Probe randomness is a pure function of (seed, global window index, probe index).
 
+use std::sync::Mutex;
+use std::time::Instant;
+
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
@@ -37,6 +40,16 @@ pub struct Measurer<'a, N: Network> {
     directions: Vec<usize>,
     /// `--profile`'s phase timings (off unless [`Measurer::with_profile`]).
     profile: Profile,
+    /// When the first batch finished, for the rate after it ([`Measurer::rate_after_first_batch`]).
+    clock: Mutex<Clock>,
+}
+
+/// When the first batch finished (the device synchronized) with the tokens measured by then,
+/// and the tokens measured in all.
+#[derive(Default)]
+struct Clock {
+    first: Option<(Instant, u64)>,
+    tokens: u64,
 }
 
 /// The probe RNG for (seed, window, probe): a ChaCha8 stream keyed by all three.
@@ -74,7 +87,7 @@ impl<'a, N: Network> Measurer<'a, N> {
             .collect();
         let factor = Tensor::from_vec(l, (c, c), model.device())?;
         let profile = Profile::new(model.device(), false);
-        Ok(Self { model, settings, factor, directions, profile })
+        Ok(Self { model, settings, factor, directions, profile, clock: Mutex::default() })
     }
 
     /// The same measurer timing its phases (`--profile`) when `on`.
@@ -95,9 +108,30 @@ impl<'a, N: Network> Measurer<'a, N> {
         }
     }
 
+    /// Tokens per second over the batches after the first one, which leave out one-time
+    /// start-up (on a GPU: cuBLAS handles, compiling the fused kernels, first allocations); None
+    /// until two batches were measured. Read it after the device was synchronized (the sums
+    /// copied to the host).
+    pub fn rate_after_first_batch(&self) -> Option<f64> {
+        let c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, first) = c.first?;
+        (c.tokens > first).then(|| (c.tokens - first) as f64 / at.elapsed().as_secs_f64().max(1e-9))
+    }
+
     /// Measure a batch of windows (all of the same length) into `gop`: the AGOP sums, and with
     /// `fact` the FACT sums.
     pub fn measure_batch(&self, windows: &[Window], gop: &mut Gop) -> Result<()> {
+        self.measure_batch_inner(windows, gop)?;
+        let mut c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        c.tokens += windows.iter().map(|w| w.tokens.len() as u64).sum::<u64>();
+        if c.first.is_none() {
+            self.model.device().synchronize()?;
+            c.first = Some((Instant::now(), c.tokens));
+        }
+        Ok(())
+    }
+
+    fn measure_batch_inner(&self, windows: &[Window], gop: &mut Gop) -> Result<()> {
         match self.settings.estimator {
             Estimator::Sketch => self.sketch(windows, gop),
             Estimator::Exact => {

@@ -212,8 +212,23 @@ pub fn measure(model: &ResolvedModel, tokens: &Path, out: &Path, opts: &MeasureO
     measure_timed(model, tokens, out, opts).map(|(g, _)| g)
 }
 
-/// [`measure`], also returning the seconds spent in forward/backward passes (not loading).
-pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: &MeasureOptions) -> Result<(Gop, f64)> {
+/// How long a measurement took.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Seconds in forward/backward passes and sums (not loading, not writing).
+    pub secs: f64,
+    /// Tokens per second after the first batch, leaving out one-time start-up (None with a
+    /// single batch).
+    pub after_first_batch: Option<f64>,
+}
+
+/// [`measure`], also returning how long the passes took.
+pub fn measure_timed(
+    resolved: &ResolvedModel,
+    tokens: &Path,
+    out: &Path,
+    opts: &MeasureOptions,
+) -> Result<(Gop, Timing)> {
     let cfg = resolved.config()?;
     let mut inputs = resolved.protected_files();
     inputs.push(tokens.to_path_buf());
@@ -311,14 +326,15 @@ pub fn measure_timed(resolved: &ResolvedModel, tokens: &Path, out: &Path, opts: 
         total
     };
     bar.finish_and_clear();
-    let secs = t0.elapsed().as_secs_f64();
+    let timing = Timing { secs: t0.elapsed().as_secs_f64(), after_first_batch: measurer.rate_after_first_batch() };
+    let secs = timing.secs;
     if opts.profile {
         eprint!("{}", measurer.profile().report(secs));
     }
     drop(model); // the weights are not needed to write the sums
     gop.save(out)?;
     let _ = std::fs::remove_file(&ckpt);
-    Ok((gop, secs))
+    Ok((gop, timing))
 }
 
 /// Read a measure checkpoint and check that the same command wrote it (for a grouped run: the
