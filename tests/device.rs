@@ -288,6 +288,45 @@ mod gpu {
         eprintln!("fixture: GPU exact AGOP vs golden, worst relative error {worst:.3e}");
     }
 
+    /// GPT-NeoX (the two tiny checkpoints transformers wrote, parallel and serial residual) on
+    /// the GPU: logits against transformers' golden ones, and the sketch and FACT sums against
+    /// the CPU's (the same probes).
+    #[test]
+    fn neox_on_the_gpu_matches_transformers_and_the_cpu() {
+        use agop::model::{Model, ModelConfig};
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(dev) = gpu() else { return };
+        for name in ["parallel", "serial"] {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/neox").join(name);
+            let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+            let load = |d: &Device| match model::load_model(&dir, &cfg, WeightsKind::Pretrained, 0, d).unwrap() {
+                Model::NeoX(m) => m,
+                Model::Gpt2(_) => panic!("{name} loaded as GPT-2"),
+            };
+            let (cpu, gpu) = (load(&Device::Cpu), load(&dev));
+            let golden = candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
+            let ids = golden["ids"].to_dtype(DType::U32).unwrap().to_device(&dev).unwrap();
+            let logits = gpu.logits(&gpu.forward(&ids).unwrap().hidden).unwrap();
+            let e = max_rel(&logits.to_device(&Device::Cpu).unwrap(), &golden["logits"]);
+            assert!(e < 1e-4, "{name}: GPU logits vs transformers {e:.3e}");
+            let windows: Vec<Window> = (0..4u64)
+                .map(|i| Window { index: i, tokens: (0..8u64).map(|j| ((i * 13 + j * 7) % 50) as u32).collect() })
+                .collect();
+            let sums_of = |m: &agop::model::neox::GptNeoX| {
+                let meta = GopMeta { fact: true, seq_len: 8, ..GopMeta::for_config(ModelConfig::NeoX(m.cfg.clone())) };
+                let mut gop = Gop::zeros(meta);
+                let measurer = Measurer::new(m, settings(true)).unwrap();
+                for chunk in windows.chunks(2) {
+                    measurer.measure_batch(chunk, &mut gop).unwrap();
+                }
+                gop.sync().unwrap();
+                gop
+            };
+            let worst = assert_sums_close(&sums_of(&cpu), &sums_of(&gpu), 1e-4, &format!("NeoX {name} GPU vs CPU"));
+            eprintln!("NeoX {name}: GPU logits vs transformers {e:.3e}; sums GPU vs CPU, worst {worst:.3e}");
+        }
+    }
+
     fn windows_file(dir: &std::path::Path, n: u64, t: usize) -> PathBuf {
         let path = dir.join("tokens.parquet");
         let w: Vec<Window> = (0..n)
