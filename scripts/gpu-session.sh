@@ -12,9 +12,10 @@
 # through the absolute path of this checkout, recorded in gpu-kit/root).
 # run unpacks them, puts the CUDA 13 libraries on LD_LIBRARY_PATH (CUDA_LIBS, default
 # /usr/local/cuda-13.0/targets/x86_64-linux/lib), links the recorded checkout path to this one
-# when they differ, runs the GPU tests (TEST_TIMEOUT seconds, 240) and then benches/gpu.sh
-# (BENCH_TIMEOUT, 300; its environment as documented there; PYTHON defaults to python3), and
-# writes tests.log, bench.log and nvidia-smi.txt under OUT (default $OUT, else gpu-out). With
+# when they differ, runs the quick GPU tests (TEST_TIMEOUT seconds, 120), benches/gpu.sh
+# (BENCH_TIMEOUT, 300; its environment as documented there; PYTHON defaults to python3) and the
+# GPT-2-small-dimension GPU tests (SLOW_TEST_TIMEOUT, 240), and writes tests.log, bench.log,
+# tests-gpt2-small.log and nvidia-smi.txt under OUT (default $OUT, else gpu-out). With
 # CPU_BENCH=1 it then runs benches/throughput.sh on the host's CPUs at 2 and at all threads
 # (CPU_ROUNDS 1, CPU_BATCH 4, CPU_TIMEOUT 150 s each; cpu-bench-<threads>.log).
 set -euo pipefail
@@ -57,13 +58,20 @@ for line in sys.stdin:
     gunzip -c gpu-kit/agop.gz > "$agop_path" && chmod +x "$agop_path"
     gunzip -c gpu-kit/device-tests.gz > gpu-kit/device-tests && chmod +x gpu-kit/device-tests
     nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-    # The GPU tests one at a time, printing what they measured; a failure does not stop the bench.
-    (cd "$root" && timeout "${TEST_TIMEOUT:-240}" "$kit/device-tests" --test-threads=1 --nocapture) \
-      > "$out/tests.log" 2>&1 && echo "GPU tests passed" || echo "GPU tests FAILED or timed out (rc $?): $out/tests.log"
+    # The GPU tests one at a time, printing what they measured; a failure does not stop the rest.
+    # The quick ones first (kernels against their twins, the fixtures), then the benchmark, then
+    # the GPT-2-small-dimension ones (CPU runs and correlations beside the GPU's: slower).
+    tests() {
+      local log=$1 limit=$2; shift 2
+      (cd "$root" && timeout "$limit" "$kit/device-tests" --test-threads=1 --nocapture "$@") > "$log" 2>&1 \
+        && echo "GPU tests $* passed" || echo "GPU tests $* FAILED or timed out (rc $?): $log"
+    }
+    tests "$out/tests.log" "${TEST_TIMEOUT:-120}" gpu_kernels gpu_matches_cpu_and_golden neox_on_the_gpu device_errors
     AGOP=$agop_path PYTHON=${PYTHON:-python3} BENCH_DIR=${BENCH_DIR:-/tmp/agop-bench-gpu} \
       timeout "${BENCH_TIMEOUT:-300}" bash benches/gpu.sh > "$out/bench.log" 2>&1 \
       && echo "bench done" || echo "bench FAILED or timed out (rc $?)"
     tail -n 30 "$out/bench.log"
+    tests "$out/tests-gpt2-small.log" "${SLOW_TEST_TIMEOUT:-240}" gpt2_small_dimensions reduced_precisions
     # CPU_BENCH=1: also the CPU comparison on this host's cores (issue targets at 16 threads),
     # agop on the CPU against PyTorch on the CPU, at 2 and at all threads.
     if [ "${CPU_BENCH:-0}" = 1 ]; then
@@ -76,7 +84,7 @@ for line in sys.stdin:
     fi
     ;;
   *)
-    sed -n '2,19p' "$0"
+    sed -n '2,20p' "$0"
     exit 2
     ;;
 esac
