@@ -6,7 +6,9 @@
 # its first batch, PyTorch's after an untimed warm-up step:
 #   - agop `--precision f32|tf32|bf16` against PyTorch fp32 (TF32 off) / TF32 / bf16 autocast;
 #   - gpt2-xl dimensions in f32 against PyTorch fp32;
-#   - agop `--fact` at agop's best f32 batch: what FACT costs (agop's rate without / with).
+#   - agop `--fact` at agop's best f32 batch: what FACT costs (agop's rate without / with);
+#   - each side's nominal TFLOP/s (rate × the FLOPs per token of the same work) beside the GPU's
+#     matmul peak in that precision, measured by PyTorch in the same run.
 # Then `agop measure --profile` at the best f32 batch says where agop's time goes, and the last
 # line is the summary, each ratio agop over PyTorch at their best batches:
 #
@@ -89,6 +91,35 @@ torch_best() {
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+
+# Nominal FLOPs per token of the measurement for dimensions L:C:H at T = 256, as
+# benches/throughput.sh counts them (forward, input-gradient backward, the outer products, the
+# probe): the same work on both sides, so rate × this is each side's achieved FLOP/s.
+flop_per_token() {
+  local L C H
+  IFS=: read -r L C H <<< "$1"
+  awk -v L="$L" -v C="$C" -v H="$H" 'BEGIN {T = 256; hs = C / H
+    layer = 2 * 12 * C * C + 4 * T * C + 2 * 12 * C * C + 8 * T * C + 4 * 2 * C * C + 3 * H * 2 * hs * hs
+    print L * layer + 2 * C * C}'
+}
+tflops() { awk -v r="$1" -v f="$2" 'BEGIN {printf "%.1f", r * f / 1e12}'; }
+
+# The GPU's measured matmul peak in TFLOP/s for a precision (PyTorch, 8192³, best of 5).
+peak() {
+  [ "$DEVICE" = cpu ] && { echo n/a; return; }
+  "$PYTHON" - "$1" <<'PY'
+import sys, time, torch
+p = sys.argv[1]
+torch.backends.cuda.matmul.allow_tf32 = p == "tf32"
+dt = torch.bfloat16 if p == "bf16" else torch.float32
+a = torch.randn(8192, 8192, device="cuda", dtype=dt); b = torch.randn(8192, 8192, device="cuda", dtype=dt)
+best = 0.0
+for _ in range(6):
+    torch.cuda.synchronize(); t = time.perf_counter(); a @ b; torch.cuda.synchronize()
+    best = max(best, 2 * 8192**3 / (time.perf_counter() - t) / 1e12)
+print(f"{best:.1f}")
+PY
+}
 torch_precision() { case $1 in f32) echo fp32 ;; *) echo "$1" ;; esac; }
 
 : > "$work/runs.txt"
@@ -99,7 +130,9 @@ for p in $PRECISIONS; do
   read -r a ab <<< "$(agop_best small "$BATCHES" --precision "$p")"
   read -r t tb <<< "$(torch_best small "$SMALL" "$(torch_precision "$p")" "$TORCH_BATCHES")"
   R[$p]=$(ratio "$a" "$t")
-  echo "GPT-2 small, $p: agop $a tokens/s (batch $ab), PyTorch $(torch_precision "$p") $t tokens/s (batch $tb): ${R[$p]}x"
+  f=$(flop_per_token "$SMALL")
+  echo "GPT-2 small, $p: agop $a tokens/s (batch $ab), PyTorch $(torch_precision "$p") $t tokens/s (batch $tb): ${R[$p]}x;" \
+    "nominal TFLOP/s agop $(tflops "$a" "$f"), PyTorch $(tflops "$t" "$f"), GPU matmul peak $(peak "$p")"
   [ "$p" = f32 ] && best_f32=$a && best_b=$ab
 done
 ratio_fact=n/a
@@ -117,7 +150,9 @@ if [ "$XL" = 1 ]; then
   read -r a ab <<< "$(agop_best xl "$XL_BATCHES")"
   read -r t tb <<< "$(torch_best xl "$XL_DIMS" fp32 "$XL_TORCH_BATCHES")"
   ratio_xl=$(ratio "$a" "$t")
-  echo "gpt2-xl dimensions, f32: agop $a tokens/s (batch $ab), PyTorch fp32 $t tokens/s (batch $tb): ${ratio_xl}x"
+  f=$(flop_per_token "$XL_DIMS")
+  echo "gpt2-xl dimensions, f32: agop $a tokens/s (batch $ab), PyTorch fp32 $t tokens/s (batch $tb): ${ratio_xl}x;" \
+    "nominal TFLOP/s agop $(tflops "$a" "$f"), PyTorch $(tflops "$t" "$f")"
 fi
 echo "(every run: $work/runs.txt)"
 echo "ratio_fp32 ${R[f32]} ratio_tf32 ${R[tf32]} ratio_bf16 ${R[bf16]} ratio_xl_fp32 $ratio_xl ratio_fact $ratio_fact"
