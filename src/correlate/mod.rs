@@ -200,19 +200,7 @@ pub fn correlate_sources(
         if run.meta.fact {
             rows.extend(fact::correlate_fact(&model, run).map_err(|e| e.context(format!("FACT rows of {files}")))?);
         }
-        let info = RunInfo {
-            pipeline: ctx.pipeline.clone(),
-            model: run.meta.model.clone(),
-            revision: run.meta.revision.clone(),
-            weights: run.meta.weights,
-            corpus: ctx.corpus.clone(),
-            n_tokens: run.meta.n_tokens,
-            output: run.meta.output,
-            estimator: run.meta.estimator,
-            probes: run.meta.probes,
-            step: source.step,
-            seed: run.meta.seed,
-        };
+        let info = RunInfo::new(&run.meta, &ctx.pipeline, &ctx.corpus, source.step);
         if run.meta.weights == WeightsKind::Pretrained || runs.is_empty() {
             seed = run.meta.seed;
         }

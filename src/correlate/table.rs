@@ -6,7 +6,7 @@ use anyhow::Result;
 use polars::prelude::*;
 
 use super::metrics::Correlation;
-use crate::measure::{Estimator, Output};
+use crate::measure::{Estimator, GopMeta, Output};
 use crate::model::WeightsKind;
 use crate::util::parquet::write_parquet;
 
@@ -27,6 +27,26 @@ pub struct RunInfo {
     /// The measurement's seed: the random init's for random-init weights (one run per init
     /// seed with `[measure] init_seeds`), the probes' for both.
     pub seed: u64,
+}
+
+impl RunInfo {
+    /// The run-level columns of a measurement `meta` of `pipeline` on `corpus`, a checkpoint at
+    /// `step` of a series or None.
+    pub fn new(meta: &GopMeta, pipeline: &str, corpus: &str, step: Option<u64>) -> Self {
+        Self {
+            pipeline: pipeline.into(),
+            model: meta.model.clone(),
+            revision: meta.revision.clone(),
+            weights: meta.weights,
+            corpus: corpus.into(),
+            n_tokens: meta.n_tokens,
+            output: meta.output,
+            estimator: meta.estimator,
+            probes: meta.probes,
+            step,
+            seed: meta.seed,
+        }
+    }
 }
 
 /// The rows of one run: its run-level columns and its correlations.

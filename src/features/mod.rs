@@ -95,19 +95,7 @@ pub fn features_sources(sources: &[Source], out: &Path, opts: &FeatureOptions, c
         if let (WeightsKind::Pretrained, Some(step)) = (run.meta.weights, source.step) {
             series.push((step, vectors));
         }
-        let info = RunInfo {
-            pipeline: ctx.pipeline.clone(),
-            model: run.meta.model.clone(),
-            revision: run.meta.revision.clone(),
-            weights: run.meta.weights,
-            corpus: ctx.corpus.clone(),
-            n_tokens: run.meta.n_tokens,
-            output: run.meta.output,
-            estimator: run.meta.estimator,
-            probes: run.meta.probes,
-            step: source.step,
-            seed: run.meta.seed,
-        };
+        let info = RunInfo::new(&run.meta, &ctx.pipeline, &ctx.corpus, source.step);
         tables.push((info, rows));
     }
     let mut df = table::features_frame(&tables)?;
