@@ -10,7 +10,7 @@
 # Environment: BATCH (4), WINDOWS (agop windows to measure, 48), STEPS (baseline steps, 3),
 # THREADS (2), ROUNDS (3), FACT (1: each round also runs `agop measure --fact` and prints what
 # FACT costs; 0 skips it), ARCH (gpt2; neox: GPT-NeoX at Pythia-160m dimensions against
-# benches/torch_baseline_neox.py, the model written by that script). Each round runs agop and
+# `benches/torch_baseline.py --arch neox`, the model written by that script). Each round runs agop and
 # then the baseline, so both see the same machine state; the summary gives the median over
 # rounds (shared machines are noisy). AGOP=path uses that agop binary instead of building one (then
 # no GEMM peak is measured).
@@ -45,10 +45,10 @@ JSON
 
 # ARCH=neox: the same comparison for GPT-NeoX at Pythia-160m dimensions (rotary 0.25, parallel
 # residual), the model written by the PyTorch baseline itself; the windows are the same tokens.
-model="$work/model"; baseline=benches/torch_baseline.py
-if [ "${ARCH:-gpt2}" = neox ]; then
-  model="$work/neox-model"; baseline=benches/torch_baseline_neox.py
-  [ -f "$model/model.safetensors" ] || "$PYTHON" $baseline --steps 1 --save "$model" > /dev/null 2>&1
+model="$work/model"; arch=${ARCH:-gpt2}
+if [ "$arch" = neox ]; then
+  model="$work/neox-model"
+  [ -f "$model/model.safetensors" ] || "$PYTHON" benches/torch_baseline.py --arch neox --steps 1 --save "$model" > /dev/null 2>&1
 fi
 
 rss() { awk '/Maximum resident set size/ {print $6}' "$1"; }
@@ -66,7 +66,7 @@ for round in $(seq 1 "$ROUNDS"); do
       --batch "$BATCH" --probes 1 --checkpoint-secs 1e9 --fact 2> "$work/fact.time" > /dev/null
     fact_tps=$(grep -ho "passes, [0-9.]* tokens/s" "$work/fact.time" | tail -n 1 | awk '{print $2}')
   fi
-  /usr/bin/time -v "$PYTHON" $baseline --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" \
+  /usr/bin/time -v "$PYTHON" benches/torch_baseline.py --arch "$arch" --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" \
     > "$work/torch.out" 2> "$work/torch.time"
   torch_tps=$(awk '/tokens\/s/ {print $2}' "$work/torch.out")
   echo "$agop_tps $torch_tps $(rss "$work/agop.time") $(rss "$work/torch.time") $peak $fact_tps" >> "$work/rounds.txt"; echo "round $round of $ROUNDS done" >&2
