@@ -18,7 +18,8 @@
 # build), and a Python with PyTorch (CUDA) and transformers (PYTHON, default python3).
 # Environment: BATCHES (agop, "8 16 32 64"), TORCH_BATCHES ("16 32 64"), WINDOWS (agop windows per
 # run, 256), STEPS (PyTorch steps per batch size, 5), XL (1; 0 skips gpt2-xl), XL_BATCHES ("4 8"),
-# XL_TORCH_BATCHES ("4 8"), XL_WINDOWS (32), PRECISIONS ("f32 tf32 bf16"), BENCH_DIR
+# XL_TORCH_BATCHES ("4 8"), XL_WINDOWS (32), PRECISIONS ("f32 tf32 bf16"), NEOX (0; 1 adds GPT-NeoX
+# at Pythia-160m dimensions in f32 against `torch_baseline.py --arch neox`), BENCH_DIR
 # (bench-out-gpu). DEVICE=cpu with small SMALL/XL_DIMS ("layers:width:heads") and PRECISIONS=f32
 # runs the same script on the CPU, to check it without a GPU (tests/bench_scripts.rs does).
 set -euo pipefail
@@ -80,14 +81,16 @@ agop_best() {
   echo "$best $at"
 }
 
-# The best PyTorch rate over batches $4 for dimensions $2 in precision $3; prints "rate batch".
+# The best PyTorch rate over batches $4 for dimensions $2 in precision $3 (more arguments go to
+# the baseline); prints "rate batch".
 torch_best() {
-  local name=$1 L C H
+  local name=$1 L C H prec=$3 batches=$4
   IFS=: read -r L C H <<< "$2"
-  "$PYTHON" benches/torch_baseline.py --device "$DEVICE" --precision "$3" --layers "$L" --embd "$C" --heads "$H" \
-    --batches "$(echo "$4" | tr ' ' ',')" --steps "$STEPS" --threads "$(nproc)" > "$work/$name/torch-$3.out"
-  sed "s/^/$name torch $3 /" "$work/$name/torch-$3.out" >> "$work/runs.txt"
-  awk '/^tokens\/s/ && $2 > best {best = $2; at = $4} END {print best + 0, at + 0}' "$work/$name/torch-$3.out"
+  shift 4
+  "$PYTHON" benches/torch_baseline.py --device "$DEVICE" --precision "$prec" --layers "$L" --embd "$C" --heads "$H" \
+    --batches "$(echo "$batches" | tr ' ' ',')" --steps "$STEPS" --threads "$(nproc)" "$@" > "$work/$name/torch-$prec.out"
+  sed "s/^/$name torch $prec /" "$work/$name/torch-$prec.out" >> "$work/runs.txt"
+  awk '/^tokens\/s/ && $2 > best {best = $2; at = $4} END {print best + 0, at + 0}' "$work/$name/torch-$prec.out"
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a"}'; }
@@ -153,6 +156,16 @@ if [ "$XL" = 1 ]; then
   f=$(flop_per_token "$XL_DIMS")
   echo "gpt2-xl dimensions, f32: agop $a tokens/s (batch $ab), PyTorch fp32 $t tokens/s (batch $tb): ${ratio_xl}x;" \
     "nominal TFLOP/s agop $(tflops "$a" "$f"), PyTorch $(tflops "$t" "$f")"
+fi
+if [ "${NEOX:-0}" = 1 ]; then
+  # GPT-NeoX at Pythia-160m dimensions, the model the baseline writes, the same windows.
+  mkdir -p "$work/neox"
+  [ -f "$work/neox/model/model.safetensors" ] || "$PYTHON" benches/torch_baseline.py --arch neox --steps 1 --batch 1 \
+    --seq 16 --save "$work/neox/model" > /dev/null
+  cp "$work/small/tokens.parquet" "$work/neox/tokens.parquet"
+  read -r a ab <<< "$(agop_best neox "$BATCHES")"
+  read -r t tb <<< "$(torch_best neox 12:768:12 fp32 "$TORCH_BATCHES" --arch neox)"
+  echo "GPT-NeoX (Pythia-160m dimensions), f32: agop $a tokens/s (batch $ab), PyTorch fp32 $t tokens/s (batch $tb): $(ratio "$a" "$t")x"
 fi
 echo "(every run: $work/runs.txt)"
 echo "ratio_fp32 ${R[f32]} ratio_tf32 ${R[tf32]} ratio_bf16 ${R[bf16]} ratio_xl_fp32 $ratio_xl ratio_fact $ratio_fact"
