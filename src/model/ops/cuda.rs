@@ -27,7 +27,9 @@ fn ptx() -> Result<&'static str> {
         candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE).map(|p| p.to_src()).map_err(|e| e.to_string())
     }) {
         Ok(p) => Ok(p),
-        Err(e) => bail!("compiling agop's CUDA kernels (NVRTC): {e}"),
+        Err(e) => {
+            bail!("compiling agop's fused CUDA kernels (NVRTC): {e}; AGOP_FUSED_KERNELS=0 runs candle's ops instead")
+        }
     }
 }
 
