@@ -2,14 +2,15 @@
 # One GPU check in one call, for a machine that has a GPU but no Rust (a lent GPU host): build
 # here, carry the binaries there, run the GPU tests and the GPU benchmark there, read the logs.
 #
-#   bash scripts/gpu-session.sh pack           # here: build the kit into gpu-kit/ (gzip'd)
+#   bash scripts/gpu-session.sh pack           # here: build the kit into gpu-kit/
 #   bash scripts/gpu-session.sh run [OUT]      # there, from the repository root: tests, then bench
 #
 # pack builds `agop` and the tests/device.rs test binary with `--features cuda` (a CUDA toolkit on
 # the PATH, or the one scripts/cuda-toolkit.sh lays out; CUDA_COMPUTE_CAP, default 90 = H100/H200)
-# in $CARGO_TARGET_DIR (default target/cuda-release) and writes gpu-kit/agop.gz and
-# gpu-kit/device-tests.gz with the paths they expect (the test binary finds the fixtures and agop
-# through the absolute path of this checkout, recorded in gpu-kit/root).
+# in $CARGO_TARGET_DIR (default target/cuda-release) and writes them stripped and xz-compressed
+# to gpu-kit/agop.xz and gpu-kit/device-tests.xz (a device call carries 64 MiB), with the paths
+# they expect (the test binary finds the fixtures and agop through the absolute path of this
+# checkout, recorded in gpu-kit/root).
 # run unpacks them, puts the CUDA 13 libraries on LD_LIBRARY_PATH (CUDA_LIBS, default
 # /usr/local/cuda-13.0/targets/x86_64-linux/lib), links the recorded checkout path to this one
 # when they differ, runs the quick GPU tests (TEST_TIMEOUT seconds, 120), benches/gpu.sh
@@ -35,13 +36,19 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "device" and m.get("executable"):
         print(m["executable"])' | tail -n 1)
+    # Stripped (with the release profile's debug info agop is 620 MB, 104 MB without) and
+    # xz-compressed (17 MB): the pair must fit what a device call carries (64 MiB).
     mkdir -p gpu-kit
-    gzip -c "$CARGO_TARGET_DIR/release/agop" > gpu-kit/agop.gz
-    gzip -c "$tests" > gpu-kit/device-tests.gz
+    rm -f gpu-kit/*.xz
+    for pair in "$CARGO_TARGET_DIR/release/agop:agop" "$tests:device-tests"; do
+      strip -o "gpu-kit/${pair##*:}" "${pair%:*}"
+      xz -T2 -6 "gpu-kit/${pair##*:}"
+    done
     # Where the test binary looks for agop (CARGO_BIN_EXE_agop) and the fixtures.
     echo "$PWD" > gpu-kit/root
     echo "$(realpath -m "$CARGO_TARGET_DIR")/release/agop" > gpu-kit/agop-path
     ls -l gpu-kit
+    [ "$(cat gpu-kit/*.xz | wc -c)" -lt $((64 * 1024 * 1024)) ] || echo "warning: gpu-kit is over 64 MiB"
     echo "carry gpu-kit (and nothing else built) to the GPU machine; there: bash scripts/gpu-session.sh run"
     ;;
   run)
@@ -55,8 +62,14 @@ for line in sys.stdin:
     agop_path=$(cat gpu-kit/agop-path)
     kit=$PWD/gpu-kit
     mkdir -p "$(dirname "$agop_path")"
-    gunzip -c gpu-kit/agop.gz > "$agop_path" && chmod +x "$agop_path"
-    gunzip -c gpu-kit/device-tests.gz > gpu-kit/device-tests && chmod +x gpu-kit/device-tests
+    unxz_to() {  # xz, or Python's lzma where xz is missing
+      if command -v xz >/dev/null; then xz -dc "$1" > "$2"
+      else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"
+      fi
+      chmod +x "$2"
+    }
+    unxz_to gpu-kit/agop.xz "$agop_path"
+    unxz_to gpu-kit/device-tests.xz gpu-kit/device-tests
     nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
     # The GPU tests one at a time, printing what they measured; a failure does not stop the rest.
     # The quick ones first (kernels against their twins, the fixtures), then the benchmark, then
