@@ -396,7 +396,7 @@ mod gpu {
 
     /// `--precision tf32` and `bf16` against f32 on the GPU, GPT-2-small dimensions: every
     /// module's GOP and FACT sums and every correlation stay within the stated tolerances (the
-    /// README's GPU section quotes what this prints).
+    /// GPU page, docs/gpu.md, quotes what this prints).
     #[test]
     fn gpu_reduced_precisions_stay_near_f32() {
         use agop::model::Precision;
