@@ -485,38 +485,50 @@ const GRAM_BLOCK: usize = 128;
 /// order. Each window's Gram is formed in f32, square block by block (one single-threaded GEMM
 /// over the window's T positions per block), and added to the block's f64 sum at once. The
 /// product is symmetric, so only the blocks on and below the diagonal go through the GEMM (21 of
-/// 36 for d = 768) and each value is added to both its places: the sum is exactly symmetric,
-/// what a window adds does not depend on its batch or the thread count, and no (B, d, d) Grams
-/// are ever held.
+/// 36 for d = 768) and are added to (row by row, contiguous); the upper triangle then takes the
+/// lower one's values, once per call. A symmetric `acc` (zeros, or a sum this wrote) gets bit for
+/// bit what adding each value to both its places would give; one that is not (a GPU's sum
+/// resumed on the CPU) ends with its upper triangle equal to its lower. What a window adds does not depend on its batch or the thread count, and
+/// no (B, d, d) Grams are ever held.
 pub fn add_window_grams(acc: &mut [f64], g: &[f32], b: usize, t: usize, d: usize, scale: f64) {
     assert_eq!(acc.len(), d * d, "Gram sum of the wrong size");
     let nb = d.div_ceil(GRAM_BLOCK);
     let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|i| (0..=i).map(move |j| (i, j))).collect();
     let dst = SyncPtr(acc.as_mut_ptr());
-    pairs.into_par_iter().for_each(|(bi, bj)| {
+    let extent = |bi: usize, bj: usize| {
         let (i0, j0) = (bi * GRAM_BLOCK, bj * GRAM_BLOCK);
-        let (mi, nj) = (GRAM_BLOCK.min(d - i0), GRAM_BLOCK.min(d - j0));
+        (i0, j0, GRAM_BLOCK.min(d - i0), GRAM_BLOCK.min(d - j0))
+    };
+    pairs.par_iter().for_each(|&(bi, bj)| {
+        let (i0, j0, mi, nj) = extent(bi, bj);
         let mut block = vec![0f32; mi * nj];
         for w in 0..b {
             let x = &g[w * t * d..(w + 1) * t * d];
             let a = View::new(x[i0..].as_ptr(), 1, d); // (mi × T): columns i0.. of G, transposed
             let bv = View::new(x[j0..].as_ptr(), d, 1); // (T × nj): columns j0.. of G
-
-            // SAFETY: the views address window w's T rows; `block` is mi × nj. Task (bi, bj)
-            // alone touches block (bi, bj) of acc and its mirror (bj, bi).
-            unsafe {
-                gemm_into(mi, nj, t, block.as_mut_ptr(), nj, a, bv, 1.0);
-                for r in 0..mi {
-                    // A diagonal block's lower triangle stands for both halves.
-                    let cols = if bi == bj { r + 1 } else { nj };
-                    for c in 0..cols {
-                        let v = scale * block[r * nj + c] as f64;
-                        *dst.at((i0 + r) * d + j0 + c) += v;
-                        if bi != bj || c != r {
-                            *dst.at((j0 + c) * d + i0 + r) += v;
-                        }
-                    }
+                                                        // SAFETY: the views address window w's T rows; `block` is mi × nj.
+            unsafe { gemm_into(mi, nj, t, block.as_mut_ptr(), nj, a, bv, 1.0) };
+            for r in 0..mi {
+                // A diagonal block's lower triangle stands for both halves.
+                let cols = if bi == bj { r + 1 } else { nj };
+                // SAFETY: row i0 + r, columns j0.. j0 + cols lie in block (bi, bj) on or below the
+                // diagonal, which task (bi, bj) alone touches in this loop.
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.at((i0 + r) * d + j0), cols) };
+                for (s, &v) in row.iter_mut().zip(&block[r * nj..r * nj + cols]) {
+                    *s += scale * v as f64;
                 }
+            }
+        }
+    });
+    // The mirror: task (bi, bj) copies block (bi, bj)'s entries below the diagonal into their
+    // places above it (block (bj, bi)); no task writes what another reads.
+    pairs.into_par_iter().for_each(|(bi, bj)| {
+        let (i0, j0, mi, nj) = extent(bi, bj);
+        for r in 0..mi {
+            let cols = if bi == bj { r } else { nj };
+            for c in 0..cols {
+                // SAFETY: both indices lie inside the d × d sum.
+                unsafe { *dst.at((j0 + c) * d + i0 + r) = *dst.at((i0 + r) * d + j0 + c) };
             }
         }
     });
@@ -701,6 +713,41 @@ mod tests {
             }
         }
         assert!(worst < 1e-5, "worst error {worst}");
+        // Bit for bit what adding each f32 value to both its places in f64 gives, from a symmetric
+        // start that is not zero.
+        let mut want = grams.clone();
+        add_window_grams(&mut grams, &g, b, t, d, 0.25);
+        for w in 0..b {
+            let x = &g[w * t * d..(w + 1) * t * d];
+            for (bi, bj) in (0..d.div_ceil(GRAM_BLOCK)).flat_map(|i| (0..=i).map(move |j| (i, j))) {
+                let (i0, j0) = (bi * GRAM_BLOCK, bj * GRAM_BLOCK);
+                let (mi, nj) = (GRAM_BLOCK.min(d - i0), GRAM_BLOCK.min(d - j0));
+                let mut block = vec![0f32; mi * nj];
+                // SAFETY: as in add_window_grams.
+                unsafe {
+                    gemm_into(
+                        mi,
+                        nj,
+                        t,
+                        block.as_mut_ptr(),
+                        nj,
+                        View::new(x[i0..].as_ptr(), 1, d),
+                        View::new(x[j0..].as_ptr(), d, 1),
+                        1.0,
+                    )
+                };
+                for r in 0..mi {
+                    for c in 0..if bi == bj { r + 1 } else { nj } {
+                        let v = 0.25 * block[r * nj + c] as f64;
+                        want[(i0 + r) * d + j0 + c] += v;
+                        if bi != bj || c != r {
+                            want[(j0 + c) * d + i0 + r] += v;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(grams.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "not the mirrored sums' bits");
         // Per-head blocks of a packed (B, T, 3·2·hs) gradient.
         let (hs, c3) = (8, 48);
         let g: Vec<f32> = (0..b * t * c3).map(|i| ((i * 31 % 97) as f32 / 97.0) - 0.5).collect();
