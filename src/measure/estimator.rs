@@ -220,9 +220,14 @@ impl<'a, N: Network> Measurer<'a, N> {
         })
     }
 
+    /// Every seed of window `w` sent back on its own (as a row of a batch of up to
+    /// [`EXACT_CHUNK`] seeds). The window's forward pass is computed once and copied into each
+    /// batch ([`Network::repeat_forward`]): the same values as a forward of the repeated window.
     fn exact(&self, w: &Window, gop: &mut Gop) -> Result<()> {
         let model = self.model;
+        let p = &self.profile;
         let (t, c) = (w.tokens.len(), self.factor.dim(0)?);
+        let fwd = p.time("forward", || model.forward(&self.ids(&[&w.tokens])?))?;
         // (position, seed vector) pairs, each sent back on its own.
         let mut seeds: Vec<(usize, Vec<f32>)> = Vec::new();
         match self.settings.output {
@@ -235,7 +240,6 @@ impl<'a, N: Network> Measurer<'a, N> {
                 }
             }
             Output::Loss => {
-                let fwd = model.forward(&self.ids(&[&w.tokens])?)?;
                 let dirs = self.loss_directions(model.hidden(&fwd), &[&w.tokens])?.get(0)?.to_vec2::<f32>()?;
                 for (pos, d) in dirs.into_iter().enumerate().take(t.saturating_sub(1)) {
                     seeds.push((pos, d));
@@ -244,15 +248,13 @@ impl<'a, N: Network> Measurer<'a, N> {
         }
         for chunk in seeds.chunks(EXACT_CHUNK) {
             let n = chunk.len();
-            let toks: Vec<&[u32]> = vec![w.tokens.as_slice(); n];
-            let fwd = self.profile.time("forward", || model.forward(&self.ids(&toks)?))?;
+            let repeated = p.time("forward", || model.repeat_forward(&fwd, n))?;
             let mut s = vec![0f32; n * t * c];
             for (k, (pos, v)) in chunk.iter().enumerate() {
                 s[(k * t + pos) * c..(k * t + pos + 1) * c].copy_from_slice(v);
             }
             let seed = Tensor::from_vec(s, (n, t, c), model.device())?;
-            let p = &self.profile;
-            p.time("backward", || model.backward(&fwd, &seed, &mut |g| p.time("Grams", || gop.add(g, 1.0))))?;
+            p.time("backward", || model.backward(&repeated, &seed, &mut |g| p.time("Grams", || gop.add(g, 1.0))))?;
         }
         Ok(())
     }

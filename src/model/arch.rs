@@ -239,6 +239,14 @@ impl Network for Model {
         }
     }
 
+    fn repeat_forward(&self, fwd: &AnyForward, n: usize) -> Result<AnyForward> {
+        Ok(match (self, fwd) {
+            (Model::Gpt2(m), AnyForward::Gpt2(f)) => AnyForward::Gpt2(m.repeat_forward(f, n)?),
+            (Model::NeoX(m), AnyForward::NeoX(f)) => AnyForward::NeoX(m.repeat_forward(f, n)?),
+            _ => anyhow::bail!("a forward pass of one architecture given to another's model"),
+        })
+    }
+
     fn backward(&self, fwd: &AnyForward, seed: &Tensor, visit: &mut dyn FnMut(&[Grad]) -> Result<()>) -> Result<()> {
         match (self, fwd) {
             (Model::Gpt2(m), AnyForward::Gpt2(f)) => Network::backward(m, f, seed, visit),

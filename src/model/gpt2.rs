@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::Gpt2Config;
 use super::device::Precision;
 use super::modules::{all_modules, Kind, Module, Role};
-use super::network::{Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
+use super::network::{repeat_batch, Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
 use super::ops::select::{LnCache, Ops};
 use super::params::Params;
 
@@ -398,6 +398,22 @@ impl Network for Gpt2 {
 
     fn hidden<'a>(&self, fwd: &'a Forward) -> &'a Tensor {
         &fwd.hidden
+    }
+
+    fn repeat_forward(&self, fwd: &Forward, n: usize) -> Result<Forward> {
+        let blocks = fwd
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(BlockCache {
+                    ln_1: b.ln_1.repeat(n)?,
+                    qkv: repeat_batch(&b.qkv, n)?,
+                    ln_2: b.ln_2.repeat(n)?,
+                    fc_pre: repeat_batch(&b.fc_pre, n)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Forward { blocks, ln_f: fwd.ln_f.repeat(n)?, hidden: repeat_batch(&fwd.hidden, n)? })
     }
 
     fn backward(&self, fwd: &Forward, seed: &Tensor, visit: &mut dyn FnMut(&[Grad]) -> Result<()>) -> Result<()> {

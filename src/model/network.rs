@@ -67,6 +67,12 @@ pub struct TokenSpace<'a> {
     pub unembedding: &'a Tensor,
 }
 
+/// `t` repeated `n` times along its first dimension (batch, or rows ordered by batch), for
+/// [`Network::repeat_forward`].
+pub fn repeat_batch(t: &Tensor, n: usize) -> Result<Tensor> {
+    Ok(Tensor::cat(&vec![t; n], 0)?)
+}
+
 /// A language model whose AGOPs agop can measure.
 pub trait Network: ModuleWeights + Sync {
     /// What the forward pass keeps for one or more backward passes.
@@ -83,6 +89,11 @@ pub trait Network: ModuleWeights + Sync {
 
     /// The final hidden state (B, T, C) the logits are computed from.
     fn hidden<'a>(&self, fwd: &'a Self::Forward) -> &'a Tensor;
+
+    /// `fwd`'s windows repeated `n` times along the batch (copy k of window b at k·B + b): what
+    /// `forward` of the repeated ids keeps, by copying instead of computing it again, so that
+    /// many seeds of the same windows go back in one backward pass (the exact estimator).
+    fn repeat_forward(&self, fwd: &Self::Forward, n: usize) -> Result<Self::Forward>;
 
     /// Backward from `seed` = ∂f/∂hidden (B, T, C), handing every layer's stored-side gradients
     /// to `visit` (no weight gradients are computed).

@@ -18,7 +18,7 @@ use self::config::NeoXConfig;
 use self::params::NeoXParams;
 use super::device::Precision;
 use super::modules::{Module, Role};
-use super::network::{Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
+use super::network::{repeat_batch, Grad, ModuleWeights, Network, Norm, TokenSpace, WeightGrad};
 use super::ops::rotary::{RotaryShape, RotaryTables};
 use super::ops::select::{LnCache, Ops};
 
@@ -337,6 +337,27 @@ impl Network for GptNeoX {
 
     fn hidden<'a>(&self, fwd: &'a NeoXForward) -> &'a Tensor {
         &fwd.hidden
+    }
+
+    fn repeat_forward(&self, fwd: &NeoXForward, n: usize) -> Result<NeoXForward> {
+        let layers = fwd
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LayerCache {
+                    ln_1: l.ln_1.repeat(n)?,
+                    ln_2: l.ln_2.repeat(n)?,
+                    qkv: repeat_batch(&l.qkv, n)?,
+                    fc_pre: repeat_batch(&l.fc_pre, n)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(NeoXForward {
+            layers,
+            ln_f: fwd.ln_f.repeat(n)?,
+            rotary: fwd.rotary.clone(),
+            hidden: repeat_batch(&fwd.hidden, n)?,
+        })
     }
 
     fn backward(&self, fwd: &NeoXForward, seed: &Tensor, visit: &mut dyn FnMut(&[Grad]) -> Result<()>) -> Result<()> {

@@ -18,6 +18,7 @@ use super::kernels::Real;
 use super::Map2;
 
 /// The rotary tables: cos and sin (T, r/2) of the angles t·θ_i, in the activations' dtype.
+#[derive(Clone)]
 pub struct RotaryTables {
     pub cos: Tensor,
     pub sin: Tensor,

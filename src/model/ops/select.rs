@@ -21,6 +21,13 @@ pub struct LnCache {
     pub packed: Tensor,
 }
 
+impl LnCache {
+    /// The cache of the batch repeated `n` times ([`crate::model::Network::repeat_forward`]).
+    pub fn repeat(&self, n: usize) -> anyhow::Result<Self> {
+        Ok(Self { packed: crate::model::network::repeat_batch(&self.packed, n)? })
+    }
+}
+
 /// The ops of the forward and backward passes (see the module doc): the CPU kernels, or candle's
 /// own ops with the fused GPU kernels on a CUDA device.
 #[derive(Debug, Clone, Copy)]
