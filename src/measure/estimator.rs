@@ -178,14 +178,44 @@ impl<'a, N: Network> Measurer<'a, N> {
         };
         let loss_dirs = loss.as_ref().filter(|_| self.settings.output == Output::Loss);
         let scale = self.scale();
-        for probe in 0..self.settings.probes {
-            let seed = p.time("probes", || self.probe(windows, probe, loss_dirs, (b, t, c)))?;
-            p.time("backward", || model.backward(&fwd, &seed, &mut |g| p.time("Grams", || gop.add(g, scale))))?;
+        let probes: Vec<u32> = (0..self.settings.probes).collect();
+        for group in probes.chunks(self.probes_per_pass(b)) {
+            // The group's probes stacked along the batch (probe-major: the order in which
+            // one pass per probe adds its windows), sent back through the forward's copies.
+            let seed = p.time("probes", || -> Result<Tensor> {
+                let seeds: Vec<Tensor> =
+                    group.iter().map(|&k| self.probe(windows, k, loss_dirs, (b, t, c))).collect::<Result<_>>()?;
+                Ok(if seeds.len() == 1 { seeds[0].clone() } else { Tensor::cat(&seeds, 0)? })
+            })?;
+            let stacked;
+            let fwd = if group.len() == 1 {
+                &fwd
+            } else {
+                stacked = p.time("forward", || model.repeat_forward(&fwd, group.len()))?;
+                &stacked
+            };
+            p.time("backward", || model.backward(fwd, &seed, &mut |g| p.time("Grams", || gop.add(g, scale))))?;
         }
         if let (true, Some(dirs)) = (self.settings.fact, &loss) {
             self.fact(&fwd, dirs, gop)?;
         }
         Ok(())
+    }
+
+    /// How many probes of a batch of `b` windows go back together, as one pass over the
+    /// stacked batch (the backward is linear in its seed, and the forward's activations are
+    /// copied, not computed again). On a GPU all of them: one pass of P·B windows keeps it busier
+    /// than P passes of B. On the CPU, where every window is one thread's work, only as many as
+    /// fill the threads a small batch leaves idle (batch 1 on 2 threads: 2), since each copy of
+    /// the forward costs its memory. Either way the windows' Grams are added in the order one
+    /// pass per probe adds them: on the CPU the sums are bitwise the same.
+    fn probes_per_pass(&self, b: usize) -> usize {
+        let all = self.settings.probes.max(1) as usize;
+        if self.model.device().is_cpu() {
+            (rayon::current_num_threads() / b.max(1)).clamp(1, all)
+        } else {
+            all
+        }
     }
 
     /// The seed of probe `p` for a batch of (B, T, C): L z with z ~ N(0, I) for the logits,
