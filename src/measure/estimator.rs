@@ -65,6 +65,10 @@ pub fn probe_rng(seed: u64, window: u64, probe: u32) -> ChaCha8Rng {
 /// Exact estimator: how many seeds are sent back together in one batched pass.
 const EXACT_CHUNK: usize = 64;
 
+/// Sketch on a GPU: the most windows (batch × stacked probes) one backward pass takes when
+/// probes are stacked ([`Measurer::probes_per_pass`]).
+const GPU_STACK_WINDOWS: usize = 16;
+
 impl<'a, N: Network> Measurer<'a, N> {
     pub fn new(model: &'a N, settings: Settings) -> Result<Self> {
         if settings.estimator == Estimator::Sketch && settings.probes == 0 {
@@ -204,18 +208,17 @@ impl<'a, N: Network> Measurer<'a, N> {
 
     /// How many probes of a batch of `b` windows go back together, as one pass over the
     /// stacked batch (the backward is linear in its seed, and the forward's activations are
-    /// copied, not computed again). On a GPU all of them: one pass of P·B windows keeps it busier
-    /// than P passes of B. On the CPU, where every window is one thread's work, only as many as
-    /// fill the threads a small batch leaves idle (batch 1 on 2 threads: 2), since each copy of
-    /// the forward costs its memory. Either way the windows' Grams are added in the order one
-    /// pass per probe adds them: on the CPU the sums are bitwise the same.
+    /// copied, not computed again). Each copy of the forward costs its memory, so the stacked
+    /// batch stays small: on a GPU up to [`GPU_STACK_WINDOWS`] windows (one pass of P·B windows
+    /// keeps it busier than P passes of B), on the CPU, where every window is one thread's work,
+    /// only what fills the threads a small batch leaves idle (batch 1 on 2 threads: 2 probes). A
+    /// batch at least that large goes back probe by probe, as before. Either way the windows'
+    /// Grams are added in the order one pass per probe adds them: on the CPU the sums are
+    /// bitwise the same.
     fn probes_per_pass(&self, b: usize) -> usize {
         let all = self.settings.probes.max(1) as usize;
-        if self.model.device().is_cpu() {
-            (rayon::current_num_threads() / b.max(1)).clamp(1, all)
-        } else {
-            all
-        }
+        let room = if self.model.device().is_cpu() { rayon::current_num_threads() } else { GPU_STACK_WINDOWS };
+        (room / b.max(1)).clamp(1, all)
     }
 
     /// The seed of probe `p` for a batch of (B, T, C): L z with z ~ N(0, I) for the logits,
