@@ -10,13 +10,14 @@
 # in $CARGO_TARGET_DIR (default target/cuda-release) and writes them stripped and xz-compressed
 # to gpu-kit/agop.xz and gpu-kit/device-tests.xz (a device call carries 64 MiB), with the paths
 # they expect (the test binary finds the fixtures and agop through the absolute path of this
-# checkout, recorded in gpu-kit/root).
+# checkout, recorded in gpu-kit/root) and the commit they were built from (gpu-kit/commit, with
+# any modified files: compare it with HEAD before carrying an old kit).
 # run unpacks them, puts the CUDA 13 libraries on LD_LIBRARY_PATH (CUDA_LIBS, default
 # /usr/local/cuda-13.0/targets/x86_64-linux/lib), links the recorded checkout path to this one
 # when they differ, runs the quick GPU tests (TEST_TIMEOUT seconds, 120), benches/gpu.sh
 # (BENCH_TIMEOUT, 300; its environment as documented there; PYTHON defaults to python3) and the
 # GPT-2-small-dimension GPU tests (SLOW_TEST_TIMEOUT, 240), and writes tests.log, bench.log,
-# tests-gpt2-small.log and nvidia-smi.txt under OUT (default $OUT, else gpu-out). With
+# tests-gpt2-small.log, nvidia-smi.txt and kit-commit.txt under OUT (default $OUT, else gpu-out). With
 # CPU_BENCH=1 it then runs benches/throughput.sh on the host's CPUs at 2 and at all threads
 # (CPU_ROUNDS 1, CPU_BATCH 4, CPU_TIMEOUT 150 s each; cpu-bench-<threads>.log).
 set -euo pipefail
@@ -47,6 +48,8 @@ for line in sys.stdin:
     # Where the test binary looks for agop (CARGO_BIN_EXE_agop) and the fixtures.
     echo "$PWD" > gpu-kit/root
     echo "$(realpath -m "$CARGO_TARGET_DIR")/release/agop" > gpu-kit/agop-path
+    # The code the kit was built from (a later session checks it against HEAD before reusing it).
+    { git rev-parse HEAD; git status --porcelain --untracked-files=no | sed 's/^/modified: /'; } > gpu-kit/commit
     ls -l gpu-kit
     [ "$(cat gpu-kit/*.xz | wc -c)" -lt $((64 * 1024 * 1024)) ] || echo "warning: gpu-kit is over 64 MiB"
     echo "carry gpu-kit (and nothing else built) to the GPU machine; there: bash scripts/gpu-session.sh run"
@@ -71,6 +74,7 @@ for line in sys.stdin:
     unxz_to gpu-kit/agop.xz "$agop_path"
     unxz_to gpu-kit/device-tests.xz gpu-kit/device-tests
     nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
+    cp gpu-kit/commit "$out/kit-commit.txt" 2>/dev/null || echo "unknown (a kit from before 2026-12-03)" > "$out/kit-commit.txt"
     # The GPU tests one at a time, printing what they measured; a failure does not stop the rest.
     # The quick ones first (kernels against their twins, the fixtures), then the benchmark, then
     # the GPT-2-small-dimension ones (CPU runs and correlations beside the GPU's: slower).
