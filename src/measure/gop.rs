@@ -488,8 +488,8 @@ const GRAM_BLOCK: usize = 128;
 /// 36 for d = 768) and are added to (row by row, contiguous); the upper triangle then takes the
 /// lower one's values, once per call. A symmetric `acc` (zeros, or a sum this wrote) gets bit for
 /// bit what adding each value to both its places would give; one that is not (a GPU's sum
-/// resumed on the CPU) ends with its upper triangle equal to its lower. What a window adds does not depend on its batch or the thread count, and
-/// no (B, d, d) Grams are ever held.
+/// resumed on the CPU) ends with its upper triangle equal to its lower. What a window adds does
+/// not depend on its batch or the thread count, and no (B, d, d) Grams are ever held.
 pub fn add_window_grams(acc: &mut [f64], g: &[f32], b: usize, t: usize, d: usize, scale: f64) {
     assert_eq!(acc.len(), d * d, "Gram sum of the wrong size");
     let nb = d.div_ceil(GRAM_BLOCK);
@@ -506,7 +506,8 @@ pub fn add_window_grams(acc: &mut [f64], g: &[f32], b: usize, t: usize, d: usize
             let x = &g[w * t * d..(w + 1) * t * d];
             let a = View::new(x[i0..].as_ptr(), 1, d); // (mi × T): columns i0.. of G, transposed
             let bv = View::new(x[j0..].as_ptr(), d, 1); // (T × nj): columns j0.. of G
-                                                        // SAFETY: the views address window w's T rows; `block` is mi × nj.
+
+            // SAFETY: the views address window w's T rows; `block` is mi × nj.
             unsafe { gemm_into(mi, nj, t, block.as_mut_ptr(), nj, a, bv, 1.0) };
             for r in 0..mi {
                 // A diagonal block's lower triangle stands for both halves.

@@ -92,7 +92,8 @@ pub trait Network: ModuleWeights + Sync {
 
     /// `fwd`'s windows repeated `n` times along the batch (copy k of window b at k·B + b): what
     /// `forward` of the repeated ids keeps, by copying instead of computing it again, so that
-    /// many seeds of the same windows go back in one backward pass (the exact estimator).
+    /// many seeds of the same windows go back in one backward pass (the exact estimator's seeds,
+    /// the sketch's stacked probes).
     fn repeat_forward(&self, fwd: &Self::Forward, n: usize) -> Result<Self::Forward>;
 
     /// Backward from `seed` = ∂f/∂hidden (B, T, C), handing every layer's stored-side gradients
