@@ -66,6 +66,8 @@ impl TokenizeArgs {
 
 impl TrainArgs {
     fn options(&self) -> Result<agop::train::TrainOptions> {
+        // Checked here, where the file's name is known.
+        agop::model::Gpt2Config::from_file(&self.config)?;
         let config = std::fs::read_to_string(&self.config)
             .map_err(|e| agop::bad!("cannot read --config {}: {e}", self.config.display()))?;
         let settings = agop::train::TrainSettings {

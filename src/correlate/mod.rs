@@ -129,11 +129,15 @@ pub fn correlate_sources(
     }
     crate::util::fs::check_output(out, "--out", &inputs)?;
     if let Some(a) = agop_out {
-        inputs.push(out.to_path_buf());
+        // Nor may it be one of this command's other outputs.
+        inputs.extend([out.to_path_buf(), contrasts_path(out)]);
         crate::util::fs::check_output(a, "--agop-out", &inputs)?;
     }
     if powers.is_empty() || powers.iter().any(|p| !p.is_finite() || *p <= 0.0) {
         bail_bad!("--powers must be positive numbers, got {powers:?}");
+    }
+    if let Some(p) = repeated(powers) {
+        bail_bad!("--powers lists {p} twice (each power's rows would appear twice in the table)");
     }
     let sums = open_runs(sources)?;
     let files_of = |r: &RunSums| r.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
@@ -266,6 +270,11 @@ pub fn open_runs(sources: &[Source]) -> Result<Vec<RunSums>> {
         sums.extend(RunSums::open_all(&paths)?);
     }
     Ok(sums)
+}
+
+/// The first value that appears again in `values`.
+pub fn repeated(values: &[f64]) -> Option<f64> {
+    values.iter().enumerate().find(|(i, v)| values[..*i].contains(v)).map(|(_, v)| *v)
 }
 
 /// Where correlate writes the contrasts of `out`: `contrasts.parquet` beside a

@@ -10,7 +10,7 @@ use candle_core::Device;
 use super::estimator::Measurer;
 use super::gop::{self, Gop, GopMeta};
 use super::groups::{group_path, groups_dir, remove_other_groups, GroupPlan};
-use super::settings::Settings;
+use super::settings::{Output, Settings};
 use crate::bail_bad;
 use crate::fetch::ResolvedModel;
 use crate::model::{self, ModelConfig, Network, Precision, WeightsKind};
@@ -24,8 +24,9 @@ pub fn shard_windows(mut windows: Vec<Window>, shard: Option<(usize, usize)>) ->
     if n == 0 || i >= n {
         bail_bad!("--shard {i}/{n}: expected I/N with 0 ≤ I < N");
     }
-    let len = windows.len();
-    let (s, e) = (i * len / n, (i + 1) * len / n);
+    // In u128: i · len overflows usize for a large enough I.
+    let at = |k: usize| (k as u128 * windows.len() as u128 / n as u128) as usize;
+    let (s, e) = (at(i), at(i + 1));
     Ok(windows.drain(s..e).collect())
 }
 
@@ -239,6 +240,17 @@ pub fn measure_timed(
         bail_bad!("{}: no windows to measure", tokens.display());
     }
     check_windows(&windows, &cfg, &tokens.display().to_string())?;
+    // The loss predicts each token from those before it: a one-token window has no term.
+    let needs_loss = opts.settings.output == Output::Loss || opts.settings.fact;
+    if needs_loss && tmeta.seq_len < 2 {
+        bail_bad!(
+            "{}: windows of {} token{} have no next-token loss, which {} needs; tokenize with --seq-len 2 or more",
+            tokens.display(),
+            tmeta.seq_len,
+            if tmeta.seq_len == 1 { "" } else { "s" },
+            if opts.settings.fact { "--fact" } else { "--output loss" }
+        );
+    }
     let total_windows = windows.len() as u64;
     windows.sort_by_key(|w| w.index);
     let plan = GroupPlan::new(&windows.iter().map(|w| w.index).collect::<Vec<_>>(), opts.groups)?;
@@ -369,4 +381,28 @@ fn load_checkpoint(ckpt: &Path, meta: &GopMeta, plan: &GroupPlan, progress: bool
         eprintln!("resuming from {} ({} windows done)", ckpt.display(), part.meta.n_windows);
     }
     Ok(part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows(n: u64) -> Vec<Window> {
+        (0..n).map(|index| Window { index, tokens: vec![0] }).collect()
+    }
+
+    /// Shards are contiguous blocks that together hold every window once, for any I/N, however
+    /// large (i · len once overflowed).
+    #[test]
+    fn shards_cover_the_windows_once() {
+        for (len, n) in [(10u64, 3usize), (4, 4), (3, 5), (7, 1)] {
+            let all: Vec<u64> = (0..n)
+                .flat_map(|i| shard_windows(windows(len), Some((i, n))).unwrap().into_iter().map(|w| w.index))
+                .collect();
+            assert_eq!(all, (0..len).collect::<Vec<_>>(), "{len} windows in {n} shards");
+        }
+        let last = shard_windows(windows(4), Some((usize::MAX - 1, usize::MAX))).unwrap();
+        assert_eq!(last.iter().map(|w| w.index).collect::<Vec<_>>(), vec![3]);
+        assert!(shard_windows(windows(4), Some((0, usize::MAX))).unwrap().is_empty());
+    }
 }

@@ -20,12 +20,7 @@ pub const GPT2_MERGES: &str = include_str!("../../assets/gpt2-tokenizer/merges.t
 /// Write `model` as an HF-layout checkpoint: `config.json` and `model.safetensors` (names of the
 /// parameter schema, without prefix, Conv1D layout), each written to a temporary name and renamed.
 pub fn save_checkpoint(model: &Gpt2, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tensors: HashMap<String, candle_core::Tensor> = model.params.named(&model.cfg).into_iter().collect();
-    let st = dir.join("model.safetensors");
-    let tmp = dir.join("model.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &st)?;
+    save_weights(model, dir)?;
     let mut cfg = serde_json::to_value(&model.cfg)?;
     if let Some(o) = cfg.as_object_mut() {
         o.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"]));
@@ -34,8 +29,21 @@ pub fn save_checkpoint(model: &Gpt2, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Write `model.safetensors` alone (see [`save_checkpoint`]).
+fn save_weights(model: &Gpt2, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tensors: HashMap<String, candle_core::Tensor> = model.params.named(&model.cfg).into_iter().collect();
+    let st = dir.join("model.safetensors");
+    let tmp = dir.join("model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, &st)?;
+    Ok(())
+}
+
 /// `agop init-model`: a random-init checkpoint in HF layout from a config.json (plus the GPT-2
-/// tokenizer files when the vocabulary is GPT-2's, so that it can tokenize corpora).
+/// tokenizer files when the vocabulary is GPT-2's, so that it can tokenize corpora). When
+/// `config` is the folder's own config.json it is left as it is (with any fields agop does not
+/// read), and tokenizer files already in the folder are never replaced.
 pub fn init_model(config: &Path, seed: u64, out: &Path) -> Result<()> {
     let cfg = Gpt2Config::from_file(config)?;
     if out.is_file() {
@@ -53,10 +61,17 @@ pub fn init_model(config: &Path, seed: u64, out: &Path) -> Result<()> {
         );
     }
     let model = random_init(&cfg, seed, &Device::Cpu)?;
-    save_checkpoint(&model, out)?;
+    if same_config {
+        save_weights(&model, out)?;
+    } else {
+        save_checkpoint(&model, out)?;
+    }
     if cfg.vocab_size == 50257 {
-        write_atomic(&out.join("vocab.json"), GPT2_VOCAB.as_bytes())?;
-        write_atomic(&out.join("merges.txt"), GPT2_MERGES.as_bytes())?;
+        for (name, text) in [("vocab.json", GPT2_VOCAB), ("merges.txt", GPT2_MERGES)] {
+            if !out.join(name).exists() {
+                write_atomic(&out.join(name), text.as_bytes())?;
+            }
+        }
     }
     Ok(())
 }

@@ -60,6 +60,12 @@ impl Gpt2Config {
     /// Read and validate `config.json`; every problem names the file and the field.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).bad_input(|| format!("cannot read {}", path.display()))?;
+        let model_type = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("model_type")?.as_str().map(str::to_owned));
+        if let Some(t) = model_type.filter(|t| t != "gpt2") {
+            bail_bad!("{}: model_type is \"{t}\"; this command builds GPT-2 models (model_type gpt2)", path.display());
+        }
         let cfg: Gpt2Config =
             serde_json::from_str(&text).bad_input(|| format!("{}: not a GPT-2 config.json", path.display()))?;
         cfg.validate().map_err(|e| e.context(format!("in {}", path.display())))?;
@@ -95,6 +101,7 @@ impl Gpt2Config {
         if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
             bail_bad!("config field layer_norm_epsilon must be positive, got {}", self.layer_norm_epsilon);
         }
+        check_init_range(self.initializer_range)?;
         match self.n_params() {
             Some(n) if n <= MAX_PARAMS => {}
             n => bail_bad!(
@@ -154,4 +161,13 @@ impl Gpt2Config {
     pub fn eos(&self) -> u32 {
         self.eos_token_id.unwrap_or(self.vocab_size as u32 - 1)
     }
+}
+
+/// `initializer_range`, the standard deviation of the random-init control's weights: positive
+/// and finite in f32, the precision they are drawn in.
+pub fn check_init_range(r: f64) -> Result<()> {
+    if !(r > 0.0 && (r as f32).is_finite() && r as f32 > 0.0) {
+        bail_bad!("config field initializer_range must be a positive number (a standard deviation), got {r}");
+    }
+    Ok(())
 }

@@ -408,16 +408,15 @@ impl Pipeline {
         }
         if self.is_series() {
             let cps = self.checkpoints();
-            let steps: Vec<Option<u64>> = cps.iter().map(|c| c.step).collect();
-            if steps.iter().all(Option::is_some) {
-                if let Some(w) = steps.windows(2).find(|w| w[1] <= w[0]) {
-                    bail_bad!(
-                        "[model] the series' steps must increase; step {} follows step {} (give the revisions in \
-                         training order, or `steps`)",
-                        w[1].unwrap_or(0),
-                        w[0].unwrap_or(0)
-                    );
-                }
+            // The steps that are known (a revision such as `main` may have none) in the order given.
+            let steps: Vec<u64> = cps.iter().filter_map(|c| c.step).collect();
+            if let Some(w) = steps.windows(2).find(|w| w[1] <= w[0]) {
+                bail_bad!(
+                    "[model] the series' steps must increase; step {} follows step {} (give the revisions in \
+                     training order, or `steps`)",
+                    w[1],
+                    w[0]
+                );
             }
         }
         if !m.revisions.is_empty() || !m.steps.is_empty() || m.revision_format.is_some() {
@@ -507,6 +506,9 @@ impl Pipeline {
         }
         if let Some(p) = self.correlate.powers.iter().find(|p| !p.is_finite() || **p <= 0.0) {
             bail_bad!("[correlate] powers must be positive numbers, got {p}");
+        }
+        if let Some(p) = crate::correlate::repeated(&self.correlate.powers) {
+            bail_bad!("[correlate] powers lists {p} twice");
         }
         if self.features.top == 0 || self.features.tokens == 0 {
             bail_bad!("[features] top and tokens must be at least 1");

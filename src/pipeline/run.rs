@@ -102,7 +102,7 @@ fn pipeline_model(p: &Pipeline, out: &Path, quiet: bool) -> Result<ResolvedModel
 fn train_series(p: &Pipeline, t: &super::config::TrainSpec, out: &Path, quiet: bool) -> Result<()> {
     let settings = p.train_settings(t)?;
     let dir = out.join("train");
-    if crate::train::is_finished(&dir, &settings) {
+    if crate::train::is_finished(&dir, &settings)? {
         say(quiet, format!("[train] {} is up to date ({} steps)", dir.display(), settings.steps));
         return Ok(());
     }

@@ -49,6 +49,17 @@ fn palette(i: usize) -> RGBColor {
     [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)][i % 4]
 }
 
+/// A power as plot file names and titles show it: as written (`0.5`) when that is short, else
+/// in exponent form (`1e-300`, whose decimal form would outgrow a file name).
+fn power_label(p: f64) -> String {
+    let plain = p.to_string();
+    if plain.len() <= 10 {
+        plain
+    } else {
+        format!("{p:e}")
+    }
+}
+
 /// Write every plot into `dir` from the NFA rows, the FACT rows (empty when the run measured
 /// none) and the NFA contrast rows (empty without contrasts.parquet); returns the files written.
 /// The subspace size the by-layer subspace plot and the report's subspace block show.
@@ -78,7 +89,7 @@ pub fn write_all(rows: &[Row], fact: &[Row], contrasts: &[Row], dir: &Path) -> R
         let alpha = powers.iter().copied().find(|&p| p == 0.5).or(powers.first().copied()).unwrap_or(0.5);
         let mut lines = Vec::new();
         for (k, w) in weights.iter().enumerate() {
-            lines.push(line(format!("NFA α={alpha} {w}"), rows, w, alpha, k, false));
+            lines.push(line(format!("NFA α={} {w}", power_label(alpha)), rows, w, alpha, k, false));
             lines.push(line(format!("FACT {w}"), fact, w, 1.0, k, true));
         }
         let path = dir.join("by-layer-fact.png");
@@ -87,13 +98,13 @@ pub fn write_all(rows: &[Row], fact: &[Row], contrasts: &[Row], dir: &Path) -> R
         written.push(path);
     }
     for &p in &powers {
-        let path = dir.join(format!("by-layer-power{p}.png"));
+        let path = dir.join(format!("by-layer-power{}.png", power_label(p)));
         let lines: Vec<Line> = weights.iter().enumerate().map(|(k, w)| line(w.clone(), rows, w, p, k, false)).collect();
-        by_layer(&lines, &format!("NFM vs AGOP^{p}: Pearson correlation by layer{bars}"), &path)?;
+        by_layer(&lines, &format!("NFM vs AGOP^{}: Pearson correlation by layer{bars}", power_label(p)), &path)?;
         written.push(path);
         for m in head_module_names(rows) {
             for w in &weights {
-                let path = dir.join(format!("heads-{}-{w}-power{p}.png", m.trim_start_matches("attn.")));
+                let path = dir.join(format!("heads-{}-{w}-power{}.png", m.trim_start_matches("attn."), power_label(p)));
                 if heatmap(rows, w, &m, p, contrasts, &path)? {
                     written.push(path);
                 }
@@ -255,7 +266,7 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, contrasts: &[R
             plotters::style::text_anchor::VPos::Center,
         ))
     };
-    let title = format!("{module} ({weights}): Pearson(NFM, AGOP^{power}) by layer and head");
+    let title = format!("{module} ({weights}): Pearson(NFM, AGOP^{}) by layer and head", power_label(power));
     top.draw(&Text::new(title, (500, 20), centred(19))).map_err(err)?;
     let note = if !weights.starts_with("pretrained") {
         "colours scaled to this plot's range (colour bar)".to_string()
@@ -355,13 +366,16 @@ pub fn by_step(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
     let pad = ((x1 - x0) * 0.05).max(0.1);
     let mut written = Vec::new();
     for &power in &powers {
-        let path = dir.join(format!("by-step-power{power}.png"));
+        let path = dir.join(format!("by-step-power{}.png", power_label(power)));
         written.push(path.clone());
         let root = BitMapBackend::new(&path, (1400, 800)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let root = root
             .titled(
-                &format!("NFM vs AGOP^{power}: Pearson correlation by training step (dashed: random-init)"),
+                &format!(
+                    "NFM vs AGOP^{}: Pearson correlation by training step (dashed: random-init)",
+                    power_label(power)
+                ),
                 ("sans-serif", 22),
             )
             .map_err(err)?;

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::bail_bad;
 use crate::tokenize::bpe::{self, Gpt2Tokenizer};
-use crate::tokenize::corpus::{read_sources, CorpusOptions};
+use crate::tokenize::corpus::{read_sources, CorpusOptions, Document};
 use crate::tokenize::Window;
 use crate::util::progress_bar;
 
@@ -21,6 +21,19 @@ pub struct Split {
     pub train: Vec<Window>,
     /// The K held-out windows, in corpus order.
     pub eval: Vec<Window>,
+    /// The corpus text's fingerprint ([`corpus_sha256`]).
+    pub corpus_sha256: String,
+}
+
+/// sha256 of the text of a corpus's documents, in reading order: what a resumed run checks
+/// it is trained on (the settings record the sources' names only).
+pub fn corpus_sha256(docs: &[Document]) -> String {
+    crate::util::fingerprint(&docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>())
+}
+
+/// [`corpus_sha256`] of `sources`, read again.
+pub fn read_corpus_sha256(sources: &[String], corpus: &CorpusOptions) -> Result<String> {
+    Ok(corpus_sha256(&read_sources(sources, corpus)?.0))
 }
 
 fn rng(seed: u64, stream: &[u8; 8], step: u64) -> ChaCha8Rng {
@@ -44,6 +57,7 @@ pub fn split(
 ) -> Result<Split> {
     let tok = Gpt2Tokenizer::builtin()?;
     let (docs, _) = read_sources(sources, corpus)?;
+    let corpus_sha256 = corpus_sha256(&docs);
     let bytes: u64 = docs.iter().map(|d| d.text.len() as u64).sum();
     let what = sources.join(", ");
     if bytes == 0 {
@@ -80,7 +94,7 @@ pub fn split(
             train.push(w)
         }
     }
-    Ok(Split { train, eval })
+    Ok(Split { train, eval, corpus_sha256 })
 }
 
 /// The training windows of step `step` (0-based update count): `batch` draws with replacement,

@@ -73,9 +73,13 @@ pub struct TrainOptions {
     pub progress: bool,
 }
 
+/// The largest `--batch` of `agop train` (windows per update; a step's activations must fit in
+/// memory long before this).
+pub const MAX_BATCH: usize = 65_536;
+
 /// The default saved steps: 0, a quarter, half, three quarters and all of `steps`.
 pub fn default_save_steps(steps: u64) -> Vec<u64> {
-    let mut s: Vec<u64> = (0..=4).map(|i| steps * i / 4).collect();
+    let mut s: Vec<u64> = (0..=4).map(|i| (steps as u128 * i / 4) as u64).collect();
     s.dedup();
     s
 }
@@ -86,8 +90,8 @@ impl TrainSettings {
         if self.steps == 0 {
             bail_bad!("--steps must be at least 1");
         }
-        if self.batch == 0 {
-            bail_bad!("--batch must be at least 1");
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            bail_bad!("--batch must be between 1 and {MAX_BATCH} windows, got {}", self.batch);
         }
         if self.seq_len < 2 {
             bail_bad!("--seq-len must be at least 2 (a window predicts its tokens after the first)");
@@ -100,6 +104,15 @@ impl TrainSettings {
         }
         if !(self.grad_clip > 0.0 && self.grad_clip.is_finite()) {
             bail_bad!("--grad-clip must be positive, got {}", self.grad_clip);
+        }
+        // The token counts of the log (steps × batch × seq_len) must fit.
+        if self.steps.checked_mul((self.batch as u64).saturating_mul(self.seq_len as u64)).is_none() {
+            bail_bad!(
+                "--steps {} × --batch {} × --seq-len {} training tokens is more than agop can count",
+                self.steps,
+                self.batch,
+                self.seq_len
+            );
         }
         if self.eval_windows == 0 {
             bail_bad!("--eval-windows must be at least 1 (the eval loss is computed on them)");
@@ -187,13 +200,37 @@ pub fn is_train_dir(out: &Path) -> bool {
     settings_path(out).is_file()
 }
 
-/// Has the run in `out` been trained to the end with exactly these settings?
-pub fn is_finished(out: &Path, s: &TrainSettings) -> bool {
-    let same = std::fs::read_to_string(settings_path(out))
-        .ok()
-        .and_then(|t| serde_json::from_str::<TrainSettings>(&t).ok())
-        .is_some_and(|old| &old == s);
-    same && checkpoint_dir(out, s.steps).join("trainer_state.json").is_file() && out.join("train.parquet").is_file()
+/// What `train-settings.json` holds: the settings, and the fingerprint of the corpus text they
+/// were trained on (absent in runs from before agop recorded it).
+#[derive(Serialize, Deserialize)]
+struct SettingsRecord {
+    #[serde(flatten)]
+    settings: TrainSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    corpus_sha256: Option<String>,
+}
+
+fn read_record(out: &Path) -> Option<SettingsRecord> {
+    serde_json::from_str(&std::fs::read_to_string(settings_path(out)).ok()?).ok()
+}
+
+/// Has the run in `out` been trained to the end with exactly these settings, on the corpus text
+/// its sources hold now (read again to check)?
+pub fn is_finished(out: &Path, s: &TrainSettings) -> Result<bool> {
+    let Some(old) = read_record(out).filter(|r| &r.settings == s) else { return Ok(false) };
+    if !(checkpoint_dir(out, s.steps).join("trainer_state.json").is_file() && out.join("train.parquet").is_file()) {
+        return Ok(false);
+    }
+    let Some(recorded) = old.corpus_sha256 else { return Ok(true) };
+    let corpus = CorpusOptions { text_column: s.text_column.clone(), skip_invalid_utf8: false };
+    Ok(data::read_corpus_sha256(&s.sources, &corpus)? == recorded)
+}
+
+/// Does `out` hold a saved checkpoint (anything a run could resume from or would replace)?
+fn has_checkpoint(out: &Path) -> bool {
+    std::fs::read_dir(out).into_iter().flatten().flatten().any(|e| {
+        e.file_name().to_string_lossy().starts_with("checkpoint-") && e.path().join("trainer_state.json").is_file()
+    })
 }
 
 /// The mean next-token loss over `windows` (transformers' loss with `labels = input_ids`: the
@@ -313,19 +350,36 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     if out.is_file() {
         bail_bad!("--out {} is a file; training writes a folder", out.display());
     }
-    if is_train_dir(out) {
+    let sources: Vec<PathBuf> = s.sources.iter().map(PathBuf::from).collect();
+    crate::util::fs::check_output_dir(out, "--out", &sources)?;
+    // A folder whose run saved no checkpoint (it failed or was stopped before step 0 was saved)
+    // trained nothing: it starts again, with whatever settings.
+    let resuming = is_train_dir(out) && has_checkpoint(out);
+    if resuming {
         check_same_run(out, s)?;
-    } else if out.is_dir() && std::fs::read_dir(out)?.next().is_some() {
+    } else if !is_train_dir(out) && out.is_dir() && std::fs::read_dir(out)?.next().is_some() {
         bail_bad!(
             "--out {} is a folder that holds other files and no training run; give a new or empty folder",
             out.display()
         );
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_atomic(&settings_path(out), serde_json::to_string_pretty(s)?.as_bytes())?;
-
+    // The corpus is read and checked before anything is written.
     let corpus = CorpusOptions { text_column: s.text_column.clone(), skip_invalid_utf8: false };
     let split = data::split(&s.sources, &corpus, s.seq_len, s.eval_windows, cfg.vocab_size, s.seed, opts.progress)?;
+    if resuming {
+        if let Some(old) = read_record(out).and_then(|r| r.corpus_sha256).filter(|h| *h != split.corpus_sha256) {
+            bail_bad!(
+                "{} was trained on other text: the corpus {} has changed since (corpus sha256 {old}, now {}); \
+                 resuming would train on both; train into another --out",
+                out.display(),
+                s.sources.join(", "),
+                split.corpus_sha256
+            );
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let record = SettingsRecord { settings: s.clone(), corpus_sha256: Some(split.corpus_sha256.clone()) };
+    write_atomic(&settings_path(out), serde_json::to_string_pretty(&record)?.as_bytes())?;
     let meta = TokensMeta {
         tokenizer: "gpt2 (built in)".into(),
         corpus: s.sources.join(", "),

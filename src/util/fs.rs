@@ -51,24 +51,22 @@ pub fn check_output(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()> {
     if out.is_dir() {
         crate::bail_bad!("{flag} {} is a folder; give a file name", out.display());
     }
-    let parent = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = folder_of(out);
     // Compare through the canonical folder (the file itself may not exist yet).
     let out_full = canon(&parent).map(|d| d.join(out.file_name().unwrap_or_default()));
     for input in inputs {
-        // An input that does not exist (a protected name) is compared through its folder.
+        // An input that does not exist (a protected name, another output of the same command)
+        // is compared through its folder.
         let inp = match canon(input) {
             Some(c) => c,
-            None => match (input.parent().and_then(canon), input.file_name()) {
+            None => match (canon(&folder_of(input)), input.file_name()) {
                 (Some(d), Some(n)) => d.join(n),
                 _ => continue,
             },
         };
         if out_full.as_ref().is_some_and(|o| *o == inp || canon(o).is_some_and(|c| c == inp)) {
             crate::bail_bad!(
-                "{flag} {} is also an input ({}); write the output elsewhere",
+                "{flag} {} is also an input or another output of this command ({}); write it elsewhere",
                 out.display(),
                 input.display()
             );
@@ -90,6 +88,48 @@ pub fn check_output(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()> {
             Ok(())
         }
         Err(e) => crate::bail_bad!("{flag} {}: its folder {} is not writable: {e}", out.display(), parent.display()),
+    }
+}
+
+/// Check an output folder before any work: it is not inside one of the input folders among
+/// `inputs` (where it would become part of the input). Inputs that are not local paths are
+/// skipped.
+pub fn check_output_dir(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()> {
+    let Some(out_full) = resolved(out) else { return Ok(()) };
+    for input in inputs {
+        if let Ok(inp) = std::fs::canonicalize(input) {
+            if inp.is_dir() && out_full.starts_with(&inp) {
+                crate::bail_bad!(
+                    "{flag} {} is inside the input folder {}, where it would become part of the input; write it \
+                     elsewhere",
+                    out.display(),
+                    input.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute through its nearest existing ancestor, links resolved there (the rest
+/// need not exist yet); `None` for a path with `..` past what exists.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let mut tail = Vec::new();
+    let mut cur = path.to_path_buf();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(&cur) {
+            return Some(tail.iter().rev().fold(c, |acc: PathBuf, n| acc.join(n)));
+        }
+        tail.push(cur.file_name()?.to_owned());
+        cur = folder_of(&cur);
+    }
+}
+
+/// The folder a path names a file in (`.` for a bare file name).
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 

@@ -44,6 +44,10 @@ pub struct NeoXConfig {
     pub rotary_emb_base: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_parameters: Option<RopeParameters>,
+    /// transformers 4's scaled rotary (linear, dynamic, …): refused when set, since it changes
+    /// every rotary angle; kept only to be checked (`null` in Pythia's files).
+    #[serde(default, skip_serializing)]
+    pub rope_scaling: Option<serde_json::Value>,
     /// x + attn(ln₁ x) + mlp(ln₂ x) (Pythia) instead of the serial GPT-2 form.
     #[serde(default = "default_true")]
     pub use_parallel_residual: bool,
@@ -89,6 +93,9 @@ impl NeoXConfig {
     /// 10000, transformers'), `rope_parameters` folded in; a file giving both spellings must
     /// agree.
     pub fn normalized(mut self) -> Result<Self> {
+        if let Some(scaling) = self.rope_scaling.take() {
+            bail_bad!("config field rope_scaling is {scaling}; agop supports only unscaled (\"default\") rotary");
+        }
         if let Some(r) = self.rope_parameters.take() {
             if let Some(t) = r.rope_type.as_deref().filter(|t| *t != "default") {
                 bail_bad!("config field rope_parameters.rope_type is \"{t}\"; agop supports only \"default\" rotary");
@@ -152,6 +159,7 @@ impl NeoXConfig {
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             bail_bad!("config field layer_norm_eps must be positive, got {}", self.layer_norm_eps);
         }
+        crate::model::config::check_init_range(self.initializer_range)?;
         if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
             bail_bad!(
                 "config field hidden_act is \"{}\"; supported: gelu, gelu_new, gelu_pytorch_tanh",

@@ -428,7 +428,12 @@ pub fn load_pretrained(dir: &std::path::Path, cfg: &NeoXConfig, device: &Device)
         layer.parse::<usize>().is_ok_and(|l| l < cfg.num_hidden_layers)
             && matches!(tail, "attention.bias" | "attention.masked_bias" | "attention.rotary_emb.inv_freq")
     };
-    let what = format!("num_hidden_layers {}", cfg.num_hidden_layers);
+    let what = format!(
+        "num_hidden_layers {}, tie_word_embeddings {}{}",
+        cfg.num_hidden_layers,
+        cfg.tie_word_embeddings,
+        if cfg.tie_word_embeddings { ": embed_in is also the unembedding, so there is no embed_out" } else { "" }
+    );
     let params =
         super::weights::load_tensors(dir, device, "gpt_neox.", |take| NeoXParams::build(cfg, take), known, &what)?;
     Ok(GptNeoX::new(cfg.clone(), params))

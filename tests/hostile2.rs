@@ -1,0 +1,271 @@
+//! The second hostile-input round (2026-12-03): each input below once gave a wrong result, lost
+//! data or panicked; now each ends in a correct result or exit 2 naming the file, field or flag.
+//! Wrong results and data loss first.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use agop::model::{self, WeightsKind};
+use common::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `agop` run in `dir` (so that outputs can be given as bare file names).
+fn agop_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(agop_bin()).current_dir(dir).args(args).output().unwrap()
+}
+
+/// `n` windows of `t` fixture-vocabulary tokens.
+fn tokens_file(dir: &Path, n: u64, t: u64) -> PathBuf {
+    let p = dir.join(format!("tokens-{t}.parquet"));
+    let windows: Vec<agop::tokenize::Window> = (0..n)
+        .map(|i| agop::tokenize::Window { index: i, tokens: (0..t).map(|j| ((i * 7 + j * 3) % 50) as u32).collect() })
+        .collect();
+    agop::tokenize::write_tokens(&p, &windows, &Default::default()).unwrap();
+    p
+}
+
+/// A GPT-NeoX config.json with `rope_scaling` (transformers 4's scaled rotary) changes every
+/// rotary angle: refused, naming the field; `null` (Pythia's files) loads.
+#[test]
+fn scaled_rotary_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/neox/parallel");
+    for (name, scaling) in [
+        ("linear", serde_json::json!({"rope_type": "linear", "factor": 4.0})),
+        ("dynamic", serde_json::json!({"type": "dynamic", "factor": 8.0})),
+        ("null", serde_json::Value::Null),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&src).unwrap().flatten() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        let path = dir.join("config.json");
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg["rope_scaling"] = scaling.clone();
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let loaded = model::dir_config(&dir)
+            .and_then(|cfg| model::load_model(&dir, &cfg, WeightsKind::Pretrained, 0, &candle_core::Device::Cpu));
+        if scaling.is_null() {
+            assert!(loaded.is_ok(), "{:#}", loaded.err().unwrap());
+        } else {
+            let Err(e) = loaded else { panic!("a scaled rotary ({name}) loaded") };
+            let msg = format!("{e:#}");
+            assert!(agop::error::is_bad_input(&e), "{msg}");
+            assert!(msg.contains("rope_scaling") && msg.contains("config.json"), "{msg}");
+        }
+    }
+}
+
+const TRAIN_CFG: &str =
+    r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#;
+
+fn train(dir: &Path, corpus: &str, out: &str, extra: &[&str]) -> Output {
+    let mut a = vec!["train", "--config", "config.json", "--corpus", corpus, "--seq-len", "8", "--out", out];
+    a.extend(["--steps", "2", "--save-steps", "1", "--batch", "2", "--eval-windows", "2"]);
+    a.extend(extra);
+    agop_in(dir, &a)
+}
+
+/// `agop train`: a run whose corpus text changed is not resumed (it would train on both texts);
+/// a run that failed before saving anything does not block the corrected command; `--out`
+/// inside a corpus folder is refused; sizes that overflow are exit 2, not a panic.
+#[test]
+fn training_runs_check_their_corpus_and_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("config.json"), TRAIN_CFG).unwrap();
+    let text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. ";
+    std::fs::write(dir.join("c.txt"), text.repeat(8)).unwrap();
+    let o = train(dir, "c.txt", "run", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let weights = std::fs::read(dir.join("run/checkpoint-2/model.safetensors")).unwrap();
+    // The same command again finds the run complete; with the text changed it is refused.
+    assert!(train(dir, "c.txt", "run", &[]).status.success());
+    std::fs::write(dir.join("c.txt"), text.replace("question", "answer").repeat(8)).unwrap();
+    assert_bad(&train(dir, "c.txt", "run", &[]), &["run", "other text", "c.txt"]);
+    assert_eq!(std::fs::read(dir.join("run/checkpoint-2/model.safetensors")).unwrap(), weights);
+
+    // A corpus too short fails before anything is written; the corrected command then runs.
+    std::fs::write(dir.join("short.txt"), "hi").unwrap();
+    assert_bad(&train(dir, "short.txt", "fresh", &[]), &["short.txt"]);
+    assert!(!dir.join("fresh/train-settings.json").exists());
+    let o = train(dir, "c.txt", "fresh", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A folder whose run saved no checkpoint (stopped early) starts again with new settings.
+    std::fs::remove_dir_all(dir.join("fresh")).unwrap();
+    std::fs::create_dir_all(dir.join("fresh")).unwrap();
+    std::fs::write(dir.join("fresh/train-settings.json"), "{\"steps\": 99}").unwrap();
+    let o = train(dir, "c.txt", "fresh", &["--seed", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // --out inside a corpus folder would train on its own files when resumed.
+    std::fs::create_dir_all(dir.join("corp")).unwrap();
+    std::fs::write(dir.join("corp/a.txt"), text.repeat(8)).unwrap();
+    assert_bad(&train(dir, "corp", "corp/run", &[]), &["corp/run", "inside the input folder"]);
+    assert!(!dir.join("corp/run").exists());
+
+    // Sizes: exit 2 naming the flag.
+    let mut a = vec!["train", "--config", "config.json", "--corpus", "c.txt", "--seq-len", "8", "--out", "big"];
+    a.extend(["--steps", "2", "--batch", "18446744073709551615"]);
+    assert_bad(&agop_in(dir, &a), &["--batch must be between"]);
+    assert!(!dir.join("big").exists());
+    let mut a = vec!["train", "--config", "config.json", "--corpus", "c.txt", "--seq-len", "8", "--out", "huge"];
+    a.extend(["--steps", "5000000000000000000"]);
+    assert_bad(&agop_in(dir, &a), &["--steps 5000000000000000000", "more than agop can count"]);
+    assert!(!dir.join("huge").exists());
+}
+
+/// Outputs of one command that share a path, given as bare names: refused before any work,
+/// and the table already there is left intact. `--agop-out` may not be the contrasts table
+/// either.
+#[test]
+fn two_outputs_of_one_command_never_share_a_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tokens = tokens_file(dir, 4, 8);
+    let model = fixture_model();
+    for (w, out) in [("pretrained", "pre.safetensors"), ("random-init", "rand.safetensors")] {
+        let o = agop_in(dir, &["measure", "--model", s(&model), "--tokens", s(&tokens), "--weights", w, "--out", out]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let correlate = |extra: &[&str]| {
+        let mut a = vec!["correlate", "--model", s(&model), "--gop", "pre.safetensors", "--gop", "rand.safetensors"];
+        a.extend(["--out", "c.parquet"]);
+        a.extend(extra);
+        agop_in(dir, &a)
+    };
+    assert!(correlate(&[]).status.success());
+    let table = std::fs::read(dir.join("c.parquet")).unwrap();
+    let contrasts = std::fs::read(dir.join("c.contrasts.parquet")).unwrap();
+    assert_bad(&correlate(&["--agop-out", "c.parquet"]), &["--agop-out", "c.parquet"]);
+    assert_bad(&correlate(&["--agop-out", "c.contrasts.parquet"]), &["--agop-out", "c.contrasts.parquet"]);
+    assert_eq!(std::fs::read(dir.join("c.parquet")).unwrap(), table);
+    assert_eq!(std::fs::read(dir.join("c.contrasts.parquet")).unwrap(), contrasts);
+    // And not yet there: nothing is written.
+    std::fs::remove_file(dir.join("c.parquet")).unwrap();
+    assert_bad(&correlate(&["--agop-out", "c.parquet"]), &["--agop-out"]);
+    assert!(!dir.join("c.parquet").exists());
+}
+
+/// `init-model --config DIR/config.json --out DIR` fills the folder with weights and leaves the
+/// user's config.json (and its fields agop does not read) as it was; the weights are those of an
+/// init-model into a new folder.
+#[test]
+fn init_model_keeps_its_own_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":32,"vocab_size":50,"my_note":"keep me"}"#;
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let o = agop(&["init-model", "--config", s(&dir.join("config.json")), "--seed", "4", "--out", s(&dir)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(dir.join("config.json")).unwrap(), cfg);
+    let other = tmp.path().join("other");
+    let o = agop(&["init-model", "--config", s(&dir.join("config.json")), "--seed", "4", "--out", s(&other)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_eq!(bytes(&dir), bytes(&other));
+    assert!(model::load_dir(&dir, WeightsKind::Pretrained, 0).is_ok());
+}
+
+/// A series' known steps must increase even when a revision in between has no step number.
+#[test]
+fn a_series_with_an_unnumbered_revision_is_still_checked_for_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let series = tmp.path().join("series");
+    std::fs::create_dir_all(&series).unwrap();
+    let cfg = r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#;
+    for (k, name) in ["checkpoint-4", "final", "checkpoint-1"].iter().enumerate() {
+        init_checkpoint(&series, name, cfg, k as u64);
+        std::fs::remove_file(series.join(format!("{name}.config.json"))).unwrap();
+        // the helper's copy
+    }
+    let p = tmp.path().join("p.toml");
+    let body = format!(
+        "name = \"p\"\n[model]\nid = \"{}\"\nrevisions = [\"checkpoint-4\", \"final\", \"checkpoint-1\"]\n\
+         [corpus]\nsources = [\"builtin:shakespeare\"]\nseq_len = 8\nmax_tokens = 32\n",
+        s(&series)
+    );
+    std::fs::write(&p, body).unwrap();
+    let out = tmp.path().join("out");
+    assert_bad(&agop(&["run", s(&p), "--out", s(&out)]), &["step 1 follows step 4"]);
+    assert!(!out.exists());
+}
+
+/// A power listed twice would give every key of that power twice in the table; a power whose
+/// decimal form is too long for a file name still gets its plots.
+#[test]
+fn powers_repeated_or_extreme() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tokens = tokens_file(dir, 4, 8);
+    let model = fixture_model();
+    let o = agop_in(dir, &["measure", "--model", s(&model), "--tokens", s(&tokens), "--out", "g.safetensors"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let correlate = |powers: &str, out: &str| {
+        agop_in(dir, &["correlate", "--model", s(&model), "--gop", "g.safetensors", "--out", out, "--powers", powers])
+    };
+    assert_bad(&correlate("1,1.0", "d.parquet"), &["--powers", "1 twice"]);
+    let o = correlate("1e-300", "tiny/correlations.parquet");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = agop_in(dir, &["report", "tiny"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.join("tiny/plots/by-layer-power1e-300.png").is_file());
+}
+
+/// Config values and messages: an initializer_range that is not a positive f32 is exit 2 naming
+/// the file and field; a GPT-NeoX config given to a GPT-2-only command says so; the loss of
+/// one-token windows is refused, not measured as zeros.
+#[test]
+fn config_values_and_one_token_windows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for range in ["1e300", "0", "-0.02"] {
+        let cfg = format!(
+            r#"{{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":32,"vocab_size":50,"initializer_range":{range}}}"#
+        );
+        std::fs::write(dir.join("r.json"), cfg).unwrap();
+        let o = agop_in(dir, &["init-model", "--config", "r.json", "--out", "m"]);
+        assert_bad(&o, &["r.json", "initializer_range"]);
+    }
+    let neox = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/neox/parallel/config.json");
+    assert_bad(&agop_in(dir, &["init-model", "--config", s(&neox), "--out", "n"]), &["gpt_neox", "GPT-2"]);
+    std::fs::write(
+        dir.join("bad.json"),
+        r#"{"model_type":"gpt2","n_layer":1,"n_head":3,"n_embd":8,"n_positions":32,"vocab_size":50257}"#,
+    )
+    .unwrap();
+    let o = agop_in(
+        dir,
+        &[
+            "train",
+            "--config",
+            "bad.json",
+            "--corpus",
+            "builtin:shakespeare",
+            "--seq-len",
+            "8",
+            "--steps",
+            "1",
+            "--out",
+            "t",
+        ],
+    );
+    assert_bad(&o, &["bad.json", "n_head"]);
+
+    let (tokens, model) = (tokens_file(dir, 4, 1), fixture_model());
+    let measure = |extra: &[&str]| {
+        let mut a = vec!["measure", "--model", s(&model), "--tokens", s(&tokens), "--out", "g.safetensors"];
+        a.extend(extra);
+        agop_in(dir, &a)
+    };
+    assert_bad(&measure(&["--output", "loss"]), &["1 token", "--output loss"]);
+    assert_bad(&measure(&["--fact"]), &["1 token", "--fact"]);
+    assert!(measure(&[]).status.success());
+}
