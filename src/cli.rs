@@ -134,6 +134,17 @@ pub enum Stage {
     Reduce,
 }
 
+impl Stage {
+    /// The name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Prepare => "prepare",
+            Stage::Measure => "measure",
+            Stage::Reduce => "reduce",
+        }
+    }
+}
+
 /// `--model` and `--revision`: which checkpoint.
 #[derive(Args, Debug)]
 pub struct ModelArgs {

@@ -106,6 +106,23 @@ pub fn run(command: Command) -> Result<()> {
                 p.measure.device = d;
             }
             let dir = run::out_dir(&p, out.as_deref());
+            // A flag of another stage would be silently ignored: refused instead.
+            let given = [
+                ("--weights", weights.is_some(), Some(Stage::Measure)),
+                ("--shard", shard.is_some(), Some(Stage::Measure)),
+                ("--checkpoint", checkpoint.is_some(), Some(Stage::Measure)),
+                ("--shards", shards.is_some(), Some(Stage::Reduce)),
+            ];
+            if let Some((flag, _, needs)) = given.iter().find(|(_, set, needs)| *set && stage != *needs) {
+                agop::bail_bad!(
+                    "{flag} is a flag of --stage {}; it does nothing {}",
+                    needs.map(|s| s.as_str()).unwrap_or_default(),
+                    match stage {
+                        Some(s) => format!("in --stage {}", s.as_str()),
+                        None => "without --stage".to_string(),
+                    }
+                );
+            }
             match stage {
                 None => {
                     run::run(&p, Some(&dir), false)?;

@@ -269,3 +269,130 @@ fn config_values_and_one_token_windows() {
     assert_bad(&measure(&["--fact"]), &["1 token", "--fact"]);
     assert!(measure(&[]).status.success());
 }
+
+// The second round of the same day, on pipelines run twice, stage by stage and on a cluster.
+
+const TINY: &str = r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#;
+
+/// A quick pipeline in `dir` (`p.toml`): a random 1-layer model from `tiny.json`, corpus
+/// `corpus.txt`, FACT on, both weights, 2 groups, then `extra` lines.
+fn quick_pipeline(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    std::fs::write(dir.join("tiny.json"), TINY).unwrap();
+    if !dir.join("corpus.txt").exists() {
+        std::fs::write(dir.join("corpus.txt"), "Friends, Romans, countrymen, lend me your ears. ".repeat(12)).unwrap();
+    }
+    let p = dir.join(name);
+    let text = format!(
+        "name = \"q\"\n[model]\ninit_config = \"tiny.json\"\ninit_seed = 1\n[corpus]\nsources = [\"corpus.txt\"]\n\
+         seq_len = 16\nmax_tokens = 128\n[measure]\nprobes = 1\nbatch = 2\nweights = [\"pretrained\", \
+         \"random-init\"]\ngroups = 2\nfact = true\n{extra}"
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let o = agop_in(dir, args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o))
+}
+
+/// A pipeline run again after its corpus file was edited tokenizes and measures again; switching
+/// features off removes the old features table; plots and report blocks follow the powers now
+/// measured; a user's folder where the pipeline writes its model is never deleted; flags of
+/// another stage are refused.
+#[test]
+fn pipelines_run_again_follow_what_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = quick_pipeline(dir, "p.toml", "[correlate]\npowers = [0.5, 1.0]\n");
+    run_ok(dir, &["run", "p.toml", "--out", "o"]);
+    let tokens = std::fs::read(dir.join("o/tokens.parquet")).unwrap();
+    assert!(dir.join("o/features.parquet").is_file() && dir.join("o/plots/by-layer-power1.png").is_file());
+    // The text changes, the file name does not.
+    std::fs::write(dir.join("corpus.txt"), "Now is the winter of our discontent made glorious summer. ".repeat(12))
+        .unwrap();
+    let out = run_ok(dir, &["run", "p.toml", "--out", "o"]);
+    assert!(!out.contains("[tokenize] o/tokens.parquet is up to date"), "{out}");
+    assert_ne!(std::fs::read(dir.join("o/tokens.parquet")).unwrap(), tokens);
+    // Powers without 1, features off: no α = 1 block, no power-1 plots, no features table.
+    quick_pipeline(dir, "p.toml", "[correlate]\npowers = [2.0]\n[features]\nenabled = false\n");
+    let out = run_ok(dir, &["run", "p.toml", "--out", "o"]);
+    assert!(!out.contains("α = 1)") && out.contains("α = 2)"), "{out}");
+    assert!(out.contains("Heads with the highest"), "{out}");
+    assert!(!dir.join("o/features.parquet").exists() && !out.contains("Top features"), "{out}");
+    let plots: Vec<String> = std::fs::read_dir(dir.join("o/plots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(plots.iter().all(|n| !n.contains("power1") && !n.contains("power0.5") && !n.starts_with('.')), "{plots:?}");
+    assert!(plots.iter().any(|n| n == "by-layer-power2.png"), "{plots:?}");
+
+    // A model folder the pipeline did not write is the user's.
+    std::fs::create_dir_all(dir.join("u/model")).unwrap();
+    std::fs::write(dir.join("u/model/NOTES.txt"), "mine").unwrap();
+    assert_bad(&agop_in(dir, &["run", s(&p), "--out", "u"]), &["u/model", "did not write"]);
+    assert_eq!(std::fs::read_to_string(dir.join("u/model/NOTES.txt")).unwrap(), "mine");
+
+    for args in [
+        vec!["run", "p.toml", "--out", "o", "--weights", "pretrained"],
+        vec!["run", "p.toml", "--out", "o", "--stage", "reduce", "--shard", "0/2"],
+        vec!["run", "p.toml", "--out", "o", "--stage", "measure", "--shards", "2"],
+    ] {
+        assert_bad(&agop_in(dir, &args), &["is a flag of --stage"]);
+    }
+}
+
+/// Stage by stage: a stage run with another `[model]` than the prepared one prepares again; the
+/// reduce stage refuses shards and GOP files measured with other settings, and says what to run
+/// when they are missing.
+#[test]
+fn stages_check_what_they_reuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    quick_pipeline(dir, "p.toml", "");
+    run_ok(dir, &["run", "p.toml", "--out", "s", "--stage", "prepare"]);
+    let o = agop_in(dir, &["run", "p.toml", "--out", "s", "--stage", "reduce"]);
+    assert_bad(&o, &["gop-pretrained.safetensors", "missing", "measure"]);
+    assert_bad(&agop_in(dir, &["run", "p.toml", "--out", "s", "--stage", "reduce", "--shards", "0"]), &["--shards"]);
+    for i in ["0/2", "1/2"] {
+        run_ok(dir, &["run", "p.toml", "--out", "s", "--stage", "measure", "--shard", i]);
+    }
+    // Other probes: the shards are not this pipeline's any more.
+    let changed = std::fs::read_to_string(dir.join("p.toml")).unwrap().replace("probes = 1", "probes = 2");
+    std::fs::write(dir.join("p2.toml"), changed).unwrap();
+    let o = agop_in(dir, &["run", "p2.toml", "--out", "s", "--stage", "reduce", "--shards", "2"]);
+    assert_bad(&o, &["gop-pretrained-0-of-2.safetensors", "measure shard 0/2 again"]);
+    run_ok(dir, &["run", "p.toml", "--out", "s", "--stage", "reduce", "--shards", "2"]);
+    let o = agop_in(dir, &["run", "p2.toml", "--out", "s", "--stage", "reduce"]);
+    assert_bad(&o, &["gop-pretrained.safetensors", "not this pipeline's measurement"]);
+
+    // Another init seed: measure prepares the model again instead of measuring the old one.
+    let model = std::fs::read(dir.join("s/model/model.safetensors")).unwrap();
+    let seeded = std::fs::read_to_string(dir.join("p.toml")).unwrap().replace("init_seed = 1", "init_seed = 9");
+    std::fs::write(dir.join("p9.toml"), seeded).unwrap();
+    run_ok(dir, &["run", "p9.toml", "--out", "s", "--stage", "measure", "--weights", "pretrained"]);
+    assert_ne!(std::fs::read(dir.join("s/model/model.safetensors")).unwrap(), model);
+}
+
+/// `#SBATCH` lines cannot hold spaces, quotes, '#' or line breaks: such values (and zero CPUs)
+/// are refused before any script is written.
+#[test]
+fn slurm_header_values_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    quick_pipeline(dir, "p.toml", "");
+    for (extra, want) in [
+        (vec!["--out", "out dir"], "--out (the log folder)"),
+        (vec!["--out", "o", "--time", "1:00\nrm -rf $HOME"], "time"),
+        (vec!["--out", "o", "--mem", ""], "mem"),
+        (vec!["--out", "o", "--partition", "gpu #x"], "partition"),
+        (vec!["--out", "o", "--cpus", "0"], "--cpus"),
+    ] {
+        let mut a = vec!["slurm", "p.toml", "--shards", "2"];
+        a.extend(extra);
+        assert_bad(&agop_in(dir, &a), &[want]);
+    }
+    assert!(!dir.join("o/slurm").exists() && !dir.join("out dir/slurm").exists());
+    run_ok(dir, &["slurm", "p.toml", "--shards", "2", "--out", "o"]);
+}

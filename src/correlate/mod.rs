@@ -233,7 +233,9 @@ pub fn correlate_sources(
         df.vstack_mut(&more)
             .map_err(|e| crate::bad!("{}: not a correlations table like this one: {e}", extra.display()))?;
     }
-    table::write_correlations(out, &mut df, &ctx.text, seed, &ctx.inputs, &ctx.warnings)?;
+    // The contrasts table first: the correlations table, written last, is what marks the run
+    // done (a pipeline checks its `inputs` key), so a run stopped between the two writes is
+    // done again, never reported with contrasts of an earlier run.
     let cpath = contrasts_path(out);
     let contrasts = if opts.extra_tables.is_empty() { contrasts::contrasts(&sums, &runs)? } else { None };
     match contrasts {
@@ -248,6 +250,7 @@ pub fn correlate_sources(
             }
         }
     }
+    table::write_correlations(out, &mut df, &ctx.text, seed, &ctx.inputs, &ctx.warnings)?;
     if let Some(p) = agop_out {
         write_f32_matrices(p, &agops)?;
     }

@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::config::Pipeline;
 use crate::bail_bad;
@@ -73,7 +73,26 @@ fn pipeline_model(p: &Pipeline, out: &Path, quiet: bool) -> Result<ResolvedModel
                 .map_err(|e| crate::bad!("init_config {}: {e}", cfg_path.display()))?;
             let key = fingerprint(&[&cfg_text, &p.model.init_seed.to_string()]);
             let stamp = dir.join(".agop-init");
-            if std::fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str()) {
+            let stamped = std::fs::read_to_string(&stamp).ok();
+            if stamped.as_deref() != Some(key.as_str()) {
+                // Only a folder agop made (stamped) is replaced; anything else there is the user's.
+                let users = dir.exists() && stamped.is_none() && std::fs::read_dir(&dir)?.next().is_some();
+                let holds_config = std::fs::canonicalize(&cfg_path)
+                    .ok()
+                    .zip(std::fs::canonicalize(&dir).ok())
+                    .is_some_and(|(c, d)| c.starts_with(d));
+                if users || holds_config {
+                    bail_bad!(
+                        "{} holds files agop did not write{}; an init_config pipeline writes its model there: move \
+                         them, or give another --out",
+                        dir.display(),
+                        if holds_config {
+                            format!(" (init_config {} among them)", cfg_path.display())
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
                 say(
                     quiet,
                     format!(
@@ -236,6 +255,7 @@ pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
     })?;
     let record = model.record()?;
     write_atomic(&record_path(out), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    write_atomic(&model_key_path(out), model_key(p)?.as_bytes())?;
     let model_sha = record.weights_sha256;
 
     let tokens = out.join("tokens.parquet");
@@ -266,7 +286,11 @@ pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
 /// and tokens, without hashing the weights again when `model.json` still describes the files on
 /// disk (same paths, sizes and modification times). Anything missing or stale: run prepare.
 pub fn prepared(p: &Pipeline, out: &Path) -> Result<Prepared> {
-    let Some(model) = read_record(&record_path(out)).as_ref().and_then(ResolvedModel::from_record) else {
+    // model.json describes the model of the pipeline that prepared it; another [model] (or
+    // [train]) prepares again.
+    let same_model = std::fs::read_to_string(model_key_path(out)).ok() == Some(model_key(p)?);
+    let record = read_record(&record_path(out)).filter(|_| same_model);
+    let Some(model) = record.as_ref().and_then(ResolvedModel::from_record) else {
         return prepare(p, out, true);
     };
     let tokens = out.join("tokens.parquet");
@@ -276,16 +300,55 @@ pub fn prepared(p: &Pipeline, out: &Path) -> Result<Prepared> {
     finish_prepared(out, model, tokens)
 }
 
+/// Where prepare records which `[model]` and `[train]` model.json describes.
+fn model_key_path(out: &Path) -> PathBuf {
+    out.join(".agop-model")
+}
+
+/// The fingerprint of the pipeline's `[model]` and `[train]` sections.
+fn model_key(p: &Pipeline) -> Result<String> {
+    Ok(fingerprint(&[&serde_json::to_string(&p.model)?, &serde_json::to_string(&p.train)?]))
+}
+
 /// The fingerprint of what tokens.parquet is made from.
 fn tokens_key(p: &Pipeline, model_sha: &str) -> String {
     fingerprint(&[
         model_sha,
         &p.sources().join("\n"),
+        &corpus_stamps(&p.sources()),
         &p.corpus.seq_len.to_string(),
         &format!("{:?}", p.corpus.max_tokens),
         &p.corpus.text_column,
         &p.corpus.skip_invalid_utf8.to_string(),
     ])
+}
+
+/// Every local corpus file's path, size and modification time (folders walked, links
+/// followed, each folder once), so that an edited, added or removed file tokenizes again.
+/// Hub and built-in sources are named by their source string alone.
+fn corpus_stamps(sources: &[String]) -> String {
+    fn walk(path: &Path, seen: &mut std::collections::HashSet<PathBuf>, out: &mut Vec<String>) {
+        let Ok(meta) = std::fs::metadata(path) else { return };
+        if meta.is_dir() {
+            if !std::fs::canonicalize(path).is_ok_and(|c| seen.insert(c)) {
+                return;
+            }
+            let mut entries: Vec<PathBuf> =
+                std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
+            entries.sort();
+            for e in entries {
+                walk(&e, seen, out);
+            }
+        } else {
+            let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            out.push(format!("{} {} {:?}", path.display(), meta.len(), mtime));
+        }
+    }
+    let (mut seen, mut out) = (Default::default(), Vec::new());
+    for src in sources.iter().filter(|s| !s.starts_with("hf://") && !s.starts_with("builtin:")) {
+        walk(Path::new(src), &mut seen, &mut out);
+    }
+    out.join("\n")
 }
 
 fn finish_prepared(out: &Path, model: ResolvedModel, tokens: PathBuf) -> Result<Prepared> {
@@ -546,9 +609,23 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
                 if done {
                     say(quiet, format!("[merge {tag}] {} is up to date", path.display()));
                 } else {
+                    if n == 0 {
+                        bail_bad!("--shards must be at least 1");
+                    }
                     let parts: Vec<PathBuf> = (0..n).map(|i| tagged_shard_path(&prep.out, &tag, i, n)).collect();
                     if let Some(missing) = parts.iter().find(|p| !p.is_file()) {
                         bail_bad!("shard file {} is missing; measure every shard before reducing", missing.display());
+                    }
+                    // Each shard must be this pipeline's (its settings, tokens and model), not a
+                    // leftover of an earlier one.
+                    for (i, part) in parts.iter().enumerate() {
+                        if !gop_done(part, p, prep, &model, weights, k, Some((i, n))) {
+                            bail_bad!(
+                                "shard file {} was not measured by this pipeline as it is now (other settings, \
+                                 tokens or model); measure shard {i}/{n} again before reducing",
+                                part.display()
+                            );
+                        }
                     }
                     say(quiet, format!("[merge {tag}] {n} shards → {}", path.display()));
                     let merged = measure::merge_files(&parts, &path)?;
@@ -556,6 +633,17 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
                         bail_bad!("merged shards cover {} of {} windows", merged.meta.n_windows, prep.n_windows);
                     }
                 }
+            }
+            if !gop_done(&path, p, prep, &model, weights, k, None) {
+                bail_bad!(
+                    "{} is {}; run the measure stage (or measure the shards and reduce with --shards) first",
+                    path.display(),
+                    if path.is_file() {
+                        "not this pipeline's measurement as it is now (other settings, tokens or model)"
+                    } else {
+                        "missing"
+                    }
+                );
             }
             let step = if weights == WeightsKind::Pretrained { p.checkpoints()[k].step } else { None };
             sources.push(correlate::Source { model, gop: path, step });
@@ -600,6 +688,14 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
             say(quiet, format!("[features] → {}", feats.display()));
             let ctx = context(p, fkey);
             crate::features::features_sources(&sources, &feats, &feature_options(p, evicted_features), &ctx)?;
+        }
+    }
+    if !p.features.enabled {
+        // Features of an earlier run with them on would be read as this run's.
+        for f in [feats.clone(), crate::features::overlap_path(&feats)] {
+            if f.exists() {
+                std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
+            }
         }
     }
     let report = crate::report::report(&prep.out)?;

@@ -116,6 +116,30 @@ fn header(name: &str, logs: &Path, j: &Job, array: Option<usize>) -> String {
     h
 }
 
+/// Every value an `#SBATCH` line carries must survive sbatch's parsing of that line, which
+/// splits at white space, stops at `#`, does not undo shell quoting, and ends at a line break
+/// (after which a value would be a command of the script): such values are refused, as are an
+/// empty value and zero CPUs or GPUs.
+fn check_header_values(p: &Pipeline, j: &Job, logs: &Path) -> Result<()> {
+    let logs = logs.display().to_string();
+    let mut values = vec![("[pipeline] name (in the job names)", p.name.as_str()), ("--out (the log folder)", &logs)];
+    values.extend([("time", j.time), ("mem", j.mem)]);
+    values.extend(j.partition.map(|v| ("partition", v)));
+    values.extend(j.account.map(|v| ("account", v)));
+    for (what, v) in values {
+        if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control() || "#'\"\\".contains(c)) {
+            bail_bad!(
+                "{what} {v:?} cannot stand in an #SBATCH line: give a value without spaces, quotes, '#' or line \
+                 breaks (sbatch would split it, cut it off, or run what follows a line break)"
+            );
+        }
+    }
+    if j.cpus == 0 || j.gpus == Some(0) {
+        bail_bad!("--cpus and --gpus must be at least 1");
+    }
+    Ok(())
+}
+
 /// Write the sbatch scripts into `out/slurm/`.
 pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOptions) -> Result<Scripts> {
     if o.shards == 0 {
@@ -142,6 +166,7 @@ pub fn write_scripts(pipeline_file: &Path, p: &Pipeline, out: &Path, o: &SlurmOp
     let (pipeline_file, out) = (abs(pipeline_file)?, abs(out)?);
     let dir = out.join("slurm");
     let logs = dir.join("logs");
+    check_header_values(p, &job, &logs)?;
     std::fs::create_dir_all(&logs)?;
     // The jobs run a copy of this binary beside the scripts: a rebuild (or `cargo clean`) in
     // the build tree while jobs wait in the queue does not change what they run.

@@ -212,6 +212,7 @@ pub fn report(path: &Path) -> Result<String> {
         let eval = crate::train::eval_losses(&dir.join("train")).unwrap_or_default();
         written.push(plots::trajectory(&all, &fact_all, &eval, &dir.join("plots"))?);
     }
+    remove_stale_plots(&dir.join("plots"), &written)?;
     text.push_str(&format!("\nplots: {} files in {}\n", written.len(), dir.join("plots").display()));
     Ok(text)
 }
@@ -332,4 +333,21 @@ pub fn distinct<T: PartialEq + Clone>(it: impl Iterator<Item = T>) -> Vec<T> {
         }
     }
     out
+}
+
+/// The names agop's plots take ([`plots`], [`features`]).
+const PLOT_NAMES: &[&str] = &["by-layer-", "heads-", "by-step-", "trajectory", "spectrum"];
+
+/// Remove the plots in `dir` this report did not write: agop's names only (a PNG of the
+/// user's stays), so that plots of an earlier run's powers, weights or FACT are not shown as
+/// this run's.
+fn remove_stale_plots(dir: &Path, written: &[std::path::PathBuf]) -> Result<()> {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let (path, name) = (e.path(), e.file_name().to_string_lossy().into_owned());
+        let ours = name.ends_with(".png") && PLOT_NAMES.iter().any(|p| name.starts_with(p));
+        if ours && !written.contains(&path) {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }

@@ -45,6 +45,14 @@ fn viridis(t: f64) -> RGBColor {
     RGBColor(mix(A[i].0, A[i + 1].0), mix(A[i].1, A[i + 1].1), mix(A[i].2, A[i + 1].2))
 }
 
+/// Where a plot is drawn before it is renamed to `path` (a kill while drawing leaves no
+/// truncated PNG under its final name); `.png` kept, which the encoder reads the format from.
+fn tmp_png(path: impl AsRef<Path>) -> PathBuf {
+    let path = path.as_ref();
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{stem}.tmp{}.png", std::process::id()))
+}
+
 fn palette(i: usize) -> RGBColor {
     [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)][i % 4]
 }
@@ -70,7 +78,11 @@ pub fn write_all(rows: &[Row], fact: &[Row], contrasts: &[Row], dir: &Path) -> R
     let (subspace, rows) = (&subspace[..], &rows[..]);
     register_font();
     std::fs::create_dir_all(dir)?;
-    let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
+    // The measured powers, from the Pearson rows (the subspace rows carry power 1 regardless).
+    let powers = distinct(rows.iter().filter(|r| r.metric == "pearson").map(|r| r.power.to_bits()))
+        .into_iter()
+        .map(f64::from_bits)
+        .collect::<Vec<_>>();
     let weights = distinct(rows.iter().map(|r| r.weights.clone()));
     let bars = if rows.iter().chain(fact).any(|r| r.ci.is_some()) { " (bars: 95% jackknife interval)" } else { "" };
     let mut written = Vec::new();
@@ -146,7 +158,8 @@ struct Line<'a> {
 fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
     let layers = distinct(lines.iter().flat_map(|l| l.rows.iter().map(|r| r.layer)));
     let max_layer = layers.iter().copied().max().unwrap_or(0);
-    let root = BitMapBackend::new(path, (1400, 800)).into_drawing_area();
+    let tmp = tmp_png(path);
+    let root = BitMapBackend::new(&tmp, (1400, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
     let panels = root.split_evenly((2, 4));
@@ -218,6 +231,7 @@ fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
         legend.draw(&Text::new(line.label.clone(), (80, y - 8), ("sans-serif", 15))).map_err(err)?;
     }
     root.present().map_err(err)?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 
@@ -257,7 +271,8 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, contrasts: &[R
     let (vmin, vmax) = cells.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), c| (a.min(c.2), b.max(c.2)));
     let span = if vmax > vmin { vmax - vmin } else { 1e-9 };
     let t = |v: f64| (v - vmin) / span;
-    let root = BitMapBackend::new(path, (1000, 720)).into_drawing_area();
+    let tmp = tmp_png(path);
+    let root = BitMapBackend::new(&tmp, (1000, 720)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (top, root) = root.split_vertically(64);
     let centred = |size: i32| {
@@ -347,6 +362,7 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, contrasts: &[R
     }))
     .map_err(err)?;
     root.present().map_err(err)?;
+    std::fs::rename(&tmp, path)?;
     Ok(true)
 }
 
@@ -356,7 +372,11 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, contrasts: &[R
 pub fn by_step(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
     register_font();
     std::fs::create_dir_all(dir)?;
-    let powers = distinct(rows.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
+    // The measured powers, from the Pearson rows (the subspace rows carry power 1 regardless).
+    let powers = distinct(rows.iter().filter(|r| r.metric == "pearson").map(|r| r.power.to_bits()))
+        .into_iter()
+        .map(f64::from_bits)
+        .collect::<Vec<_>>();
     let mut steps: Vec<u64> = rows.iter().filter_map(|r| r.step).collect();
     steps.sort_unstable();
     steps.dedup();
@@ -368,7 +388,8 @@ pub fn by_step(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
     for &power in &powers {
         let path = dir.join(format!("by-step-power{}.png", power_label(power)));
         written.push(path.clone());
-        let root = BitMapBackend::new(&path, (1400, 800)).into_drawing_area();
+        let tmp = tmp_png(&path);
+        let root = BitMapBackend::new(&tmp, (1400, 800)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let root = root
             .titled(
@@ -432,6 +453,7 @@ pub fn by_step(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
             }
         }
         root.present().map_err(err)?;
+        std::fs::rename(&tmp, &path)?;
     }
     Ok(written)
 }
@@ -457,7 +479,8 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
     let pad = ((s1 - s0) * 0.04).max(0.5);
     let path = dir.join("trajectory.png");
     let written = path.clone();
-    let root = BitMapBackend::new(&path, (1600, 860)).into_drawing_area();
+    let tmp = tmp_png(&path);
+    let root = BitMapBackend::new(&tmp, (1600, 860)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root
         .titled(
@@ -617,6 +640,7 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, BLACK.filled()))).map_err(err)?;
     }
     root.present().map_err(err)?;
+    std::fs::rename(&tmp, &path)?;
     Ok(written)
 }
 
@@ -652,8 +676,9 @@ pub fn spectrum_plot(lines: &[SpectrumLine], title: &str, path: &Path) -> Result
     }
     let cols = layers.len().clamp(1, 4);
     let rows = layers.len().div_ceil(cols).max(1);
+    let tmp = tmp_png(path);
     let root =
-        BitMapBackend::new(path, ((350 * cols as u32 + 50).max(1100), 320 * rows as u32 + 60)).into_drawing_area();
+        BitMapBackend::new(&tmp, ((350 * cols as u32 + 50).max(1100), 320 * rows as u32 + 60)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
     let panels = root.split_evenly((rows, cols));
@@ -709,5 +734,6 @@ pub fn spectrum_plot(lines: &[SpectrumLine], title: &str, path: &Path) -> Result
         panels[0].draw(&Text::new(label.clone(), (106, y - 7), ("sans-serif", 13))).map_err(err)?;
     }
     root.present().map_err(err)?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -69,7 +69,11 @@ const HOW_TO_READ: &str = "How to read: the NFA says a trained layer's weight Gr
 /// The highest and lowest per-head correlations of the pretrained weights (the last step shown
 /// of a series) at α = 1 (else the first power), with each head's random-init value.
 pub fn heads_summary(rows: &[Row], n: usize) -> Result<String> {
-    let pre: Vec<&Row> = rows.iter().filter(|r| r.weights.starts_with("pretrained") && r.head.is_some()).collect();
+    // Pearson rows only: the subspace rows carry power 1 whatever powers the run measured.
+    let pre: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.weights.starts_with("pretrained") && r.head.is_some() && r.metric == "pearson")
+        .collect();
     let Some(last) = pre
         .iter()
         .filter_map(|r| r.step)
@@ -127,7 +131,11 @@ struct Column<'a> {
 /// power of the NFA, then one for FACT, each with a column per weights setting (for contrasts:
 /// per step of a series).
 fn blocks<'a>(nfa: &'a [Row], fact: &'a [Row], weights: &[String], mark_zero: bool) -> Vec<(String, Vec<Column<'a>>)> {
-    let powers = distinct(nfa.iter().map(|r| r.power.to_bits())).into_iter().map(f64::from_bits).collect::<Vec<_>>();
+    // The measured powers, from the Pearson rows (the subspace rows carry power 1 regardless).
+    let powers = distinct(nfa.iter().filter(|r| r.metric == "pearson").map(|r| r.power.to_bits()))
+        .into_iter()
+        .map(f64::from_bits)
+        .collect::<Vec<_>>();
     let header = |w: &str| match (mark_zero, w.rsplit_once('@')) {
         (true, Some((_, step))) => format!("step {step}"),
         (true, None) => "pretrained − random-init".to_string(),
