@@ -71,14 +71,8 @@ pub fn check_output(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()> {
                 input.display()
             );
         }
-        if inp.is_dir() && out_full.as_ref().is_some_and(|o| o.starts_with(&inp)) {
-            crate::bail_bad!(
-                "{flag} {} is inside the input folder {}, where it would become part of the input; write it elsewhere",
-                out.display(),
-                input.display()
-            );
-        }
     }
+    check_output_dir(out, flag, inputs)?;
     std::fs::create_dir_all(&parent)
         .map_err(|e| crate::bad!("{flag} {}: cannot create its folder {}: {e}", out.display(), parent.display()))?;
     let probe = parent.join(format!(".agop-write-probe{}", std::process::id()));
@@ -91,9 +85,9 @@ pub fn check_output(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()> {
     }
 }
 
-/// Check an output folder before any work: it is not inside one of the input folders among
-/// `inputs` (where it would become part of the input). Inputs that are not local paths are
-/// skipped.
+/// Check an output (a folder, or a file) before any work: it is not inside one of the input
+/// folders among `inputs` (where it would become part of the input). Inputs that are not local
+/// paths are skipped.
 pub fn check_output_dir(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()> {
     let Some(out_full) = resolved(out) else { return Ok(()) };
     for input in inputs {
