@@ -297,9 +297,10 @@ fn run_ok(dir: &Path, args: &[&str]) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o))
 }
 
-/// A pipeline run again after its corpus file was edited tokenizes and measures again; switching
-/// features off removes the old features table; plots and report blocks follow the powers now
-/// measured; a user's folder where the pipeline writes its model is never deleted; flags of
+/// Run again with features off, the old features table goes; plots and report blocks follow the
+/// powers now measured, and a user's PNGs beside them stay; a user's folder where the pipeline
+/// writes its model is never deleted, and one left half-written by a stopped run is not taken for
+/// the user's; `--out` inside the corpus folder is refused before anything is written; flags of
 /// another stage are refused.
 #[test]
 fn pipelines_run_again_follow_what_changed() {
@@ -307,14 +308,11 @@ fn pipelines_run_again_follow_what_changed() {
     let dir = tmp.path();
     let p = quick_pipeline(dir, "p.toml", "[correlate]\npowers = [0.5, 1.0]\n");
     run_ok(dir, &["run", "p.toml", "--out", "o"]);
-    let tokens = std::fs::read(dir.join("o/tokens.parquet")).unwrap();
     assert!(dir.join("o/features.parquet").is_file() && dir.join("o/plots/by-layer-power1.png").is_file());
-    // The text changes, the file name does not.
-    std::fs::write(dir.join("corpus.txt"), "Now is the winter of our discontent made glorious summer. ".repeat(12))
-        .unwrap();
-    let out = run_ok(dir, &["run", "p.toml", "--out", "o"]);
-    assert!(!out.contains("[tokenize] o/tokens.parquet is up to date"), "{out}");
-    assert_ne!(std::fs::read(dir.join("o/tokens.parquet")).unwrap(), tokens);
+    let mine = ["heads-up-my-notes.png", "trajectory-of-my-thesis.png", "by-layer-figure-2.png"];
+    for n in mine {
+        std::fs::write(dir.join("o/plots").join(n), "my figure").unwrap();
+    }
     // Powers without 1, features off: no α = 1 block, no power-1 plots, no features table.
     quick_pipeline(dir, "p.toml", "[correlate]\npowers = [2.0]\n[features]\nenabled = false\n");
     let out = run_ok(dir, &["run", "p.toml", "--out", "o"]);
@@ -327,6 +325,23 @@ fn pipelines_run_again_follow_what_changed() {
         .collect();
     assert!(plots.iter().all(|n| !n.contains("power1") && !n.contains("power0.5") && !n.starts_with('.')), "{plots:?}");
     assert!(plots.iter().any(|n| n == "by-layer-power2.png"), "{plots:?}");
+    for n in mine {
+        assert_eq!(std::fs::read_to_string(dir.join("o/plots").join(n)).unwrap(), "my figure");
+    }
+    // A stopped run's half-written model (its temporary folder) is cleared by the next run.
+    std::fs::remove_dir_all(dir.join("o/model")).unwrap();
+    std::fs::create_dir_all(dir.join("o/.model.partial")).unwrap();
+    std::fs::write(dir.join("o/.model.partial/config.json"), "{").unwrap();
+    run_ok(dir, &["run", "p.toml", "--out", "o"]);
+    assert!(dir.join("o/model/.agop-init").is_file() && !dir.join("o/.model.partial").exists());
+
+    // The run folder inside the corpus folder.
+    std::fs::create_dir_all(dir.join("texts")).unwrap();
+    std::fs::copy(dir.join("corpus.txt"), dir.join("texts/a.txt")).unwrap();
+    let inside = std::fs::read_to_string(&p).unwrap().replace("\"corpus.txt\"", "\"texts\"");
+    std::fs::write(dir.join("pin.toml"), inside).unwrap();
+    assert_bad(&agop_in(dir, &["run", "pin.toml", "--out", "texts/run"]), &["texts/run", "inside the input folder"]);
+    assert!(!dir.join("texts/run").exists());
 
     // A model folder the pipeline did not write is the user's.
     std::fs::create_dir_all(dir.join("u/model")).unwrap();
@@ -395,4 +410,20 @@ fn slurm_header_values_are_checked() {
     }
     assert!(!dir.join("o/slurm").exists() && !dir.join("out dir/slurm").exists());
     run_ok(dir, &["slurm", "p.toml", "--shards", "2", "--out", "o"]);
+}
+
+/// A finished `[train]` pipeline stays finished when its corpus can no longer be read (moved, or
+/// not mounted where a later stage runs): the run again redoes nothing.
+#[test]
+fn a_finished_training_pipeline_does_not_need_its_corpus_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    quick_pipeline(dir, "p.toml", "[train]\nsteps = 2\nbatch = 2\neval_windows = 2\n[features]\nenabled = false\n");
+    run_ok(dir, &["run", "p.toml", "--out", "o"]);
+    std::fs::rename(dir.join("corpus.txt"), dir.join("moved.txt")).unwrap();
+    let out = run_ok(dir, &["run", "p.toml", "--out", "o"]);
+    assert!(out.contains("[train]") && out.contains("is up to date (2 steps)"), "{out}");
+    for what in ["tokens.parquet", "gop-pretrained@checkpoint-2.safetensors", "correlations.parquet"] {
+        assert!(out.contains(&format!("{what} is up to date")), "{out}");
+    }
 }

@@ -103,11 +103,19 @@ fn pipeline_model(p: &Pipeline, out: &Path, quiet: bool) -> Result<ResolvedModel
                     ),
                 );
                 // The pipeline's own folder: a stale model is replaced (init-model refuses to).
+                // Written and stamped in a temporary folder, then renamed: a run stopped midway
+                // leaves no unstamped model/ (which the next run would take for the user's).
+                let partial = out.join(".model.partial");
+                if partial.exists() {
+                    std::fs::remove_dir_all(&partial)?;
+                }
+                init_model(&cfg_path, p.model.init_seed, &partial)?;
+                write_atomic(&partial.join(".agop-init"), key.as_bytes())?;
                 if dir.exists() {
                     std::fs::remove_dir_all(&dir)?;
                 }
-                init_model(&cfg_path, p.model.init_seed, &dir)?;
-                write_atomic(&stamp, key.as_bytes())?;
+                std::fs::rename(&partial, &dir)
+                    .with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
             } else {
                 say(quiet, format!("[model] {} is up to date", dir.display()));
             }
@@ -245,6 +253,9 @@ fn record_path(out: &Path) -> PathBuf {
 /// Stage 1: the model (fetched, or written by init-model), its record `model.json`, and
 /// tokens.parquet.
 pub fn prepare(p: &Pipeline, out: &Path, quiet: bool) -> Result<Prepared> {
+    // Before anything is written there: a run folder inside a corpus folder would become corpus.
+    let sources: Vec<PathBuf> = p.sources().iter().map(PathBuf::from).collect();
+    crate::util::fs::check_output_dir(out, "--out", &sources)?;
     let existed = out.exists();
     std::fs::create_dir_all(out)?;
     let model = pipeline_model(p, out, quiet).inspect_err(|_| {
@@ -315,40 +326,11 @@ fn tokens_key(p: &Pipeline, model_sha: &str) -> String {
     fingerprint(&[
         model_sha,
         &p.sources().join("\n"),
-        &corpus_stamps(&p.sources()),
         &p.corpus.seq_len.to_string(),
         &format!("{:?}", p.corpus.max_tokens),
         &p.corpus.text_column,
         &p.corpus.skip_invalid_utf8.to_string(),
     ])
-}
-
-/// Every local corpus file's path, size and modification time (folders walked, links
-/// followed, each folder once), so that an edited, added or removed file tokenizes again.
-/// Hub and built-in sources are named by their source string alone.
-fn corpus_stamps(sources: &[String]) -> String {
-    fn walk(path: &Path, seen: &mut std::collections::HashSet<PathBuf>, out: &mut Vec<String>) {
-        let Ok(meta) = std::fs::metadata(path) else { return };
-        if meta.is_dir() {
-            if !std::fs::canonicalize(path).is_ok_and(|c| seen.insert(c)) {
-                return;
-            }
-            let mut entries: Vec<PathBuf> =
-                std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
-            entries.sort();
-            for e in entries {
-                walk(&e, seen, out);
-            }
-        } else {
-            let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            out.push(format!("{} {} {:?}", path.display(), meta.len(), mtime));
-        }
-    }
-    let (mut seen, mut out) = (Default::default(), Vec::new());
-    for src in sources.iter().filter(|s| !s.starts_with("hf://") && !s.starts_with("builtin:")) {
-        walk(Path::new(src), &mut seen, &mut out);
-    }
-    out.join("\n")
 }
 
 fn finish_prepared(out: &Path, model: ResolvedModel, tokens: PathBuf) -> Result<Prepared> {

@@ -335,19 +335,58 @@ pub fn distinct<T: PartialEq + Clone>(it: impl Iterator<Item = T>) -> Vec<T> {
     out
 }
 
-/// The names agop's plots take ([`plots`], [`features`]).
-const PLOT_NAMES: &[&str] = &["by-layer-", "heads-", "by-step-", "trajectory", "spectrum"];
+/// Is `name` one of the names agop's plots take ([`plots`], [`features`]): the fixed ones, and
+/// `by-layer-power<α>.png`, `by-step-power<α>.png`, `heads-<module>-<weights>-power<α>.png`
+/// with α a number?
+fn is_plot_name(name: &str) -> bool {
+    const FIXED: &[&str] =
+        &["by-layer-fact.png", "by-layer-subspace.png", "trajectory.png", "spectrum.png", "spectrum-by-step.png"];
+    let Some(stem) = name.strip_suffix(".png") else { return false };
+    let power = |rest: &str| rest.parse::<f64>().is_ok();
+    FIXED.contains(&name)
+        || stem.strip_prefix("by-layer-power").is_some_and(power)
+        || stem.strip_prefix("by-step-power").is_some_and(power)
+        || stem.strip_prefix("heads-").and_then(|r| r.rsplit_once("-power")).is_some_and(|(_, a)| power(a))
+}
 
-/// Remove the plots in `dir` this report did not write: agop's names only (a PNG of the
-/// user's stays), so that plots of an earlier run's powers, weights or FACT are not shown as
-/// this run's.
+/// Remove the plots in `dir` this report did not write: agop's names only ([`is_plot_name`]; a
+/// PNG of the user's stays), so that plots of an earlier run's powers, weights or FACT are not
+/// shown as this run's.
 fn remove_stale_plots(dir: &Path, written: &[std::path::PathBuf]) -> Result<()> {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let (path, name) = (e.path(), e.file_name().to_string_lossy().into_owned());
-        let ours = name.ends_with(".png") && PLOT_NAMES.iter().any(|p| name.starts_with(p));
-        if ours && !written.contains(&path) {
+        let path = e.path();
+        if is_plot_name(&e.file_name().to_string_lossy()) && !written.contains(&path) {
             std::fs::remove_file(&path)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// agop's plot names, and names a user might give that only look like them.
+    #[test]
+    fn plot_names() {
+        for ours in [
+            "by-layer-power0.5.png",
+            "by-layer-power1e-300.png",
+            "heads-q-pretrained@step100-power1.png",
+            "heads-attention.k-random-init-seed3-power2.png",
+            "by-step-power1.png",
+            "trajectory.png",
+            "spectrum.png",
+        ] {
+            assert!(super::is_plot_name(ours), "{ours}");
+        }
+        for theirs in [
+            "heads-up-my-notes.png",
+            "trajectory-of-my-thesis.png",
+            "spectrum-analyzer.png",
+            "by-layer-old-paper-figure.png",
+            "by-layer-power0.5.svg",
+            "heads-q-x-powerful.png",
+        ] {
+            assert!(!super::is_plot_name(theirs), "{theirs}");
+        }
+    }
 }

@@ -215,7 +215,8 @@ fn read_record(out: &Path) -> Option<SettingsRecord> {
 }
 
 /// Has the run in `out` been trained to the end with exactly these settings, on the corpus text
-/// its sources hold now (read again to check)?
+/// its sources hold now (read again to check)? A corpus that cannot be read any more (moved,
+/// or not mounted where a later stage runs) does not undo a finished run.
 pub fn is_finished(out: &Path, s: &TrainSettings) -> Result<bool> {
     let Some(old) = read_record(out).filter(|r| &r.settings == s) else { return Ok(false) };
     if !(checkpoint_dir(out, s.steps).join("trainer_state.json").is_file() && out.join("train.parquet").is_file()) {
@@ -223,7 +224,7 @@ pub fn is_finished(out: &Path, s: &TrainSettings) -> Result<bool> {
     }
     let Some(recorded) = old.corpus_sha256 else { return Ok(true) };
     let corpus = CorpusOptions { text_column: s.text_column.clone(), skip_invalid_utf8: false };
-    Ok(data::read_corpus_sha256(&s.sources, &corpus)? == recorded)
+    Ok(data::read_corpus_sha256(&s.sources, &corpus).map_or(true, |now| now == recorded))
 }
 
 /// Does `out` hold a saved checkpoint (anything a run could resume from or would replace)?
