@@ -189,7 +189,7 @@ pub fn run(command: Command) -> Result<()> {
             eprintln!("{n} windows of {} tokens → {}", a.seq_len, a.out.display());
         }
         Command::Report { dir } => {
-            println!("{}", agop::report::report(&dir)?);
+            agop::util::print_stdout(&agop::report::report(&dir)?)?;
         }
         Command::Measure(a) => {
             let (gop, timing) = measure::run::measure_timed(&a.model.resolve()?, &a.tokens, &a.out, &a.options()?)?;

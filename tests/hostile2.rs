@@ -217,6 +217,19 @@ fn powers_repeated_or_extreme() {
     let o = agop_in(dir, &["report", "tiny"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.join("tiny/plots/by-layer-power1e-300.png").is_file());
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("AGOP^1e-300 (α = 1e-300)") && !table.contains("0.0000000"), "{table}");
+    // A reader that goes away before the report is printed (`agop report … | head`): no panic.
+    let mut child = Command::new(agop_bin())
+        .current_dir(dir)
+        .args(["report", "tiny"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success() && !stderr(&o).contains("panicked"), "{:?} {}", o.status, stderr(&o));
 }
 
 /// Config values and messages: an initializer_range that is not a positive f32 is exit 2 naming

@@ -682,7 +682,7 @@ pub fn reduce(p: &Pipeline, prep: &Prepared, shards: Option<usize>, quiet: bool)
     }
     let report = crate::report::report(&prep.out)?;
     if !quiet {
-        println!("{report}");
+        crate::util::print_stdout(&report)?;
     }
     Ok(())
 }

@@ -57,9 +57,9 @@ fn palette(i: usize) -> RGBColor {
     [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)][i % 4]
 }
 
-/// A power as plot file names and titles show it: as written (`0.5`) when that is short, else
+/// A power as plot file names, titles and the report's tables show it: as written (`0.5`) when that is short, else
 /// in exponent form (`1e-300`, whose decimal form would outgrow a file name).
-fn power_label(p: f64) -> String {
+pub fn power_label(p: f64) -> String {
     let plain = p.to_string();
     if plain.len() <= 10 {
         plain
@@ -485,8 +485,9 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
     let root = root
         .titled(
             &format!(
-                "Along training: NFA (NFM vs AGOP^{power}, solid) and FACT (dashed), Pearson by step; grey band: \
-                 random-init control; bars: 95% jackknife"
+                "Along training: NFA (NFM vs AGOP^{}, solid) and FACT (dashed), Pearson by step; grey band: \
+                 random-init control; bars: 95% jackknife",
+                power_label(power)
             ),
             ("sans-serif", 21),
         )

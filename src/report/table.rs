@@ -108,7 +108,10 @@ pub fn heads_summary(rows: &[Row], n: usize) -> Result<String> {
         Ok(())
     };
     let n = n.min(heads.len() / 2).max(1);
-    let mut out = format!("\nHeads with the highest and lowest Pearson correlation ({last}, α = {power}):\n");
+    let mut out = format!(
+        "\nHeads with the highest and lowest Pearson correlation ({last}, α = {}):\n",
+        super::plots::power_label(power)
+    );
     for r in &heads[..n] {
         line(&mut out, r)?;
     }
@@ -144,8 +147,13 @@ fn blocks<'a>(nfa: &'a [Row], fact: &'a [Row], weights: &[String], mark_zero: bo
     let cols = |rows: &'a [Row], power: f64| -> Vec<Column<'a>> {
         weights.iter().map(|w| Column { header: header(w), rows, weights: w.clone(), power }).collect()
     };
-    let mut out: Vec<(String, Vec<Column>)> =
-        powers.iter().map(|&p| (format!("NFA: NFM vs AGOP^{p} (α = {p})"), cols(nfa, p))).collect();
+    let mut out: Vec<(String, Vec<Column>)> = powers
+        .iter()
+        .map(|&p| {
+            let a = super::plots::power_label(p);
+            (format!("NFA: NFM vs AGOP^{a} (α = {a})"), cols(nfa, p))
+        })
+        .collect();
     if !fact.is_empty() {
         out.push(("FACT: NFM vs the symmetric part of −WᵀG".to_string(), cols(fact, 1.0)));
     }
