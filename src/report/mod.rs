@@ -376,7 +376,7 @@ mod tests {
             "trajectory.png",
             "spectrum.png",
         ] {
-            assert!(super::is_plot_name(ours), "{ours}");
+            assert!(crate::report::is_plot_name(ours), "{ours}");
         }
         for theirs in [
             "heads-up-my-notes.png",
@@ -386,7 +386,7 @@ mod tests {
             "by-layer-power0.5.svg",
             "heads-q-x-powerful.png",
         ] {
-            assert!(!super::is_plot_name(theirs), "{theirs}");
+            assert!(!crate::report::is_plot_name(theirs), "{theirs}");
         }
     }
 }
