@@ -440,3 +440,105 @@ fn a_finished_training_pipeline_does_not_need_its_corpus_again() {
         assert!(out.contains(&format!("{what} is up to date")), "{out}");
     }
 }
+
+// Left over from the rounds, fixed the same day.
+
+/// One pipeline named two ways (relative from one folder, relative from another, absolute)
+/// is one run: its corpus sources are recorded as absolute paths, so nothing is tokenized or
+/// measured again (before, `agop run p.toml` then `agop run $PWD/p.toml` redid everything, and
+/// `agop slurm --prepare-here` with a relative path left its jobs preparing again).
+#[test]
+fn a_pipeline_named_another_way_is_the_same_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let sub = dir.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    quick_pipeline(&sub, "p.toml", "[features]\nenabled = false\n");
+    run_ok(dir, &["run", "sub/p.toml", "--out", "o"]);
+    let abs = sub.join("p.toml");
+    for (cwd, args) in
+        [(sub.as_path(), vec!["run", "p.toml", "--out", "../o"]), (dir, vec!["run", s(&abs), "--out", "o"])]
+    {
+        let out = run_ok(cwd, &args);
+        for what in ["tokens.parquet", "gop-pretrained.safetensors", "gop-random-init.safetensors"] {
+            assert!(out.contains(&format!("{what} is up to date")), "{args:?}: {out}");
+        }
+    }
+}
+
+/// `agop train` named its corpus `c.txt` in one folder and by its absolute path from another:
+/// the same run (found complete, or resumed), also for a folder written before sources were
+/// recorded as absolute paths (which recorded `c.txt`).
+#[test]
+fn a_training_corpus_named_another_way_is_the_same_corpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("config.json"), TRAIN_CFG).unwrap();
+    std::fs::write(dir.join("c.txt"), "Now is the winter of our discontent made glorious summer. ".repeat(8)).unwrap();
+    let o = train(dir, "c.txt", "run", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let settings = dir.join("run/train-settings.json");
+    let mut rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    let recorded = rec["sources"][0].as_str().unwrap().to_string();
+    assert!(Path::new(&recorded).is_absolute() && recorded.ends_with("c.txt"), "{recorded}");
+    let weights = std::fs::read(dir.join("run/checkpoint-2/model.safetensors")).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(dir.join("config.json"), elsewhere.join("config.json")).unwrap();
+    let (c, run) = (dir.join("c.txt"), dir.join("run"));
+    let o = train(&elsewhere, s(&c), s(&run), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A record as agop wrote it before: the corpus as typed.
+    rec["sources"] = serde_json::json!(["c.txt"]);
+    std::fs::write(&settings, rec.to_string()).unwrap();
+    let o = train(dir, "c.txt", "run", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train(&elsewhere, s(&c), s(&run), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // And a run with other text under the same name is still refused.
+    std::fs::write(dir.join("c.txt"), "Now is the winter. ".repeat(30)).unwrap();
+    assert_bad(&train(&elsewhere, s(&c), s(&run), &[]), &["other text"]);
+    assert_eq!(std::fs::read(dir.join("run/checkpoint-2/model.safetensors")).unwrap(), weights);
+}
+
+/// An output path that reaches into a corpus folder through `..` past a folder that does not
+/// exist yet (`corp/new/../run` is `corp/run`) is refused like `corp/run`.
+#[test]
+fn an_output_inside_the_corpus_through_dot_dot_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("config.json"), TRAIN_CFG).unwrap();
+    std::fs::create_dir_all(dir.join("corp")).unwrap();
+    std::fs::write(dir.join("corp/a.txt"), "Once more unto the breach, dear friends. ".repeat(10)).unwrap();
+    for out in ["corp/new/../run", "corp/./x/y/../../run", "elsewhere/../corp/run"] {
+        assert_bad(&train(dir, "corp", out, &[]), &[out, "inside the input folder"]);
+        assert!(!dir.join("corp/run").exists() && !dir.join("corp/new").exists() && !dir.join("corp/x").exists());
+    }
+    // A path that only passes through the corpus folder and leaves it is fine.
+    let o = train(dir, "corp", "corp/../run", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Weights written by `agop init-model` and `agop train` are readable by whoever can read the
+/// folder's other files (safetensors 0.8 made them 0600, so on a shared cluster a colleague or a
+/// job under another account could not load them).
+#[test]
+fn written_weights_have_the_folders_usual_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("config.json"), TRAIN_CFG).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let o = agop_in(dir, &["init-model", "--config", "config.json", "--out", "m"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(mode(&dir.join("m/model.safetensors")), mode(&dir.join("m/config.json")));
+    std::fs::write(dir.join("c.txt"), "Is this a dagger which I see before me? ".repeat(10)).unwrap();
+    let o = train(dir, "c.txt", "run", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = mode(&dir.join("run/train-settings.json"));
+    assert_ne!(reference & 0o044, 0, "the test's umask hides everything; mode {reference:o}");
+    for f in ["checkpoint-1/model.safetensors", "checkpoint-2/optimizer.safetensors", "checkpoint-2/model.safetensors"]
+    {
+        assert_eq!(mode(&dir.join("run").join(f)), reference, "{f}");
+    }
+}

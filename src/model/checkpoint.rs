@@ -33,11 +33,9 @@ pub fn save_checkpoint(model: &Gpt2, dir: &Path) -> Result<()> {
 fn save_weights(model: &Gpt2, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tensors: HashMap<String, candle_core::Tensor> = model.params.named(&model.cfg).into_iter().collect();
-    let st = dir.join("model.safetensors");
-    let tmp = dir.join("model.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &st)?;
-    Ok(())
+    crate::util::fs::write_atomic_path(&dir.join("model.safetensors"), |tmp| {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })
 }
 
 /// `agop init-model`: a random-init checkpoint in HF layout from a config.json (plus the GPT-2

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::measure::{Estimator, Output};
 use crate::model::{Precision, WeightsKind};
+use crate::tokenize::corpus::canonical_source;
 use crate::{bad, bail_bad};
 
 /// A whole pipeline file.
@@ -543,11 +544,10 @@ impl Pipeline {
             || self.local_series().is_some()
     }
 
-    /// `[model] id` as a local folder, when it is one.
+    /// `[model] id` as a local folder (absolute, links resolved), when it is one.
     pub fn local_dir(&self) -> Option<PathBuf> {
         let id = self.model.id.as_ref()?;
-        let local = self.resolve_path(id);
-        local.is_dir().then_some(local)
+        std::fs::canonicalize(self.resolve_path(id)).ok().filter(|d| d.is_dir())
     }
 
     /// A local folder of checkpoint folders (no config.json of its own): the series' folder.
@@ -654,13 +654,23 @@ impl Pipeline {
     /// A model id: a directory relative to the file if one exists there, else a hub id.
     pub fn model_spec(&self) -> Option<String> {
         let id = self.model.id.as_ref()?;
-        let local = self.resolve_path(id);
-        Some(if local.is_dir() { local.display().to_string() } else { id.clone() })
+        Some(self.local_dir().map_or_else(|| id.clone(), |d| d.display().to_string()))
     }
 
-    /// Corpus sources with relative paths resolved.
+    /// Corpus sources, local paths made absolute ([`canonical_source`]): the same sources
+    /// whether the pipeline file was named by a relative or an absolute path.
     pub fn sources(&self) -> Vec<String> {
         self.corpus.sources.iter().map(|s| self.resolve_source(s)).collect()
+    }
+
+    /// Corpus sources spelled as agop before 2026-12-04 recorded them (relative to the folder of
+    /// the pipeline file as it was named), to recognise tokens those versions wrote.
+    pub fn sources_as_named(&self) -> Vec<String> {
+        let named = |s: &String| match s.starts_with("hf://") || s.starts_with("builtin:") {
+            true => s.clone(),
+            false => self.resolve_path(s).display().to_string(),
+        };
+        self.corpus.sources.iter().map(named).collect()
     }
 
     /// One corpus source with a relative path resolved.
@@ -668,7 +678,7 @@ impl Pipeline {
         if s.starts_with("hf://") || s.starts_with("builtin:") {
             s.to_string()
         } else {
-            self.resolve_path(s).display().to_string()
+            canonical_source(&self.resolve_path(s).display().to_string())
         }
     }
 }

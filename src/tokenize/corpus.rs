@@ -42,6 +42,19 @@ impl Default for CorpusOptions {
     }
 }
 
+/// A corpus source as it is recorded and compared: a local path made absolute with its links
+/// resolved (so that `c.txt`, `./c.txt` and `/home/me/c.txt` are one source, whichever folder a
+/// command runs in), `hf://` and `builtin:` sources as given.
+pub fn canonical_source(src: &str) -> String {
+    if src.starts_with("hf://") || src.starts_with("builtin:") {
+        return src.to_string();
+    }
+    std::fs::canonicalize(src)
+        .or_else(|_| std::path::absolute(src))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| src.to_string())
+}
+
 /// Documents read from all sources, in the order given, with the number of skipped documents.
 pub fn read_sources(sources: &[String], opts: &CorpusOptions) -> Result<(Vec<Document>, usize)> {
     let mut docs = Vec::new();

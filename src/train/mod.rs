@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::checkpoint::{GPT2_MERGES, GPT2_VOCAB};
 use crate::model::ops::loss::cross_entropy_rows;
 use crate::model::{random_init, save_checkpoint, Gpt2, Gpt2Config, Params};
-use crate::tokenize::corpus::CorpusOptions;
+use crate::tokenize::corpus::{canonical_source, CorpusOptions};
 use crate::tokenize::{write_tokens, TokensMeta, Window};
 use crate::util::parquet::{read_parquet, write_parquet};
 use crate::util::{progress_bar, write_atomic};
@@ -126,6 +126,7 @@ impl TrainSettings {
         if self.sources.is_empty() {
             bail_bad!("--corpus: give at least one source");
         }
+        self.sources = canonical_sources(&self.sources);
         Ok(self)
     }
 
@@ -210,8 +211,17 @@ struct SettingsRecord {
     corpus_sha256: Option<String>,
 }
 
+/// The folder's recorded settings. Runs from before 2026-12-04 recorded sources as typed
+/// (`c.txt`); they are read as absolute paths from the working folder, as agop records them now.
 fn read_record(out: &Path) -> Option<SettingsRecord> {
-    serde_json::from_str(&std::fs::read_to_string(settings_path(out)).ok()?).ok()
+    let mut r: SettingsRecord = serde_json::from_str(&std::fs::read_to_string(settings_path(out)).ok()?).ok()?;
+    r.settings.sources = canonical_sources(&r.settings.sources);
+    Some(r)
+}
+
+/// Local corpus paths as absolute paths ([`canonical_source`]).
+fn canonical_sources(sources: &[String]) -> Vec<String> {
+    sources.iter().map(|s| canonical_source(s)).collect()
 }
 
 /// Has the run in `out` been trained to the end with exactly these settings, on the corpus text
@@ -322,8 +332,11 @@ fn last_checkpoint(out: &Path, s: &TrainSettings) -> Option<(u64, PathBuf)> {
 fn check_same_run(out: &Path, s: &TrainSettings) -> Result<()> {
     let path = settings_path(out);
     let text = std::fs::read_to_string(&path)?;
-    let old: serde_json::Value =
+    let mut old: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad!("{}: not a training settings file: {e}", path.display()))?;
+    if let Some(Ok(sources)) = old.get("sources").map(|v| serde_json::from_value::<Vec<String>>(v.clone())) {
+        old["sources"] = serde_json::to_value(canonical_sources(&sources))?;
+    }
     let new = serde_json::to_value(s)?;
     let fields: Vec<String> = new
         .as_object()

@@ -27,7 +27,12 @@ pub fn write_atomic_path(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     }
     let tmp = tmp_name(path);
     let result = (|| {
+        // The mode a file created here gets (0644 under the usual umask): a writer that makes
+        // its file another way (safetensors 0.8 renames a private 0600 temporary file onto
+        // `tmp`) must not leave a model others on a shared cluster cannot read.
+        let mode = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?.metadata()?.permissions();
         write(&tmp)?;
+        std::fs::set_permissions(&tmp, mode)?;
         File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
     })();
@@ -105,16 +110,31 @@ pub fn check_output_dir(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()
     Ok(())
 }
 
-/// `path` made absolute through its nearest existing ancestor, links resolved there (the rest
-/// need not exist yet); `None` for a path with `..` past what exists.
+/// `path` made absolute through its nearest existing ancestor, links resolved there; the rest
+/// need not exist yet, and its `.` and `..` are taken as the folders it would create
+/// (`corpus/new/../run` is `corpus/run`). `None` only for a path with no existing ancestor.
 fn resolved(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
     let mut tail = Vec::new();
+    // `..`s met in the part that does not exist, not yet applied to the folder before them.
+    let mut up = 0usize;
     let mut cur = path.to_path_buf();
     loop {
-        if let Ok(c) = std::fs::canonicalize(&cur) {
+        if let Ok(mut c) = std::fs::canonicalize(&cur) {
+            for _ in 0..up {
+                c = c.parent().map(Path::to_path_buf).unwrap_or(c);
+            }
             return Some(tail.iter().rev().fold(c, |acc: PathBuf, n| acc.join(n)));
         }
-        tail.push(cur.file_name()?.to_owned());
+        match cur.components().next_back()? {
+            Component::ParentDir => up += 1,
+            Component::Normal(_) if up > 0 => up -= 1,
+            Component::Normal(name) => tail.push(name.to_owned()),
+            // `.` alone that cannot be resolved: the working folder is gone.
+            Component::CurDir if cur.as_os_str() == "." => return None,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
         cur = folder_of(&cur);
     }
 }
