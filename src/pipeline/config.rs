@@ -663,22 +663,23 @@ impl Pipeline {
         self.corpus.sources.iter().map(|s| self.resolve_source(s)).collect()
     }
 
-    /// Corpus sources spelled as agop before 2026-12-04 recorded them (relative to the folder of
+    /// Corpus sources spelled as agop before 2026-12-03 recorded them (relative to the folder of
     /// the pipeline file as it was named), to recognise tokens those versions wrote.
     pub fn sources_as_named(&self) -> Vec<String> {
-        let named = |s: &String| match s.starts_with("hf://") || s.starts_with("builtin:") {
-            true => s.clone(),
-            false => self.resolve_path(s).display().to_string(),
-        };
-        self.corpus.sources.iter().map(named).collect()
+        self.corpus.sources.iter().map(|s| self.source_as_named(s)).collect()
     }
 
     /// One corpus source with a relative path resolved.
     fn resolve_source(&self, s: &str) -> String {
+        canonical_source(&self.source_as_named(s))
+    }
+
+    /// One corpus source, a relative path joined to the pipeline file's folder as named.
+    fn source_as_named(&self, s: &str) -> String {
         if s.starts_with("hf://") || s.starts_with("builtin:") {
             s.to_string()
         } else {
-            canonical_source(&self.resolve_path(s).display().to_string())
+            self.resolve_path(s).display().to_string()
         }
     }
 }

@@ -334,7 +334,7 @@ fn tokens_key(p: &Pipeline, model_sha: &str, sources: &[String]) -> String {
 }
 
 /// Was tokens.parquet made from these inputs? Tokens written before sources were recorded as
-/// absolute paths (2026-12-04) count when the pipeline file is named as it was then, so that an
+/// absolute paths (2026-12-03) count when the pipeline file is named as it was then, so that an
 /// upgrade does not tokenize and measure everything again.
 fn tokens_up_to_date(p: &Pipeline, tokens: &Path, model_sha: &str) -> bool {
     has_inputs_key(tokens, &tokens_key(p, model_sha, &p.sources()))

@@ -211,7 +211,7 @@ struct SettingsRecord {
     corpus_sha256: Option<String>,
 }
 
-/// The folder's recorded settings. Runs from before 2026-12-04 recorded sources as typed
+/// The folder's recorded settings. Runs from before 2026-12-03 recorded sources as typed
 /// (`c.txt`); they are read as absolute paths from the working folder, as agop records them now.
 fn read_record(out: &Path) -> Option<SettingsRecord> {
     let mut r: SettingsRecord = serde_json::from_str(&std::fs::read_to_string(settings_path(out)).ok()?).ok()?;
