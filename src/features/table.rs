@@ -1,4 +1,5 @@
-//! `features.parquet` and `feature-overlap.parquet` (docs/reference.md §5).
+//! `features.parquet` and `feature-overlap.parquet` (docs/reference.md §5 points to their columns
+//! in docs/features.md).
 
 use anyhow::Result;
 use polars::prelude::*;

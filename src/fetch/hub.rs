@@ -53,7 +53,9 @@ fn explain(e: HFError, what: &str) -> anyhow::Error {
             "{what}: {path} is not in the cache {} and HF_HUB_OFFLINE is set; run once with network (or unset HF_HUB_OFFLINE)",
             cache_dir().display()
         ),
-        other @ (HFError::Request { .. } | HFError::Io(_) | HFError::Http { .. } | HFError::RateLimited { .. }) => bad!(
+        // Not bad input but a failure that may pass (network, rate limit): exit 1, which a job
+        // wrapper may retry.
+        other @ (HFError::Request { .. } | HFError::Io(_) | HFError::Http { .. } | HFError::RateLimited { .. }) => anyhow::anyhow!(
             "{what}: cannot reach the Hugging Face hub at {ep}: {other}. Without network: use a local model directory \
              (`--model DIR` for fetch, tokenize, measure and correlate; for `agop run`, id = \"DIR\" under [model] in \
              a pipeline file; DIR holds config.json and model.safetensors), point HF_ENDPOINT at a reachable mirror, or \

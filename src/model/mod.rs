@@ -1,5 +1,5 @@
-//! The network: GPT-2's config, its parameter schema, weights (load, random-init, save), the
-//! forward pass and the hand-written backward, the CPU kernels they run on, the module list, and
+//! The networks: GPT-2 (here) and GPT-NeoX (`neox/`), each with its config, parameter schema,
+//! weights (load, random-init; GPT-2 also save), the forward pass and the hand-written backward, the CPU kernels they run on, the module list, and
 //! the [`Network`] trait through which the measurement talks to it.
 //!
 //! Every function that makes tensors takes the [`Device`] as data; only `ops/` is CPU-specific.

@@ -1,7 +1,7 @@
 //! The seam between a network and the measurement: what `measure` needs from a model. GPT-2
-//! ([`super::Gpt2`]) is the one implementation; a second architecture implements this trait
-//! (and lists its modules) and the estimators, GOP sums and checkpointed measure loop work
-//! unchanged. The device is the network's: every tensor the measurement makes is put there.
+//! ([`super::Gpt2`]) and GPT-NeoX ([`super::neox::GptNeoX`]) implement it; each lists its
+//! modules in the architecture-neutral table, and the estimators, GOP sums and checkpointed
+//! measure loop work unchanged for both (and for a third architecture that implements it). The device is the network's: every tensor the measurement makes is put there.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};

@@ -1,4 +1,6 @@
-//! GPT-2 weights: loading HF safetensors or PyTorch `pytorch_model.bin` (with or without the
+//! Weight files of every architecture ([`load_tensors`]: safetensors, sharded indexes, PyTorch
+//! `.bin`, nanoGPT `ckpt.pt`, read by name with shape, dtype and finiteness checks), and GPT-2's
+//! weights on top: loading HF safetensors or PyTorch `pytorch_model.bin` (with or without the
 //! `transformer.` prefix, Conv1D [in, out] layout, F32/F16/BF16) and the docs/reference.md §4 random-init control, both through the one
 //! schema of [`Params::build`], onto a given device.
 

@@ -746,10 +746,13 @@ fn estimate_line(p: &Pipeline, prep: &Prepared) -> Result<String> {
         Some(s) => format!("about {:.0} min on {threads} threads", (s / 60.0).max(1.0)),
         None => "time not estimated (GPU or exact estimator)".to_string(),
     };
+    let measurements: u64 = p.measure.weights.iter().map(|&w| p.measurement_count(w) as u64).sum();
     Ok(format!(
-        "[estimate] measuring {} tokens{}: {time}, {:.1} GB of GOP files in {} (a rough guide, scaled from GPT-2 \
-         small's {REFERENCE_RATE} tokens/s on 2 threads; the progress bars show the real rate)",
+        "[estimate] measuring everything: {} tokens ({measurements} measurements × {} tokens){}: {time}, {:.1} GB \
+         of GOP files in {} (a rough guide, scaled from GPT-2 small's {REFERENCE_RATE} tokens/s on 2 threads; \
+         measurements already up to date are skipped below; the progress bars show the real rate)",
         e.tokens,
+        e.tokens / measurements.max(1),
         if p.measure.fact { " with FACT" } else { "" },
         e.bytes as f64 / 1e9,
         prep.out.display()

@@ -106,7 +106,8 @@ pub fn features_text(corr: &[Row], features: Option<&[FeatureRow]>) -> Result<St
         let shown: Vec<&String> = weights.iter().collect();
         out.push_str(&wrap(
             "\nSubspace agreement (subspace-4): how much of the NFM's top-4 eigenspace the AGOP's top-4 eigenspace \
-             holds, ‖U₄ᵀV₄‖²/4 (1: the same directions; about 4/d for unrelated ones; heads: median):\n",
+             holds, ‖U₄ᵀV₄‖²/4 (1: the same directions; about 4/d for unrelated ones; heads: median). The 95% \
+             intervals are centred on the jackknife's bias-corrected value, so near 1 they can reach past it:\n",
             TEXT_WIDTH,
         ));
         let mut header = format!("{:>5}  {:<26}", "layer", "module");

@@ -1,5 +1,7 @@
 //! PNG plots (plotters, bitmap backend, a font shipped in the repo): correlation by layer for
-//! each module, pretrained against random-init; and layer × head heatmaps for q, k and v.
+//! each module, pretrained against random-init (NFA and FACT); layer × head heatmaps for q, k
+//! and v; a checkpoint series' correlation by step and its trajectory panel (with the eval
+//! loss); and the eigenvalue spectra of `agop features`.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +12,9 @@ use plotters::style::FontStyle;
 use super::{cell_ci, distinct, head_module_names, module_names, Row};
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+// Text sizes are even: plotters 0.3.7's ab_glyph text places each glyph at (size / 2 + its top)
+// truncated to a pixel, so at odd sizes glyphs that sit low (the period) are drawn a pixel higher
+// than the rest ("attn·c_attn", "0·5").
 
 fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -179,7 +184,7 @@ fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
         let all: Vec<_> = lines.iter().flat_map(cells_of).collect();
         let ys = all.iter().flat_map(|&(_, v, ci)| [Some(v), ci.map(|c| c.0), ci.map(|c| c.1)]).flatten();
         let mut chart = ChartBuilder::on(&panels[i])
-            .caption(panel_caption(m, &heads), ("sans-serif", 17))
+            .caption(panel_caption(m, &heads), ("sans-serif", 16))
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(52)
@@ -228,7 +233,7 @@ fn by_layer(lines: &[Line], title: &str, path: &Path) -> Result<()> {
             legend.draw(&PathElement::new(vec![(30, y), (67, y)], st)).map_err(err)?;
         }
         legend.draw(&Circle::new((48, y), 3, line.color.filled())).map_err(err)?;
-        legend.draw(&Text::new(line.label.clone(), (80, y - 8), ("sans-serif", 15))).map_err(err)?;
+        legend.draw(&Text::new(line.label.clone(), (80, y - 8), ("sans-serif", 16))).map_err(err)?;
     }
     root.present().map_err(err)?;
     std::fs::rename(&tmp, path)?;
@@ -282,13 +287,15 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, contrasts: &[R
         ))
     };
     let title = format!("{module} ({weights}): Pearson(NFM, AGOP^{}) by layer and head", power_label(power));
-    top.draw(&Text::new(title, (500, 20), centred(19))).map_err(err)?;
+    top.draw(&Text::new(title, (500, 20), centred(20))).map_err(err)?;
     let note = if !weights.starts_with("pretrained") {
         "colours scaled to this plot's range (colour bar)".to_string()
     } else if contrasts.is_empty() {
         "colours scaled to this plot's range; no contrasts.parquet, so no outlines".to_string()
     } else {
-        "red outline: the pretrained − random-init 95% interval includes 0 (not different from random-init)".to_string()
+        "colours: this plot's range; red outline: the pretrained − random-init 95% interval includes 0 (not \
+         different from random-init)"
+            .to_string()
     };
     top.draw(&Text::new(note, (500, 48), centred(14))).map_err(err)?;
     let (main, bar) = root.split_horizontally(880);
@@ -308,7 +315,7 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, contrasts: &[R
         .x_label_formatter(&int_label)
         .y_label_formatter(&int_label)
         .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
         .disable_mesh()
         .draw()
         .map_err(err)?;
@@ -352,7 +359,7 @@ fn heatmap(rows: &[Row], weights: &str, module: &str, power: f64, contrasts: &[R
         .y_desc("Pearson")
         .y_label_formatter(&|y| format!("{y:.3}"))
         .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(err)?;
     let n = 100;
@@ -422,7 +429,7 @@ pub fn by_step(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
             let level = (!control.is_empty()).then(|| super::median(control));
             let ys = traces.iter().flatten().map(|p| p.1).chain(level);
             let mut chart = ChartBuilder::on(&panels[i])
-                .caption(panel_caption(m, &heads), ("sans-serif", 17))
+                .caption(panel_caption(m, &heads), ("sans-serif", 16))
                 .margin(8)
                 .x_label_area_size(30)
                 .y_label_area_size(52)
@@ -489,7 +496,7 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
                  random-init control; bars: 95% jackknife",
                 power_label(power)
             ),
-            ("sans-serif", 21),
+            ("sans-serif", 20),
         )
         .map_err(err)?;
     let panels = root.split_evenly((2, 4));
@@ -527,7 +534,7 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
         let yr = y_range(ys.into_iter());
         let (lo, hi) = (yr.start, yr.end);
         let mut chart = ChartBuilder::on(&panels[i])
-            .caption(panel_caption(m, &heads), ("sans-serif", 17))
+            .caption(panel_caption(m, &heads), ("sans-serif", 16))
             .margin(8)
             .x_label_area_size(34)
             .y_label_area_size(52)
@@ -599,7 +606,7 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
                 .position(SeriesLabelPosition::LowerRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
-                .label_font(("sans-serif", 13))
+                .label_font(("sans-serif", 14))
                 .draw()
                 .map_err(err)?;
         }
@@ -607,13 +614,13 @@ pub fn trajectory(rows: &[Row], fact: &[Row], eval_loss: &[(u64, f64)], dir: &Pa
     // The last panel: the eval loss on the same step axis.
     let last = &panels[7];
     if eval_loss.is_empty() {
-        last.draw(&Text::new("no training log (train.parquet) for this run", (20, 40), ("sans-serif", 15)))
+        last.draw(&Text::new("no training log (train.parquet) for this run", (20, 40), ("sans-serif", 16)))
             .map_err(err)?;
     } else {
         let (lo, hi) = eval_loss.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
         let margin = ((hi - lo) * 0.08).max(0.01);
         let mut chart = ChartBuilder::on(last)
-            .caption("eval loss (held-out windows)", ("sans-serif", 17))
+            .caption("eval loss (held-out windows)", ("sans-serif", 16))
             .margin(8)
             .x_label_area_size(34)
             .y_label_area_size(52)
@@ -732,7 +739,7 @@ pub fn spectrum_plot(lines: &[SpectrumLine], title: &str, path: &Path) -> Result
         let y = h as i32 - 50 - 18 * (labels.len() - k) as i32;
         let style = spectrum_color(*color).stroke_width(3);
         panels[0].draw(&PathElement::new(vec![(75, y), (100, y)], style)).map_err(err)?;
-        panels[0].draw(&Text::new(label.clone(), (106, y - 7), ("sans-serif", 13))).map_err(err)?;
+        panels[0].draw(&Text::new(label.clone(), (106, y - 7), ("sans-serif", 14))).map_err(err)?;
     }
     root.present().map_err(err)?;
     std::fs::rename(&tmp, path)?;
