@@ -542,3 +542,52 @@ fn written_weights_have_the_folders_usual_mode() {
         assert_eq!(mode(&dir.join("run").join(f)), reference, "{f}");
     }
 }
+
+// The fourth round (2026-12-03): correlate, report and outputs.
+
+/// Shards given to `correlate` in any order pair pretrained and random-init group by group: the
+/// contrasts get the same intervals as when given in window order (they lost them before).
+#[test]
+fn parts_given_in_any_order_pair_their_groups() {
+    use polars::prelude::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = fixture_model();
+    let tokens = tokens_file(dir, 8, 16);
+    for w in ["pretrained", "random-init"] {
+        for i in 0..2 {
+            let out = dir.join(format!("{w}-{i}.safetensors"));
+            let shard = format!("{i}/2");
+            let o = agop(
+                &["measure", "--model", s(&model), "--tokens", s(&tokens), "--out", s(&out), "--shard", &shard]
+                    .into_iter()
+                    .chain(["--weights", w, "--probes", "2"])
+                    .collect::<Vec<_>>(),
+            );
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+    }
+    let table = |name: &str, order: [&str; 4]| {
+        let out = dir.join(format!("{name}.parquet"));
+        let mut a = vec!["correlate".to_string(), "--model".into(), s(&model).into()];
+        for g in order {
+            a.extend(["--gop".to_string(), s(&dir.join(format!("{g}.safetensors"))).into()]);
+        }
+        a.extend(["--out".to_string(), s(&out).into()]);
+        let o = agop(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("different window groups"), "{}", stderr(&o));
+        let file = std::fs::File::open(dir.join(format!("{name}.contrasts.parquet"))).unwrap();
+        ParquetReader::new(file).finish().unwrap()
+    };
+    let ordered = table("ordered", ["pretrained-0", "pretrained-1", "random-init-0", "random-init-1"]);
+    let shuffled = table("shuffled", ["pretrained-0", "random-init-1", "pretrained-1", "random-init-0"]);
+    for c in ["value", "se", "ci_low", "ci_high"] {
+        let (a, b) = (ordered.column(c).unwrap().f64().unwrap(), shuffled.column(c).unwrap().f64().unwrap());
+        assert!(a.null_count() < a.len(), "{c}: no values");
+        assert_eq!(a.null_count(), b.null_count(), "{c}");
+        for (x, y) in a.iter().zip(b.iter()) {
+            assert!(x == y || (x.unwrap() - y.unwrap()).abs() < 1e-12, "{c}: {x:?} vs {y:?}");
+        }
+    }
+}

@@ -60,6 +60,12 @@ impl RunSums {
     }
 
     fn from_parts(paths: Vec<PathBuf>, parts: Vec<GroupedFile>) -> Result<Self> {
+        // Parts in window order, whatever order they were given in: parts used as groups are then
+        // numbered alike in every run, so a pretrained and a random-init run pair group by group
+        // (and the sums add in one order).
+        let mut both: Vec<(PathBuf, GroupedFile)> = paths.into_iter().zip(parts).collect();
+        both.sort_by_key(|(_, f)| f.total.meta.windows.first().copied());
+        let (paths, parts): (Vec<PathBuf>, Vec<GroupedFile>) = both.into_iter().unzip();
         let name = |i: usize| paths[i].display().to_string();
         // Disjoint windows.
         let mut all: Vec<(u64, u64, usize)> = Vec::new();
