@@ -591,3 +591,51 @@ fn parts_given_in_any_order_pair_their_groups() {
         }
     }
 }
+
+/// No command writes a model folder's files (the weights, config, tokenizer, or a name that
+/// would become one): `measure --out`, `merge --out` and `correlate --agop-out` into a copy of
+/// the fixture model replaced its weights before.
+#[test]
+fn outputs_never_replace_a_models_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = fixture_model();
+    let copy = dir.join("m");
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(&model).unwrap().flatten() {
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let weights = std::fs::read(copy.join("model.safetensors")).unwrap();
+    let tokens = tokens_file(dir, 2, 8);
+    let gop = dir.join("g.safetensors");
+    let o = agop(&["measure", "--model", s(&model), "--tokens", s(&tokens), "--out", s(&gop)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let target = copy.join("model.safetensors");
+    let corr = dir.join("c.parquet");
+    for args in [
+        vec!["measure", "--model", s(&model), "--tokens", s(&tokens), "--out", s(&target)],
+        vec!["merge", s(&gop), "--out", s(&target)],
+        vec!["correlate", "--model", s(&model), "--gop", s(&gop), "--out", s(&corr), "--agop-out", s(&target)],
+        vec![
+            "tokenize",
+            "--model",
+            s(&model),
+            "--corpus",
+            s(&tokens),
+            "--seq-len",
+            "4",
+            "--out",
+            s(&copy.join("tokenizer.json")),
+        ],
+    ] {
+        assert_bad(&agop(&args), &["is a model folder"]);
+        assert_eq!(std::fs::read(&target).unwrap(), weights, "{args:?}");
+    }
+    // A name that would become the model's weights (a sharded file) is refused too; any other
+    // name in the folder is fine.
+    let shard = copy.join("model-00001-of-00002.safetensors");
+    assert_bad(&agop(&["merge", s(&gop), "--out", s(&shard)]), &["model-00001-of-00002.safetensors"]);
+    assert!(!shard.exists());
+    let o = agop(&["merge", s(&gop), "--out", s(&copy.join("gop.safetensors"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -78,6 +78,7 @@ pub fn check_output(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()> {
         }
     }
     check_output_dir(out, flag, inputs)?;
+    check_not_model_file(out, flag)?;
     std::fs::create_dir_all(&parent)
         .map_err(|e| crate::bad!("{flag} {}: cannot create its folder {}: {e}", out.display(), parent.display()))?;
     let probe = parent.join(format!(".agop-write-probe{}", std::process::id()));
@@ -88,6 +89,44 @@ pub fn check_output(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()> {
         }
         Err(e) => crate::bail_bad!("{flag} {}: its folder {} is not writable: {e}", out.display(), parent.display()),
     }
+}
+
+/// The files of a model folder (Hugging Face layout, nanoGPT's `ckpt.pt`), and the names that
+/// would become one of them there (a `model.safetensors` beside `pytorch_model.bin` is loaded
+/// instead of it).
+fn is_model_file(name: &str) -> bool {
+    const NAMES: [&str; 12] = [
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+        "vocab.json",
+        "merges.txt",
+        "ckpt.pt",
+    ];
+    NAMES.contains(&name)
+        || (name.starts_with("model-") && name.ends_with(".safetensors"))
+        || (name.starts_with("pytorch_model-") && name.ends_with(".bin"))
+}
+
+/// An output may not be (or become) a file of a model folder (one that holds `config.json` or
+/// `ckpt.pt`): the model would load it as its own.
+fn check_not_model_file(out: &Path, flag: &str) -> Result<()> {
+    let dir = folder_of(out);
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if is_model_file(&name) && (dir.join("config.json").is_file() || dir.join("ckpt.pt").is_file()) {
+        crate::bail_bad!(
+            "{flag} {}: {} is a model folder and {name} is (or would become) one of its files; write it elsewhere",
+            out.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Check an output (a folder, or a file) before any work: it is not inside one of the input
