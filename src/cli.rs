@@ -104,7 +104,8 @@ pub enum Command {
     Features(FeaturesArgs),
     /// Print the table and write the plots of a finished run: a run folder, or a correlations
     /// table (`correlations.parquet` or any `agop correlate --out` file; the contrasts table
-    /// beside it is read too, and the plots go to `plots/` beside it).
+    /// beside it is read too; the plots go to `plots/` beside correlations.parquet, to
+    /// `NAME.plots/` beside a table NAME.parquet).
     Report {
         /// A run folder or a correlations table.
         dir: PathBuf,

@@ -639,3 +639,84 @@ fn outputs_never_replace_a_models_files() {
     let o = agop(&["merge", s(&gop), "--out", s(&copy.join("gop.safetensors"))]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `agop report TABLE.parquet` of a table not named correlations.parquet draws into
+/// `TABLE.plots/`: a folder's own `plots/` (PNGs that happen to carry agop's names) and the plots
+/// of another table beside it are left alone. A contrasts table that is really a correlations
+/// table, or another run's, is refused instead of printed as pretrained − random-init.
+#[test]
+fn report_keeps_to_its_own_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tokens = tokens_file(dir, 4, 8);
+    let model = fixture_model();
+    for w in ["pretrained", "random-init"] {
+        let o = agop_in(
+            dir,
+            &[
+                "measure",
+                "--model",
+                s(&model),
+                "--tokens",
+                s(&tokens),
+                "--out",
+                &format!("{w}.safetensors"),
+                "--weights",
+                w,
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = agop_in(
+        dir,
+        &["correlate", "--model", s(&model), "--gop", "pretrained.safetensors", "--gop", "random-init.safetensors"]
+            .into_iter()
+            .chain(["--out", "mine.parquet"])
+            .collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::create_dir_all(dir.join("plots")).unwrap();
+    for n in ["spectrum.png", "trajectory.png", "by-step-power1.png", "by-layer-power1.png"] {
+        std::fs::write(dir.join("plots").join(n), "my figure").unwrap();
+    }
+    let o = agop_in(dir, &["report", "mine.parquet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.join("mine.plots/by-layer-power1.png").is_file());
+    for n in ["spectrum.png", "trajectory.png", "by-step-power1.png", "by-layer-power1.png"] {
+        assert_eq!(std::fs::read_to_string(dir.join("plots").join(n)).unwrap(), "my figure", "{n}");
+    }
+
+    // The contrasts table beside it replaced by a correlations table: refused, naming it.
+    std::fs::copy(dir.join("mine.parquet"), dir.join("mine.contrasts.parquet")).unwrap();
+    assert_bad(&agop_in(dir, &["report", "mine.parquet"]), &["mine.contrasts.parquet", "weights", "not the contrasts"]);
+    // Another model's contrasts beside it: refused.
+    let cfg = r#"{"model_type":"gpt2","n_layer":2,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#;
+    init_checkpoint(dir, "other", cfg, 3);
+    for w in ["pretrained", "random-init"] {
+        let o = agop_in(
+            dir,
+            &[
+                "measure",
+                "--model",
+                "other",
+                "--tokens",
+                s(&tokens),
+                "--out",
+                &format!("o-{w}.safetensors"),
+                "--weights",
+                w,
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = agop_in(
+        dir,
+        &["correlate", "--model", "other", "--gop", "o-pretrained.safetensors", "--gop", "o-random-init.safetensors"]
+            .into_iter()
+            .chain(["--out", "o.parquet"])
+            .collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::copy(dir.join("o.contrasts.parquet"), dir.join("mine.contrasts.parquet")).unwrap();
+    assert_bad(&agop_in(dir, &["report", "mine.parquet"]), &["mine.contrasts.parquet", "another run"]);
+}

@@ -48,6 +48,17 @@ pub fn locate(path: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((table, path.to_path_buf()))
 }
 
+/// Where the plots of a correlations table go: `plots/` beside a run's `correlations.parquet`,
+/// `<name>.plots/` beside a table of another name (so that two tables in one folder, or a
+/// folder's own `plots/`, are not written over).
+pub fn plots_dir(table: &Path) -> PathBuf {
+    if table.file_name().is_some_and(|n| n == "correlations.parquet") {
+        table.with_file_name("plots")
+    } else {
+        table.with_extension("plots")
+    }
+}
+
 /// Read the rows of a correlations table ([`locate`]).
 pub fn read_rows(path: &Path) -> Result<(Vec<Row>, DataFrame)> {
     read_table(&locate(path)?.0, true)
@@ -55,13 +66,37 @@ pub fn read_rows(path: &Path) -> Result<(Vec<Row>, DataFrame)> {
 
 /// Read the rows of the contrasts table beside the correlations table `table`, if there is one
 /// (weights = "pretrained − random-init"), with the number of random inits its control rests
-/// on (`init_seeds`; 1 in tables written before that column).
-pub fn read_contrasts(table: &Path) -> Result<Option<(Vec<Row>, u32)>> {
+/// on (`init_seeds`; 1 in tables written before that column). It must be a contrasts table (no
+/// `weights` column) of the same model, revision and tokens as `corr`, the correlations table.
+pub fn read_contrasts(table: &Path, corr: &DataFrame) -> Result<Option<(Vec<Row>, u32)>> {
     let path = crate::correlate::contrasts_path(table);
     if !path.is_file() {
         return Ok(None);
     }
     let (rows, df) = read_table(&path, false)?;
+    if df.column("weights").is_ok() {
+        bail_bad!(
+            "{}: has a `weights` column, so it is a correlations table, not the contrasts table of {} (agop correlate \
+             writes both; move it away or correlate again)",
+            path.display(),
+            table.display()
+        );
+    }
+    // Every model, revision and token count of the contrasts is one of the correlations table's.
+    let values = |df: &DataFrame, c: &str| -> Option<std::collections::BTreeSet<String>> {
+        let col = df.column(c).ok()?.as_materialized_series().cast(&DataType::String).ok()?;
+        Some(col.str().ok()?.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+    };
+    for c in ["model", "revision", "n_tokens"] {
+        let (Some(ours), Some(theirs)) = (values(corr, c), values(&df, c)) else { continue };
+        if let Some(v) = theirs.iter().find(|v| !ours.contains(*v)) {
+            bail_bad!(
+                "{}: its `{c}` {v} is not in {}: the contrasts of another run (correlate again to write both)",
+                path.display(),
+                table.display()
+            );
+        }
+    }
     let seeds = match df.column("init_seeds") {
         Ok(c) => c.u32().map_err(|_| bad!("{}: column `init_seeds` should be UInt32", path.display()))?.get(0),
         Err(_) => None,
@@ -195,7 +230,7 @@ pub fn report(path: &Path) -> Result<String> {
     }
     text.push_str(&table::heads_summary(&rows, 5)?);
     let mut contrast_nfa = Vec::new();
-    if let Some((c, init_seeds)) = read_contrasts(&table_path)? {
+    if let Some((c, init_seeds)) = read_contrasts(&table_path, &df)? {
         let (cfact, cnfa): (Vec<Row>, Vec<Row>) = keep(&c).into_iter().partition(|r| r.ansatz == "fact");
         text.push_str(&table::render_contrasts(&cnfa, &cfact, init_seeds)?);
         contrast_nfa = cnfa;
@@ -203,17 +238,18 @@ pub fn report(path: &Path) -> Result<String> {
     let feats = features::read_features(&dir.join("features.parquet"))?;
     text.push_str(&features::features_text(&rows, feats.as_deref())?);
     text.push_str(&features::overlap_text(&dir.join("feature-overlap.parquet"))?);
-    let mut written = plots::write_all(&rows, &fact, &contrast_nfa, &dir.join("plots"))?;
+    let plots_dir = plots_dir(&table_path);
+    let mut written = plots::write_all(&rows, &fact, &contrast_nfa, &plots_dir)?;
     if let Some(f) = &feats {
-        written.extend(features::spectrum_plots(f, &dir.join("plots"))?);
+        written.extend(features::spectrum_plots(f, &plots_dir)?);
     }
     if steps.len() > 1 {
-        written.extend(plots::by_step(&all, &dir.join("plots"))?);
+        written.extend(plots::by_step(&all, &plots_dir)?);
         let eval = crate::train::eval_losses(&dir.join("train")).unwrap_or_default();
-        written.push(plots::trajectory(&all, &fact_all, &eval, &dir.join("plots"))?);
+        written.push(plots::trajectory(&all, &fact_all, &eval, &plots_dir)?);
     }
-    remove_stale_plots(&dir.join("plots"), &written)?;
-    text.push_str(&format!("\nplots: {} files in {}\n", written.len(), dir.join("plots").display()));
+    remove_stale_plots(&plots_dir, &written)?;
+    text.push_str(&format!("\nplots: {} files in {}\n", written.len(), plots_dir.display()));
     Ok(text)
 }
 
