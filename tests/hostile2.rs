@@ -194,7 +194,7 @@ fn a_series_with_an_unnumbered_revision_is_still_checked_for_order() {
     );
     std::fs::write(&p, body).unwrap();
     let out = tmp.path().join("out");
-    assert_bad(&agop(&["run", s(&p), "--out", s(&out)]), &["step 1 follows step 4"]);
+    assert_bad(&agop(&["run", s(&p), "--out", s(&out)]), &["step 1 (checkpoint-1) follows step 4 (checkpoint-4)"]);
     assert!(!out.exists());
 }
 
@@ -719,4 +719,85 @@ fn report_keeps_to_its_own_table() {
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::copy(dir.join("o.contrasts.parquet"), dir.join("mine.contrasts.parquet")).unwrap();
     assert_bad(&agop_in(dir, &["report", "mine.parquet"]), &["mine.contrasts.parquet", "another run"]);
+}
+
+/// A GOP file's header rewritten in place (the `agop` metadata edited by `edit`).
+fn edit_gop_meta(path: &Path, out: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(header["__metadata__"]["agop"].as_str().unwrap()).unwrap();
+    edit(&mut meta);
+    header["__metadata__"]["agop"] = serde_json::Value::String(meta.to_string());
+    let mut text = header.to_string().into_bytes();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend(text);
+    file.extend(&bytes[8 + n..]);
+    std::fs::write(out, file).unwrap();
+}
+
+/// A GOP file whose counts disagree with each other (edited by hand, or damaged) is refused,
+/// naming the field, by every command that reads it; before, `merge` added the same windows
+/// twice and `correlate` divided by a wrong token count.
+#[test]
+fn gop_metadata_must_add_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tokens = tokens_file(dir, 4, 8);
+    let model = fixture_model();
+    let gop = dir.join("g.safetensors");
+    let o = agop(&["measure", "--model", s(&model), "--tokens", s(&tokens), "--out", s(&gop)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The unedited copy is read as before.
+    let same = dir.join("same.safetensors");
+    edit_gop_meta(&gop, &same, |_| {});
+    let corr = dir.join("c.parquet");
+    let o = agop(&["correlate", "--model", s(&model), "--gop", s(&same), "--out", s(&corr)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("`windows` range 4..0", Box::new(|m| m["windows"] = serde_json::json!([[4, 0]]))),
+        ("`n_windows` is 7", Box::new(|m| m["n_windows"] = serde_json::json!(7))),
+        ("`n_tokens` is 1", Box::new(|m| m["n_tokens"] = serde_json::json!(1))),
+        ("`n_tokens` is 32", Box::new(|m| m["seq_len"] = serde_json::json!(100000))),
+        ("`probes` is 0", Box::new(|m| m["probes"] = serde_json::json!(0))),
+        ("`shard` \"3/2\"", Box::new(|m| m["shard"] = serde_json::json!("3/2"))),
+    ];
+    for (want, edit) in edits {
+        let bad = dir.join("bad.safetensors");
+        edit_gop_meta(&gop, &bad, edit);
+        let merged = dir.join("m.safetensors");
+        assert_bad(&agop(&["merge", s(&bad), "--out", s(&merged)]), &["bad.safetensors", want]);
+        assert!(!merged.exists());
+        let o = agop(&["correlate", "--model", s(&model), "--gop", s(&bad), "--out", s(&dir.join("d.parquet"))]);
+        assert_bad(&o, &["bad.safetensors", want, "edited or damaged"]);
+    }
+}
+
+/// A local series whose checkpoints differ in a field other than the shapes: the message names
+/// the fields that differ (it listed n_layer and n_embd, equal, before); two folders of one step
+/// are named.
+#[test]
+fn a_series_names_what_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let series = dir.join("series");
+    std::fs::create_dir_all(&series).unwrap();
+    let cfg = r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":8,"n_positions":64,"vocab_size":50257}"#;
+    init_checkpoint(&series, "checkpoint-0", cfg, 1);
+    let other = cfg.replace("}", r#","layer_norm_epsilon":0.001}"#);
+    init_checkpoint(&series, "checkpoint-2", &other, 2);
+    std::fs::write(dir.join("c.txt"), "Out, damned spot! out, I say! ".repeat(10)).unwrap();
+    let pipeline = "name = \"s\"\n[model]\nid = \"series\"\n[corpus]\nsources = [\"c.txt\"]\nseq_len = 8\n";
+    std::fs::write(dir.join("p.toml"), pipeline).unwrap();
+    let o = agop_in(dir, &["run", "p.toml", "--out", "o"]);
+    assert_bad(&o, &["checkpoint-2", "layer_norm_epsilon 0.001 vs 0.00001"]);
+    assert!(!stderr(&o).contains("n_layer"), "{}", stderr(&o));
+    // checkpoint-02 beside checkpoint-2: both named.
+    init_checkpoint(&series, "checkpoint-2", cfg, 2);
+    init_checkpoint(&series, "checkpoint-02", cfg, 3);
+    assert_bad(&agop_in(dir, &["run", "p.toml", "--out", "o"]), &["checkpoint-02", "checkpoint-2", "keep one"]);
 }

@@ -402,6 +402,46 @@ impl Gop {
     }
 }
 
+impl GopMeta {
+    /// The counts agree with each other, as measure and merge write them: the window ranges are
+    /// non-empty, in order and disjoint (window indices are the tokens file's own, so they are not
+    /// bounded by its window count); `n_windows` is their length
+    /// and `n_tokens` that many windows of `seq_len`; a sketch has probes; a shard is `I/N`, I < N.
+    fn check_counts(&self) -> std::result::Result<(), String> {
+        let mut end = 0;
+        for (k, &(s, e)) in self.windows.iter().enumerate() {
+            if s >= e || (k > 0 && s < end) {
+                return Err(format!("`windows` range {s}..{e} is empty, out of order or overlapping"));
+            }
+            end = e;
+        }
+        let n: u64 = self.windows.iter().map(|(s, e)| e - s).sum();
+        if n != self.n_windows {
+            return Err(format!("`n_windows` is {} but `windows` holds {n}", self.n_windows));
+        }
+        if Some(self.n_tokens) != self.n_windows.checked_mul(self.seq_len as u64) {
+            return Err(format!(
+                "`n_tokens` is {} but {} windows of `seq_len` {} are {}",
+                self.n_tokens,
+                self.n_windows,
+                self.seq_len,
+                self.n_windows as u128 * self.seq_len as u128
+            ));
+        }
+        if self.estimator == Estimator::Sketch && self.probes == 0 {
+            return Err("`probes` is 0 for the sketch estimator".into());
+        }
+        if !self.shard.is_empty() {
+            let ok =
+                self.shard.split_once('/').and_then(|(i, n)| Some((i.parse::<u64>().ok()?, n.parse::<u64>().ok()?)));
+            if ok.is_none_or(|(i, n)| i >= n) {
+                return Err(format!("`shard` {:?} is not I/N with I < N", self.shard));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A GOP file opened for reading one module's sum at a time, so that memory holds one module
 /// (correlate streams a gpt2-xl file of 4 GB this way). The header and every module's tensor
 /// (present, square f64 of the module's stored dimension) are checked when it is opened; the
@@ -418,6 +458,7 @@ impl GopFile {
         let meta_json =
             file.metadata.get("agop").ok_or_else(|| bad!("{name}: not an agop GOP file (no `agop` metadata)"))?;
         let meta: GopMeta = serde_json::from_str(meta_json).map_err(|e| bad!("{name}: bad agop metadata: {e}"))?;
+        meta.check_counts().map_err(|e| bad!("{name}: agop metadata: {e}; the file was edited or damaged"))?;
         for m in meta.config.modules() {
             let t = m.gop_tensor();
             let e = file.entries.get(&t).ok_or_else(|| bad!("{name}: GOP file has no tensor {t}"))?;

@@ -392,16 +392,25 @@ impl Pipeline {
                     let cfg = crate::model::dir_config(&sub)?;
                     match &first {
                         None => first = Some((sub, cfg)),
-                        Some((d0, c0)) if *c0 != cfg => bail_bad!(
-                            "[model] series checkpoint {} has another config than {} (n_layer {} vs {}, n_embd {} vs \
-                             {}, ...); a series is one model along training",
-                            sub.display(),
-                            d0.display(),
-                            cfg.n_layer(),
-                            c0.n_layer(),
-                            cfg.n_embd(),
-                            c0.n_embd()
-                        ),
+                        Some((d0, c0)) if *c0 != cfg => {
+                            let (a, b) = (serde_json::to_value(&cfg)?, serde_json::to_value(c0)?);
+                            let differ: Vec<String> = a
+                                .as_object()
+                                .into_iter()
+                                .flatten()
+                                .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+                                .map(|(k, v)| {
+                                    format!("{k} {v} vs {}", b.get(k.as_str()).unwrap_or(&serde_json::Value::Null))
+                                })
+                                .collect();
+                            bail_bad!(
+                                "[model] series checkpoint {} has another config than {} ({}); a series is one model \
+                                 along training",
+                                sub.display(),
+                                d0.display(),
+                                if differ.is_empty() { "another architecture".to_string() } else { differ.join(", ") }
+                            )
+                        }
                         Some(_) => {}
                     }
                 }
@@ -410,13 +419,16 @@ impl Pipeline {
         if self.is_series() {
             let cps = self.checkpoints();
             // The steps that are known (a revision such as `main` may have none) in the order given.
-            let steps: Vec<u64> = cps.iter().filter_map(|c| c.step).collect();
-            if let Some(w) = steps.windows(2).find(|w| w[1] <= w[0]) {
+            let steps: Vec<(u64, &str)> =
+                cps.iter().filter_map(|c| Some((c.step?, c.revision.as_deref().unwrap_or("")))).collect();
+            if let Some(w) = steps.windows(2).find(|w| w[1].0 <= w[0].0) {
                 bail_bad!(
-                    "[model] the series' steps must increase; step {} follows step {} (give the revisions in \
-                     training order, or `steps`)",
-                    w[1],
-                    w[0]
+                    "[model] the series' steps must increase; step {} ({}) follows step {} ({}) (give the revisions \
+                     in training order, or `steps`; two folders of one step: keep one)",
+                    w[1].0,
+                    w[1].1,
+                    w[0].0,
+                    w[0].1
                 );
             }
         }
@@ -465,6 +477,15 @@ impl Pipeline {
         if self.measure.weights.is_empty() {
             bail_bad!("[measure] weights is empty");
         }
+        if let Some(w) = self
+            .measure
+            .weights
+            .iter()
+            .enumerate()
+            .find_map(|(i, w)| self.measure.weights[..i].contains(w).then_some(w))
+        {
+            bail_bad!("[measure] weights lists {w} twice");
+        }
         if self.measure.groups == 0 {
             bail_bad!("[measure] groups must be at least 1 (1: no error bars)");
         }
@@ -498,6 +519,28 @@ impl Pipeline {
         }
         if let Some(o) = self.slurm.sbatch.iter().find(|o| !o.starts_with("--") || o.contains('\n')) {
             bail_bad!("[slurm] sbatch entries are sbatch options such as \"--qos=normal\" (one line each), got {o:?}");
+        }
+        // Options agop writes itself: one given again here would turn the reduce job into an
+        // array, send the logs elsewhere, or fight over the resources.
+        const OWN: [&str; 10] = [
+            "--array",
+            "--output",
+            "--job-name",
+            "--dependency",
+            "--time",
+            "--cpus-per-task",
+            "--mem",
+            "--partition",
+            "--account",
+            "--gres",
+        ];
+        if let Some(o) = self.slurm.sbatch.iter().find(|o| OWN.iter().any(|k| o.split(['=', ' ']).next() == Some(*k))) {
+            bail_bad!(
+                "[slurm] sbatch {o:?}: agop sets this option itself (--array, --output and --job-name in the \
+                 scripts, --dependency when it submits them; --time, --cpus-per-task, --mem, --partition and --account from \
+                 [slurm] time, cpus, mem, partition and account or `agop slurm`'s flags of those names; --gres from \
+                 --gpus): set it there instead"
+            );
         }
         if let Some(l) = self.slurm.setup.iter().find(|l| l.contains('\n')) {
             bail_bad!("[slurm] setup entries are single shell lines, got {l:?}");
@@ -737,5 +780,29 @@ mod tests {
             let e = format!("{:#}", parse(bad).unwrap_err());
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    /// Refused when the file is read (before, `weights` twice failed at reduce, after measuring,
+    /// and `[slurm] sbatch = ["--array=0-99"]` made the reduce job an array of 100).
+    #[test]
+    fn repeated_weights_and_agops_own_sbatch_options_are_refused() {
+        let with = |extra: &str| {
+            let text =
+                format!("name = \"s\"\n[model]\nid = \"o/n\"\n[corpus]\nsources = [\"x.txt\"]\nseq_len = 8\n{extra}");
+            Pipeline::from_str(&text, PathBuf::new(), "test")
+        };
+        for (bad, says) in [
+            ("[measure]\nweights = [\"pretrained\", \"random-init\", \"pretrained\"]", "lists pretrained twice"),
+            ("[slurm]\nsbatch = [\"--array=0-99\"]", "\"--array=0-99\": agop sets this option itself"),
+            ("[slurm]\nsbatch = [\"--output=x.log\"]", "agop sets this option itself"),
+            ("[slurm]\nsbatch = [\"--time=1:00:00\"]", "[slurm] time"),
+            ("[slurm]\nsbatch = [\"--mem 4G\"]", "agop sets this option itself"),
+        ] {
+            let e = format!("{:#}", with(bad).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // Options agop leaves to the site, and names that only begin alike, are kept.
+        let p = with("[slurm]\nsbatch = [\"--qos=normal\", \"--mem-per-cpu=2G\", \"--error=e.log\"]").unwrap();
+        assert_eq!(p.slurm.sbatch.len(), 3);
     }
 }

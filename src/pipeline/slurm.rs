@@ -135,7 +135,7 @@ fn check_header_values(p: &Pipeline, j: &Job, logs: &Path) -> Result<()> {
         }
     }
     if j.cpus == 0 || j.gpus == Some(0) {
-        bail_bad!("--cpus and --gpus must be at least 1");
+        bail_bad!("--cpus and --gpus (or [slurm] cpus and gpus in the pipeline file) must be at least 1");
     }
     Ok(())
 }
