@@ -801,3 +801,19 @@ fn a_series_names_what_differs() {
     init_checkpoint(&series, "checkpoint-02", cfg, 3);
     assert_bad(&agop_in(dir, &["run", "p.toml", "--out", "o"]), &["checkpoint-02", "checkpoint-2", "keep one"]);
 }
+
+/// A JSONL file that begins with a UTF-8 byte-order mark reads as the same documents as without
+/// it (it was "not valid JSON at line 1 column 1").
+#[test]
+fn a_jsonl_byte_order_mark_is_not_text() {
+    use agop::tokenize::corpus::{read_sources, CorpusOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let text = "{\"text\": \"All the world's a stage\"}\n{\"text\": \"and all the men and women merely players\"}\n";
+    let (plain, bom) = (tmp.path().join("plain.jsonl"), tmp.path().join("bom.jsonl"));
+    std::fs::write(&plain, text).unwrap();
+    std::fs::write(&bom, format!("\u{feff}{text}")).unwrap();
+    let read = |p: &Path| read_sources(&[s(p).to_string()], &CorpusOptions::default()).unwrap().0;
+    let (a, b) = (read(&plain), read(&bom));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a.iter().map(|d| &d.text).collect::<Vec<_>>(), b.iter().map(|d| &d.text).collect::<Vec<_>>());
+}

@@ -36,7 +36,10 @@ impl GroupPlan {
             bail_bad!("--groups must be at least 1");
         }
         if groups as usize > n {
-            bail_bad!("--groups {groups} is more than the {n} windows of the tokens file; each group needs a window");
+            bail_bad!(
+                "--groups {groups} (in a pipeline: [measure] groups) is more than the {n} windows of the tokens file; \
+                 each group needs a window"
+            );
         }
         let g = groups as usize;
         let bounds = (0..g)

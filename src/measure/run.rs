@@ -378,7 +378,18 @@ fn load_checkpoint(ckpt: &Path, meta: &GopMeta, plan: &GroupPlan, progress: bool
         );
     }
     if progress {
-        eprintln!("resuming from {} ({} windows done)", ckpt.display(), part.meta.n_windows);
+        match part.meta.group {
+            // Finished groups are in their own files, read back as the run reaches them.
+            Some(g) => eprintln!(
+                "resuming from {} ({} windows of group {} of {} done; the groups before it are read back from their \
+                 files)",
+                ckpt.display(),
+                part.meta.n_windows,
+                g.index + 1,
+                part.meta.groups
+            ),
+            None => eprintln!("resuming from {} ({} windows done)", ckpt.display(), part.meta.n_windows),
+        }
     }
     Ok(part)
 }

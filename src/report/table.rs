@@ -163,16 +163,19 @@ fn blocks<'a>(nfa: &'a [Row], fact: &'a [Row], weights: &[String], mark_zero: bo
 /// Rows of a layer × module table, one column per [`Column`].
 fn body(out: &mut String, cols: &[Column], mark_zero: bool) -> Result<()> {
     let layers = distinct(cols.iter().flat_map(|c| c.rows.iter().map(|r| r.layer)));
-    let mut header = format!("{:>5}  {:<12}", "layer", "module");
+    let modules = module_names(cols.iter().flat_map(|c| c.rows.iter()));
+    // As wide as the longest module name (GPT-NeoX's attention.query_key_value is 25).
+    let mw = modules.iter().map(|m| m.chars().count()).max().unwrap_or(0).max(12);
+    let mut header = format!("{:>5}  {:<mw$}", "layer", "module");
     for c in cols {
         header.push_str(&format!("  {:>W$}", c.header));
     }
     writeln!(out, "{header}")?;
     writeln!(out, "{}", "-".repeat(header.chars().count()))?;
     for &l in &layers {
-        for m in module_names(cols.iter().flat_map(|c| c.rows.iter())) {
+        for m in &modules {
             let m = m.as_str();
-            let mut line = format!("{l:>5}  {m:<12}");
+            let mut line = format!("{l:>5}  {m:<mw$}");
             let mut any = false;
             for c in cols {
                 match cell_ci(c.rows, &c.weights, l, m, c.power, "pearson") {

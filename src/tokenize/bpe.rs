@@ -121,7 +121,10 @@ pub fn windows(stream: &[u32], seq_len: usize, max_tokens: Option<u64>) -> Resul
     let mut n = stream.len() / seq_len;
     if let Some(m) = max_tokens {
         if m < seq_len as u64 {
-            bail_bad!("--max-tokens {m} is smaller than one window of --seq-len {seq_len}: no window would be kept");
+            bail_bad!(
+                "--max-tokens {m} is smaller than one window of --seq-len {seq_len} (in a pipeline: [corpus] max_tokens \
+                 and seq_len): no window would be kept"
+            );
         }
         n = n.min((m / seq_len as u64) as usize);
     }

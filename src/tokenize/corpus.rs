@@ -156,6 +156,8 @@ fn read_file(path: &Path, opts: &CorpusOptions, docs: &mut Vec<Document>) -> Res
             for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
                 let base = offset;
                 offset += line.len() + 1;
+                // A byte-order mark before the first record (Windows tools write one) is not text.
+                let line = if i == 0 { line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line) } else { line };
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }

@@ -41,7 +41,11 @@ pub fn tokenize(model: &ResolvedModel, opts: &TokenizeOptions, out: &Path) -> Re
     );
     crate::util::fs::check_output(out, "--out", &inputs)?;
     if opts.seq_len > cfg.n_positions() {
-        bail_bad!("--seq-len {} is larger than the model's n_positions {}", opts.seq_len, cfg.n_positions());
+        bail_bad!(
+            "--seq-len {} (in a pipeline: [corpus] seq_len) is larger than the model's n_positions {}",
+            opts.seq_len,
+            cfg.n_positions()
+        );
     }
     let tok = bpe::Gpt2Tokenizer::from_dir(&model.dir)?;
     let (docs, skipped) = corpus::read_sources(&opts.sources, &opts.corpus)?;

@@ -135,7 +135,11 @@ impl TrainSettings {
             .map_err(|e| bad!("the training config is not a GPT-2 config.json: {e}"))?;
         cfg.validate()?;
         if self.seq_len > cfg.n_positions {
-            bail_bad!("--seq-len {} is larger than the config's n_positions {}", self.seq_len, cfg.n_positions);
+            bail_bad!(
+                "--seq-len {} (in a pipeline: [train] or [corpus] seq_len) is larger than the config's n_positions {}",
+                self.seq_len,
+                cfg.n_positions
+            );
         }
         Ok(cfg)
     }
