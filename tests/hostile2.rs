@@ -514,6 +514,10 @@ fn an_output_inside_the_corpus_through_dot_dot_is_refused() {
         assert_bad(&train(dir, "corp", out, &[]), &[out, "inside the input folder"]);
         assert!(!dir.join("corp/run").exists() && !dir.join("corp/new").exists() && !dir.join("corp/x").exists());
     }
+    // `..` past a missing folder, then a link to the corpus folder.
+    std::os::unix::fs::symlink(dir.join("corp"), dir.join("cl")).unwrap();
+    assert_bad(&train(dir, "corp", "nothere/../cl/run", &[]), &["inside the input folder"]);
+    assert!(!dir.join("corp/run").exists() && !dir.join("nothere").exists());
     // A path that only passes through the corpus folder and leaves it is fine.
     let o = train(dir, "corp", "corp/../run", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -636,8 +640,14 @@ fn outputs_never_replace_a_models_files() {
     let shard = copy.join("model-00001-of-00002.safetensors");
     assert_bad(&agop(&["merge", s(&gop), "--out", s(&shard)]), &["model-00001-of-00002.safetensors"]);
     assert!(!shard.exists());
-    let o = agop(&["merge", s(&gop), "--out", s(&copy.join("gop.safetensors"))]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // Through `..` past a folder that does not exist yet: the same folder.
+    let around = format!("{}/sub/../model.safetensors", s(&copy));
+    assert_bad(&agop(&["merge", s(&gop), "--out", &around]), &["is a model folder"]);
+    assert_eq!(std::fs::read(&target).unwrap(), weights);
+    for name in ["gop.safetensors", "model-merged.safetensors"] {
+        let o = agop(&["merge", s(&gop), "--out", s(&copy.join(name))]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+    }
 }
 
 /// `agop report TABLE.parquet` of a table not named correlations.parquet draws into
@@ -719,6 +729,62 @@ fn report_keeps_to_its_own_table() {
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::copy(dir.join("o.contrasts.parquet"), dir.join("mine.contrasts.parquet")).unwrap();
     assert_bad(&agop_in(dir, &["report", "mine.parquet"]), &["mine.contrasts.parquet", "another run"]);
+    // The same model on other windows of the same count: model, revision and n_tokens agree, the
+    // GOP files do not.
+    let other_tokens = dir.join("other-tokens.parquet");
+    let windows: Vec<agop::tokenize::Window> = (0..4u64)
+        .map(|i| agop::tokenize::Window {
+            index: i,
+            tokens: (0..8u64).map(|j| ((i * 5 + j * 11) % 50) as u32).collect(),
+        })
+        .collect();
+    agop::tokenize::write_tokens(&other_tokens, &windows, &Default::default()).unwrap();
+    for w in ["pretrained", "random-init"] {
+        let out = format!("t-{w}.safetensors");
+        let o = agop_in(
+            dir,
+            &["measure", "--model", s(&model), "--tokens", s(&other_tokens), "--out", &out, "--weights", w],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let mut a = vec!["correlate", "--model", s(&model), "--gop", "t-pretrained.safetensors"];
+    a.extend(["--gop", "t-random-init.safetensors", "--out", "t.parquet"]);
+    let o = agop_in(dir, &a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::copy(dir.join("t.contrasts.parquet"), dir.join("mine.contrasts.parquet")).unwrap();
+    assert_bad(&agop_in(dir, &["report", "mine.parquet"]), &["mine.contrasts.parquet", "other GOP files"]);
+    // Its own contrasts again: reported.
+    let mut a = vec!["correlate", "--model", s(&model), "--gop", "pretrained.safetensors"];
+    a.extend(["--gop", "random-init.safetensors", "--out", "mine.parquet"]);
+    assert!(agop_in(dir, &a).status.success());
+    let o = agop_in(dir, &["report", "mine.parquet"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("random-init"), "{}", stderr(&o));
+}
+
+/// A finished pipeline whose corpus folder moved away stays finished when its sources are named
+/// through `..` (or its file through a linked folder): the record and the pipeline resolve them
+/// alike even when the files are gone.
+#[test]
+fn a_finished_run_survives_its_corpus_moving_when_named_through_dot_dot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pipes = dir.join("pipes");
+    std::fs::create_dir_all(&pipes).unwrap();
+    std::fs::create_dir_all(dir.join("corpus")).unwrap();
+    std::fs::write(dir.join("corpus/c.txt"), "Good night, good night! Parting is such sweet sorrow. ".repeat(12))
+        .unwrap();
+    quick_pipeline(&pipes, "p.toml", "[features]\nenabled = false\n");
+    let text = std::fs::read_to_string(pipes.join("p.toml")).unwrap().replace("\"corpus.txt\"", "\"../corpus/c.txt\"");
+    std::fs::write(pipes.join("p.toml"), text).unwrap();
+    std::os::unix::fs::symlink(&pipes, dir.join("plink")).unwrap();
+    run_ok(dir, &["run", "pipes/p.toml", "--out", "o"]);
+    std::fs::rename(dir.join("corpus"), dir.join("corpus.moved")).unwrap();
+    for p in ["pipes/p.toml", "plink/p.toml"] {
+        let out = run_ok(dir, &["run", p, "--out", "o"]);
+        for what in ["tokens.parquet", "gop-pretrained.safetensors", "correlations.parquet"] {
+            assert!(out.contains(&format!("{what} is up to date")), "{p}: {out}");
+        }
+    }
 }
 
 /// A GOP file's header rewritten in place (the `agop` metadata edited by `edit`).

@@ -237,11 +237,13 @@ pub fn correlate_sources(
     // done (a pipeline checks its `inputs` key), so a run stopped between the two writes is
     // done again, never reported with contrasts of an earlier run.
     let cpath = contrasts_path(out);
+    let metas = sums.iter().map(|s| serde_json::to_string(&s.meta)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let measured = crate::util::fingerprint(&metas.iter().map(String::as_str).collect::<Vec<_>>());
     let contrasts = if opts.extra_tables.is_empty() { contrasts::contrasts(&sums, &runs)? } else { None };
     match contrasts {
         Some((rows, init_seeds)) => {
             let mut cdf = table::contrasts_frame(&rows, init_seeds)?;
-            table::write_correlations(&cpath, &mut cdf, &ctx.text, seed, &ctx.inputs, &ctx.warnings)?;
+            table::write_correlations(&cpath, &mut cdf, &ctx.text, seed, &ctx.inputs, &measured, &ctx.warnings)?;
         }
         // A contrasts file from an earlier run would no longer describe these correlations.
         None => {
@@ -250,7 +252,7 @@ pub fn correlate_sources(
             }
         }
     }
-    table::write_correlations(out, &mut df, &ctx.text, seed, &ctx.inputs, &ctx.warnings)?;
+    table::write_correlations(out, &mut df, &ctx.text, seed, &ctx.inputs, &measured, &ctx.warnings)?;
     if let Some(p) = agop_out {
         write_f32_matrices(p, &agops)?;
     }

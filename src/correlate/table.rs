@@ -97,13 +97,17 @@ pub fn contrasts_frame(rows: &[RunRows], init_seeds: u32) -> Result<DataFrame> {
     Ok(df)
 }
 
-/// Write correlations.parquet atomically with its key-value metadata.
+/// Write correlations.parquet atomically with its key-value metadata. `measured` identifies what
+/// the table was computed from (the fingerprint of its GOP files' metadata): a correlations table
+/// and the contrasts table written beside it share it, so `agop report` can tell another run's
+/// contrasts apart.
 pub fn write_correlations(
     path: &Path,
     df: &mut DataFrame,
     pipeline_text: &str,
     seed: u64,
     inputs: &str,
+    measured: &str,
     warnings: &[String],
 ) -> Result<()> {
     let mut meta = vec![
@@ -111,6 +115,7 @@ pub fn write_correlations(
         ("pipeline", pipeline_text.to_string()),
         ("seed", seed.to_string()),
         ("inputs", inputs.to_string()),
+        ("measured", measured.to_string()),
     ];
     if !warnings.is_empty() {
         meta.push(("warnings", warnings.join("\n")));

@@ -522,7 +522,9 @@ impl Pipeline {
         }
         // Options agop writes itself: one given again here would turn the reduce job into an
         // array, send the logs elsewhere, or fight over the resources.
-        const OWN: [&str; 10] = [
+        // (sbatch also takes a prefix of an option, `--arr` for `--array`; `--mem-per-cpu` and
+        // `--mem-per-gpu` cannot stand beside `--mem`, nor `--gpus` beside `--gres`.)
+        const OWN: [&str; 13] = [
             "--array",
             "--output",
             "--job-name",
@@ -530,16 +532,24 @@ impl Pipeline {
             "--time",
             "--cpus-per-task",
             "--mem",
+            "--mem-per-cpu",
+            "--mem-per-gpu",
             "--partition",
             "--account",
             "--gres",
+            "--gpus",
         ];
-        if let Some(o) = self.slurm.sbatch.iter().find(|o| OWN.iter().any(|k| o.split(['=', ' ']).next() == Some(*k))) {
+        let own = |o: &&String| {
+            let name = o.split(['=', ' ']).next().unwrap_or("");
+            name.len() > 2 && OWN.iter().any(|k| k.starts_with(name))
+        };
+        if let Some(o) = self.slurm.sbatch.iter().find(own) {
             bail_bad!(
                 "[slurm] sbatch {o:?}: agop sets this option itself (--array, --output and --job-name in the \
                  scripts, --dependency when it submits them; --time, --cpus-per-task, --mem, --partition and --account from \
                  [slurm] time, cpus, mem, partition and account or `agop slurm`'s flags of those names; --gres from \
-                 --gpus): set it there instead"
+                 --gpus), or cannot stand beside what it sets (--mem-per-cpu, --mem-per-gpu, --gpus); sbatch also \
+                 reads a prefix of an option as the option: set it there instead"
             );
         }
         if let Some(l) = self.slurm.setup.iter().find(|l| l.contains('\n')) {
@@ -797,12 +807,16 @@ mod tests {
             ("[slurm]\nsbatch = [\"--output=x.log\"]", "agop sets this option itself"),
             ("[slurm]\nsbatch = [\"--time=1:00:00\"]", "[slurm] time"),
             ("[slurm]\nsbatch = [\"--mem 4G\"]", "agop sets this option itself"),
+            ("[slurm]\nsbatch = [\"--arr=0-99\"]", "\"--arr=0-99\""),
+            ("[slurm]\nsbatch = [\"--mem-per-cpu=2G\"]", "cannot stand beside"),
+            ("[slurm]\nsbatch = [\"--gpus=2\"]", "agop sets this option itself"),
         ] {
             let e = format!("{:#}", with(bad).unwrap_err());
             assert!(e.contains(says), "{bad}: {e}");
         }
         // Options agop leaves to the site, and names that only begin alike, are kept.
-        let p = with("[slurm]\nsbatch = [\"--qos=normal\", \"--mem-per-cpu=2G\", \"--error=e.log\"]").unwrap();
-        assert_eq!(p.slurm.sbatch.len(), 3);
+        let p = with("[slurm]\nsbatch = [\"--qos=normal\", \"--time-min=30\", \"--error=e.log\", \"--gres-flags=enforce-binding\"]")
+            .unwrap();
+        assert_eq!(p.slurm.sbatch.len(), 4);
     }
 }

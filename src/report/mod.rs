@@ -82,6 +82,20 @@ pub fn read_contrasts(table: &Path, corr: &DataFrame) -> Result<Option<(Vec<Row>
             table.display()
         );
     }
+    // Written by one correlate command (tables from before the `measured` key: not checked).
+    let measured = |p: &Path| {
+        crate::util::parquet::parquet_metadata(p).ok()?.into_iter().find(|(k, _)| k == "measured").map(|(_, v)| v)
+    };
+    if let (Some(a), Some(b)) = (measured(table), measured(&path)) {
+        if a != b {
+            bail_bad!(
+                "{}: measured from other GOP files than {}: the contrasts of another run (correlate again to write \
+                 both)",
+                path.display(),
+                table.display()
+            );
+        }
+    }
     // Every model, revision and token count of the contrasts is one of the correlations table's.
     let values = |df: &DataFrame, c: &str| -> Option<std::collections::BTreeSet<String>> {
         let col = df.column(c).ok()?.as_materialized_series().cast(&DataType::String).ok()?;

@@ -43,16 +43,15 @@ impl Default for CorpusOptions {
 }
 
 /// A corpus source as it is recorded and compared: a local path made absolute with its links
-/// resolved (so that `c.txt`, `./c.txt` and `/home/me/c.txt` are one source, whichever folder a
+/// and `..` resolved ([`crate::util::fs::resolved`]) (so that `c.txt`, `./c.txt` and `/home/me/c.txt` are one source, whichever folder a
 /// command runs in), `hf://` and `builtin:` sources as given.
 pub fn canonical_source(src: &str) -> String {
     if src.starts_with("hf://") || src.starts_with("builtin:") {
         return src.to_string();
     }
-    std::fs::canonicalize(src)
-        .or_else(|_| std::path::absolute(src))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| src.to_string())
+    // A source that does not exist (any more) is resolved as far as its folders exist, so that
+    // a finished run whose corpus moved away still names it as it did.
+    crate::util::fs::resolved(Path::new(src)).map_or_else(|| src.to_string(), |p| p.display().to_string())
 }
 
 /// Documents read from all sources, in the order given, with the number of skipped documents.
@@ -141,7 +140,10 @@ fn ext(p: &Path) -> String {
 fn utf8(bytes: Vec<u8>, origin: &str, base: usize) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         let off = base + e.utf8_error().valid_up_to();
-        bad!("{origin}: invalid UTF-8 at byte offset {off} (set skip_invalid_utf8 to skip such documents)")
+        bad!(
+            "{origin}: invalid UTF-8 at byte offset {off} (--skip-invalid-utf8, or skip_invalid_utf8 = true under a \
+             pipeline's [corpus], skips such documents)"
+        )
     })
 }
 

@@ -109,15 +109,22 @@ fn is_model_file(name: &str) -> bool {
         "merges.txt",
         "ckpt.pt",
     ];
-    NAMES.contains(&name)
-        || (name.starts_with("model-") && name.ends_with(".safetensors"))
-        || (name.starts_with("pytorch_model-") && name.ends_with(".bin"))
+    // Shards of a sharded checkpoint: `model-00001-of-00002.safetensors`.
+    let shard = |prefix: &str, ext: &str| {
+        let numbers = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        name.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix(ext))
+            .and_then(|r| r.split_once("-of-"))
+            .is_some_and(|(k, n)| numbers(k) && numbers(n))
+    };
+    NAMES.contains(&name) || shard("model-", ".safetensors") || shard("pytorch_model-", ".bin")
 }
 
 /// An output may not be (or become) a file of a model folder (one that holds `config.json` or
 /// `ckpt.pt`): the model would load it as its own.
 fn check_not_model_file(out: &Path, flag: &str) -> Result<()> {
-    let dir = folder_of(out);
+    // The folder the file will be in, as the system resolves it (`m/sub/../model.safetensors`).
+    let dir = resolved(out).and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| folder_of(out));
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if is_model_file(&name) && (dir.join("config.json").is_file() || dir.join("ckpt.pt").is_file()) {
         crate::bail_bad!(
@@ -149,33 +156,29 @@ pub fn check_output_dir(out: &Path, flag: &str, inputs: &[PathBuf]) -> Result<()
     Ok(())
 }
 
-/// `path` made absolute through its nearest existing ancestor, links resolved there; the rest
-/// need not exist yet, and its `.` and `..` are taken as the folders it would create
-/// (`corpus/new/../run` is `corpus/run`). `None` only for a path with no existing ancestor.
-fn resolved(path: &Path) -> Option<PathBuf> {
+/// `path` made absolute as the system would resolve it once its missing folders were created:
+/// component by component, each prefix that exists with its links resolved, `..` taken from the
+/// folder reached so far (`corpus/new/../run` is `corpus/run`; `x/../link/run` follows `link`).
+/// `None` only when the working folder cannot be resolved.
+pub fn resolved(path: &Path) -> Option<PathBuf> {
     use std::path::Component;
-    let mut tail = Vec::new();
-    // `..`s met in the part that does not exist, not yet applied to the folder before them.
-    let mut up = 0usize;
-    let mut cur = path.to_path_buf();
-    loop {
-        if let Ok(mut c) = std::fs::canonicalize(&cur) {
-            for _ in 0..up {
-                c = c.parent().map(Path::to_path_buf).unwrap_or(c);
-            }
-            return Some(tail.iter().rev().fold(c, |acc: PathBuf, n| acc.join(n)));
-        }
-        match cur.components().next_back()? {
-            Component::ParentDir => up += 1,
-            Component::Normal(_) if up > 0 => up -= 1,
-            Component::Normal(name) => tail.push(name.to_owned()),
-            // `.` alone that cannot be resolved: the working folder is gone.
-            Component::CurDir if cur.as_os_str() == "." => return None,
+    let mut cur = if path.is_absolute() { PathBuf::from("/") } else { std::fs::canonicalize(".").ok()? };
+    for c in path.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => cur = PathBuf::from(c.as_os_str()),
             Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return None,
+            Component::ParentDir => {
+                cur.pop();
+            }
+            Component::Normal(name) => {
+                cur.push(name);
+                if let Ok(real) = std::fs::canonicalize(&cur) {
+                    cur = real;
+                }
+            }
         }
-        cur = folder_of(&cur);
     }
+    Some(cur)
 }
 
 /// The folder a path names a file in (`.` for a bare file name).
