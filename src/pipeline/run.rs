@@ -707,6 +707,8 @@ const FACT_COST: f64 = 2.32;
 /// with the output's width), and the bytes of GOP files it writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Estimate {
+    /// Measurements (every checkpoint and init), each over the whole tokens file.
+    pub measurements: u64,
     pub tokens: u64,
     pub seconds: Option<f64>,
     pub bytes: u64,
@@ -734,7 +736,7 @@ pub fn estimate(p: &Pipeline, cfg: &crate::model::ModelConfig, n_windows: u64, t
     let seconds = (on_cpu && rate.is_finite()).then(|| tokens as f64 / rate);
     let files = if m.groups > 1 { 1 + m.groups as u64 } else { 1 };
     let bytes = crate::measure::Gop::file_bytes(cfg, m.fact) * files * measurements;
-    Estimate { tokens, seconds, bytes }
+    Estimate { measurements, tokens, seconds, bytes }
 }
 
 /// The estimate as one line for the start of a run.
@@ -746,13 +748,13 @@ fn estimate_line(p: &Pipeline, prep: &Prepared) -> Result<String> {
         Some(s) => format!("about {:.0} min on {threads} threads", (s / 60.0).max(1.0)),
         None => "time not estimated (GPU or exact estimator)".to_string(),
     };
-    let measurements: u64 = p.measure.weights.iter().map(|&w| p.measurement_count(w) as u64).sum();
     Ok(format!(
-        "[estimate] measuring everything: {} tokens ({measurements} measurements × {} tokens){}: {time}, {:.1} GB \
+        "[estimate] measuring everything: {} tokens ({} measurements × {} tokens){}: {time}, {:.1} GB \
          of GOP files in {} (a rough guide, scaled from GPT-2 small's {REFERENCE_RATE} tokens/s on 2 threads; \
          measurements already up to date are skipped below; the progress bars show the real rate)",
         e.tokens,
-        e.tokens / measurements.max(1),
+        e.measurements,
+        e.tokens / e.measurements.max(1),
         if p.measure.fact { " with FACT" } else { "" },
         e.bytes as f64 / 1e9,
         prep.out.display()
